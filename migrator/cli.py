@@ -1,0 +1,256 @@
+"""The ``migrator`` command: thin click commands over the library (pipeline, sync, verify)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+
+from migrator import __version__
+from migrator.console import BarProgress, setup_logging
+from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, MigratorError
+from migrator.pipeline import Options, migration
+from migrator.plan import Plan, load_plan
+from migrator.registry_config import is_readonly
+from migrator.state import StateStore
+
+log = logging.getLogger("migrator")
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+class Context:
+    def __init__(self, quiet: bool, verbose: bool, log_file: Optional[str]):
+        self.quiet = quiet
+        self.verbose = verbose
+        self.log_file = Path(log_file) if log_file else None
+
+
+def _load(ctx: click.Context, plan_path: str) -> Plan:
+    """Load the plan and start logging (default log file in the state directory)."""
+    options: Context = ctx.obj
+    setup_logging(None, options.verbose, options.quiet)
+    plan = load_plan(plan_path)
+    log_file = options.log_file or plan.state_dir / "migrator.log"
+    try:
+        setup_logging(log_file, options.verbose, options.quiet)
+    except OSError:
+        setup_logging(None, options.verbose, options.quiet)
+    log.debug("migrator %s, plan %s", __version__, plan.path)
+    return plan
+
+
+def _guarded(work: Callable[[], int]) -> None:
+    """Run a command body; operator errors become their message and exit code."""
+    try:
+        code = work()
+    except MigratorError as exc:
+        log.error("error: %s", exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        log.error("interrupted: re-run the same command to continue where it stopped")
+        sys.exit(130)
+    sys.exit(code)
+
+
+def _write_json(path: Optional[str], data: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@click.group()
+@click.version_option(__version__)
+@click.option("--quiet", is_flag=True, help="No progress bars; warnings and errors only.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Log file (default: <state>/migrator.log).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug output.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, log_file: Optional[str], verbose: bool) -> None:
+    """Move a Docker Distribution / GitLab container registry from filesystem storage to S3 without downtime."""
+    ctx.obj = Context(quiet, verbose, log_file)
+
+
+def _progress(ctx: click.Context) -> BarProgress:
+    return BarProgress(enabled=not ctx.obj.quiet)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--yes", is_flag=True, help="Do not ask before the read-only flip.")
+@click.option("--dry-run", is_flag=True, help="Same as 'migrator report'.")
+@click.option("--allow-mass-delete", is_flag=True, help="Delete even above sync.max_delete_fraction.")
+@click.option("--full-verify", is_flag=True, help="List the whole bucket inside the read-only window.")
+@click.pass_context
+def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass_delete: bool, full_verify: bool) -> None:
+    """The whole migration, resumable: re-run the same command after any crash."""
+    if dry_run:
+        ctx.invoke(report, plan_path=plan_path)
+        return
+
+    def work() -> int:
+        plan = _load(ctx, plan_path)
+        options = Options(yes=yes, allow_mass_delete=allow_mass_delete, full_verify=full_verify,
+                          confirm=lambda question: click.confirm(question, default=False))
+        progress = _progress(ctx)
+        with migration(plan, progress, options) as job:
+            result = job.run()
+        progress.close()
+        window = result["read_only_window_seconds"]
+        click.echo(f"done: {result['passes']} passes; read-only window "
+                   f"{'n/a' if window is None else f'{window:.1f}s'} (restarts {result['restart_seconds']:.1f}s)")
+        for phase in result["phases"]:
+            click.echo(f"  {phase['name']:<20} {phase['seconds']:>8.1f}s  {phase['uploaded_objects']:>8} up "
+                       f"{human_bytes(phase['uploaded_bytes']):>10}  {phase['deleted_objects']:>6} del "
+                       f"{phase['s3_requests']:>8} requests")
+        click.echo(f"report: {plan.state_dir / 'report.json'}")
+        return EXIT_OK
+
+    _guarded(work)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
+@click.option("--allow-mass-delete", is_flag=True, help="Report the delete guard as 'run --allow-mass-delete' would.")
+@click.pass_context
+def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, allow_mass_delete: bool = False) -> None:
+    """Dry run: what 'run' would upload and delete, the config diff, the estimated read-only window."""
+
+    def work() -> int:
+        plan = _load(ctx, plan_path)
+        with migration(plan, _progress(ctx), Options(allow_mass_delete=allow_mass_delete), dry_run=True) as job:
+            result = job.dry_run_report()
+        up, down = result["would_upload"], result["would_delete"]
+        click.echo(f"source: {result['source_objects']} files, {human_bytes(result['source_bytes'])} (excluding _uploads)")
+        click.echo(f"would upload: {up['objects']} objects, {human_bytes(up['bytes'])}")
+        for key in up["first_keys"][:10]:
+            click.echo(f"  + {key}")
+        click.echo(f"would delete: {down['objects']} objects, {human_bytes(down['bytes'])} ({down['guard']})")
+        for key in down["first_keys"][:10]:
+            click.echo(f"  - {key}")
+        estimate = result["estimated_read_only_window_seconds"]
+        click.echo(f"estimated read-only window: {estimate['total']}s (final pass {estimate['final_pass']}s, "
+                   f"copy {estimate['copy']}s, restarts {estimate['restarts']}s)")
+        for name, diff in result.get("config_diff", {}).items():
+            click.echo(f"config change ({name}):\n{diff}")
+        _write_json(json_path, result)
+        return EXIT_OK
+
+    _guarded(work)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.pass_context
+def sync(ctx: click.Context, plan_path: str) -> None:
+    """One online copy pass (initial or delta); the registry is not touched, nothing is deleted."""
+
+    def work() -> int:
+        plan = _load(ctx, plan_path)
+        progress = _progress(ctx)
+        with migration(plan, progress) as job:
+            job.preflight(canary=True)
+            with job.bucket.counter.phase_scope("sync"):
+                result = job.sync_pass()
+        progress.close()
+        click.echo(f"synced: {result.uploaded_objects} objects uploaded ({human_bytes(result.uploaded_bytes)}) of "
+                   f"{result.source_objects} files; {len(result.delete_candidates)} delete candidates left for 'run'; "
+                   f"{job.bucket.counter.attempts['sync']} S3 requests")
+        return EXIT_OK
+
+    _guarded(work)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--deep", is_flag=True, help="Check the sha256 of every blob in the bucket against its path.")
+@click.option("--sample", type=click.IntRange(min=1), help="--deep on N random blobs only.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result as JSON here.")
+@click.pass_context
+def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int], json_path: Optional[str]) -> None:
+    """Verification only: counts, key-by-key diff, and (--deep) blob digests. Changes nothing."""
+
+    def work() -> int:
+        plan = _load(ctx, plan_path)
+        with migration(plan, _progress(ctx), lock=False) as job:
+            job.check_bucket(canary=False)
+            result = job.verify(full=True, deep=deep, sample=sample)
+        rows = [("source objects (excl. _uploads)", result.source_objects),
+                ("bucket objects (excl. _uploads)", result.bucket_objects),
+                ("missing from bucket", result.missing), ("extra in bucket", result.extra),
+                ("size or content mismatch", result.mismatched)]
+        if deep or sample:
+            rows += [("blobs re-hashed", result.deep_checked), ("blobs with wrong digest", result.deep_failed)]
+        for label, value in rows:
+            click.echo(f"{label:<34}{value:>12}")
+        for kind in ("missing", "extra", "mismatched", "deep_failed"):
+            for key in getattr(result, kind + "_keys")[:10]:
+                click.echo(f"  {kind}: {key}")
+        click.echo("OK: the bucket matches the source" if result.ok else "DIFFERENCES FOUND")
+        _write_json(json_path, result.to_json())
+        return EXIT_OK if result.ok else EXIT_DIFFERENCES
+
+    _guarded(work)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.pass_context
+def status(ctx: click.Context, plan_path: str) -> None:
+    """Phase, progress, and whether the registry is read-only now and since when."""
+
+    def work() -> int:
+        plan = _load(ctx, plan_path)
+        state = StateStore(plan.state_dir).load()
+        phases = ["initial_sync", "delta_passes", "online_verification", "readonly_on", "final_sync",
+                  "verify_window", "cutover", "readonly_off"]
+        click.echo(f"phases done: {', '.join(state.done) or 'none'}")
+        click.echo(f"left: {', '.join(p for p in phases if p not in state.done) or 'nothing'}")
+        click.echo(f"passes: {state.passes}; last pass {state.last_pass_seconds}s with {state.last_pass_changes} changes")
+        if plan.registry:
+            from migrator.registry_config import open_config
+
+            config = open_config(plan.registry.config, plan.registry.format, plan.state_dir / "config-backup",
+                                 plan.registry.rendered_config)
+            readonly = is_readonly(config.effective_storage())
+            since = ""
+            if readonly and state.readonly_on_at:
+                import datetime
+
+                since = " since " + datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
+            click.echo(f"registry read-only now: {'yes' + since if readonly else 'no'}")
+        click.echo(f"outcome: {state.outcome or 'in progress' if state.done else 'not started'}")
+        return EXIT_OK
+
+    _guarded(work)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Roll back even though the registry wrote to the bucket since the cut-over.")
+@click.pass_context
+def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None:
+    """Restore the registry's original config (filesystem, read-write), restart it, check health."""
+
+    def work() -> int:
+        plan = _load(ctx, plan_path)
+        if plan.registry is None:
+            raise MigratorError("the plan has no 'registry' section: there is no config to roll back")
+        if not yes and not click.confirm("Restore the original registry config and restart it?", default=False):
+            return EXIT_DIFFERENCES
+        with migration(plan, _progress(ctx)) as job:
+            job.rollback(force=force)
+        click.echo("rolled back: the registry runs with its original config again")
+        return EXIT_OK
+
+    _guarded(work)

@@ -1,0 +1,179 @@
+"""What the bucket holds as far as we know, on disk (sqlite, WAL), safe against kill -9 at any moment.
+
+Before any upload or delete, the rows it touches are committed as *unconfirmed*; after it succeeds
+they are committed with the new facts. A crash in between leaves them unconfirmed, and an
+unconfirmed row is never trusted: the next pass uploads (or deletes) it again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from migrator.layout import Shard
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    rel TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    md5 TEXT,
+    mtime_ns INTEGER,
+    ctime_ns INTEGER,
+    ino INTEGER,
+    recorded_ns INTEGER,
+    confirmed INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seeded_shards (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS window_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, rel TEXT NOT NULL, existed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One object the bucket holds: its size, md5 (non-blob files), and the source stat it came from."""
+
+    rel: str
+    size: int
+    md5: Optional[str] = None
+    mtime_ns: Optional[int] = None
+    ctime_ns: Optional[int] = None
+    ino: Optional[int] = None
+    recorded_ns: Optional[int] = None
+    confirmed: bool = True
+
+
+_COLUMNS = "rel, size, md5, mtime_ns, ctime_ns, ino, recorded_ns, confirmed"
+
+
+class Journal:
+    """One sqlite file; each thread gets its own connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        with self._connect() as conn:
+            conn.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def rows(self, shard: Shard) -> Iterator[JournalRow]:
+        """The shard's rows in key order, streamed on a connection of their own."""
+        conn = self._connect()
+        try:
+            for low, high in shard.ranges():
+                cursor = conn.execute(
+                    f"SELECT {_COLUMNS} FROM objects WHERE rel >= ? AND rel < ? ORDER BY rel", (low, high)
+                )
+                for row in cursor:
+                    yield JournalRow(*row[:-1], confirmed=bool(row[-1]))
+        finally:
+            conn.close()
+
+    def mark_unconfirmed(self, rels: Iterable[str]) -> None:
+        """Intent: these keys are about to change in the bucket. New keys get a placeholder row.
+
+        Inside the read-only window each key is also logged with whether the bucket held it before,
+        so the window's change can be proven key by key afterwards.
+        """
+        rels = list(rels)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self.get_meta("window") == "open":
+                conn.executemany(
+                    "INSERT INTO window_changes (rel, existed) SELECT ?, EXISTS("
+                    "SELECT 1 FROM objects WHERE rel = ? AND confirmed = 1 AND size >= 0)",
+                    ((rel, rel) for rel in rels),
+                )
+            conn.executemany(
+                "INSERT INTO objects (rel, size, confirmed) VALUES (?, -1, 0) "
+                "ON CONFLICT(rel) DO UPDATE SET confirmed = 0",
+                ((rel,) for rel in rels),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def start_window(self) -> None:
+        """From now on every change is logged (the bucket was just proven equal to the source)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM window_changes")
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('window', 'open')")
+        conn.execute("COMMIT")
+
+    def window_changes(self) -> list[tuple[str, bool]]:
+        """Each key changed in the window, once, with whether the bucket held it before the window."""
+        rows = self._conn.execute(
+            "SELECT rel, existed FROM window_changes WHERE seq IN (SELECT MIN(seq) FROM window_changes GROUP BY rel) "
+            "ORDER BY rel"
+        ).fetchall()
+        return [(rel, bool(existed)) for rel, existed in rows]
+
+    def record(self, rows: Iterable[JournalRow]) -> None:
+        """The bucket now holds these objects with these facts."""
+        self._write(
+            f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (r.rel, r.size, r.md5, r.mtime_ns, r.ctime_ns, r.ino, time.time_ns() if r.recorded_ns is None else r.recorded_ns, int(r.confirmed))
+                for r in rows
+            ),
+        )
+
+    def forget(self, rels: Iterable[str]) -> None:
+        """These keys are gone from the bucket."""
+        self._write("DELETE FROM objects WHERE rel = ?", ((rel,) for rel in rels))
+
+    def is_seeded(self, shard: Shard) -> bool:
+        return self._conn.execute("SELECT 1 FROM seeded_shards WHERE name = ?", (shard.name,)).fetchone() is not None
+
+    def mark_seeded(self, shard: Shard) -> None:
+        self._write("INSERT OR IGNORE INTO seeded_shards (name) VALUES (?)", [(shard.name,)])
+
+    def count(self) -> int:
+        """Objects the bucket holds as far as we know (unconfirmed placeholders excluded)."""
+        return self._conn.execute("SELECT COUNT(*) FROM objects WHERE size >= 0").fetchone()[0]
+
+    def get_meta(self, key: str) -> Optional[str]:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(key, value)])
+
+    def unseed(self) -> None:
+        """Forget what the bucket holds: the next pass lists every shard again."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM objects")
+        conn.execute("DELETE FROM seeded_shards")
+        conn.execute("COMMIT")

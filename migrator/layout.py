@@ -1,0 +1,71 @@
+"""The registry's storage layout: which keys are blobs, links or uploads, and how the keyspace is sharded.
+
+Paths here are relative to the registry root (they start with ``docker/``); an S3 key is the bucket
+prefix followed by such a path.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Iterator
+
+V2 = "docker/registry/v2/"
+BLOBS = V2 + "blobs/sha256/"
+REPOSITORIES = V2 + "repositories/"
+UPLOADS_DIR = "_uploads"
+
+_BLOB_DATA = re.compile(r"^docker/registry/v2/blobs/sha256/[0-9a-f]{2}/([0-9a-f]{64})/data$")
+
+
+def is_uploads(rel: str) -> bool:
+    """In-progress uploads: never copied, counted or deleted. Repository names cannot start with '_'."""
+    return f"/{UPLOADS_DIR}/" in f"/{rel}/"
+
+
+def blob_digest(rel: str) -> str | None:
+    """The sha256 hex digest a blob's ``data`` path names, or None for any other path."""
+    match = _BLOB_DATA.match(rel)
+    return match.group(1) if match else None
+
+
+def is_blob_data(rel: str) -> bool:
+    """Content-addressed and written once: size alone decides whether it needs copying."""
+    return blob_digest(rel) is not None
+
+
+def prefix_upper(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """An independent slice of the keyspace: keys starting with ``prefix`` but none of ``excludes``."""
+
+    name: str
+    prefix: str
+    excludes: tuple[str, ...] = ()
+
+    def contains(self, rel: str) -> bool:
+        return rel.startswith(self.prefix) and not rel.startswith(self.excludes)
+
+    def ranges(self) -> Iterator[tuple[str, str]]:
+        """Half-open [low, high) key ranges covering the shard, in order (for range scans)."""
+        low = self.prefix
+        for excluded in sorted(self.excludes):
+            if excluded >= low:
+                yield low, excluded
+                low = max(low, prefix_upper(excluded))
+        yield low, prefix_upper(self.prefix)
+
+
+def shards() -> list[Shard]:
+    """The fixed partition of the keyspace: 256 blob shards, 36 repository shards, and the rest."""
+    blob_shards = [Shard(f"blobs/{a}{b}", f"{BLOBS}{a}{b}/") for a in "0123456789abcdef" for b in "0123456789abcdef"]
+    repo_shards = [
+        Shard(f"repositories/{c}", f"{REPOSITORIES}{c}") for c in string.digits + string.ascii_lowercase
+    ]
+    rest = Shard("rest", "docker/", tuple(s.prefix for s in blob_shards + repo_shards))
+    return blob_shards + repo_shards + [rest]

@@ -1,0 +1,572 @@
+"""The zero-downtime migration as one resumable pipeline.
+
+Read ``Migration.run`` top to bottom: each phase is idempotent and recorded in the state directory
+when it finishes, so after a crash the same command continues where it stopped.
+
+    preflight → initial sync → delta passes → online verification
+    → read-only on → final sync + delete → verify the window's change
+    → cut-over to s3 → read-only off → done
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from migrator.errors import InvalidInput, Refused, StoppedSafely
+from migrator.journal import Journal
+from migrator.layout import REPOSITORIES, is_blob_data
+from migrator.march import md5_of
+from migrator.plan import Plan
+from migrator.registry_config import (
+    RegistryConfig,
+    TargetState,
+    filesystem_root,
+    open_config,
+    redact,
+    storage_driver,
+    unified_diff,
+)
+from migrator.registry_http import RegistryClient
+from migrator.s3 import BUCKET_ERRORS, Bucket, explain, open_bucket
+from migrator.state import RunState, StateStore, now
+from migrator.sync import PassResult, Progress, SyncEngine
+from migrator.transfer import Transfer, s3_extra_args
+from migrator.verify import Verifier, VerifyResult
+
+log = logging.getLogger("migrator")
+
+PROBE_REPOSITORY = "migrator-probe/readonly-check"
+ESTIMATED_RESTART_SECONDS = 10.0
+ONLINE_PHASES = ("delta_passes", "online_verification")
+
+
+@dataclass
+class Options:
+    yes: bool = False
+    allow_mass_delete: bool = False
+    full_verify: bool = False
+    confirm: Callable[[str], bool] = lambda question: False
+
+
+class Migration:
+    """One plan's bucket, journal, registry config and state, and the phases that use them."""
+
+    def __init__(self, plan: Plan, progress: Optional[Progress] = None, options: Optional[Options] = None,
+                 dry_run: bool = False):
+        self.plan = plan
+        self.dry_run = dry_run
+        self.options = options or Options()
+        self.progress = progress or Progress()
+        self.store = StateStore(plan.state_dir)
+        self.state = RunState()
+        self.bucket: Optional[Bucket] = None
+        self.engine: Optional[SyncEngine] = None
+        self.journal: Optional[Journal] = None
+        self.config: Optional[RegistryConfig] = None
+        self.registry = RegistryClient(plan.registry.url) if plan.registry else None
+
+    # --- the pipeline ----------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Everything, resumable. Returns the final report."""
+        self.preflight(canary=True)
+        if self.state.readonly_on_at is None:  # still online: what was proven online may be stale
+            self.state.done = [p for p in self.state.done if p not in ONLINE_PHASES]
+        self.phase("initial_sync", self.initial_sync)
+        self.phase("delta_passes", self.delta_passes)
+        self.phase("online_verification", self.online_verification)
+        if self.plan.registry is None:
+            log.warning("NO REGISTRY IN THE PLAN: synced, deleted and verified only; no read-only flip, no cut-over")
+            self.phase("final_sync", self.final_sync_and_delete)
+            self.phase("verify_window", self.verify_window)
+            return self.finish()
+        self.phase("readonly_on", self.readonly_on)
+        self.phase("final_sync", self.final_sync_and_delete)
+        self.phase("verify_window", self.verify_window)
+        self.phase("cutover", self.cutover)
+        self.phase("readonly_off", self.readonly_off)
+        return self.finish()
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def open(self, lock: bool) -> None:
+        """State directory (locked for runs that change things), journal, bucket client, engine."""
+        self.store.ensure_directory()
+        if lock:
+            self.store.lock()
+        self.state = self.store.load()
+        self.journal = Journal(self.plan.state_dir / "journal.sqlite")
+        self.bucket = open_bucket(self.plan.bucket, self.plan.sync, self.plan.key_prefix)
+        storage = self.plan.registry.storage if self.plan.registry else {}
+        transfer = Transfer(self.bucket, self.plan.source, self.plan.sync, s3_extra_args(storage))
+        self.engine = SyncEngine(self.plan.source, self.bucket, self.journal, transfer,
+                                 self.plan.sync.shard_workers, self.progress, dry_run=self.dry_run)
+        if self.plan.registry:
+            reg = self.plan.registry
+            self.config = open_config(reg.config, reg.format, self.plan.state_dir / "config-backup", reg.rendered_config)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.transfer.close()
+
+    def preflight(self, canary: bool) -> None:
+        """Everything checked before anything changes; any failure is exit 2 with nothing changed."""
+        with self.bucket.counter.phase_scope("preflight"):
+            self.check_bucket(canary)
+        if self.plan.registry is None:
+            return
+        self.check_registry_config()
+        if self.plan.registry.write_credentials and not (
+            os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
+        ):
+            raise InvalidInput("registry.write_credentials is true but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
+        if self.registry.health() not in (200, 401):
+            raise InvalidInput(
+                f"the registry at {self.plan.registry.url} does not answer GET /v2/ with 200 or 401; "
+                "check registry.url and that the registry is running"
+            )
+
+    def check_bucket(self, canary: bool) -> None:
+        """The bucket answers with these credentials; the canary proves put/get/list/delete on the prefix."""
+        client, name = self.bucket.client, self.plan.bucket.name
+        key = f"{self.plan.key_prefix}.migrator-canary/{uuid.uuid4()}"
+        try:
+            client.head_bucket(Bucket=name)
+            if not canary:
+                client.list_objects_v2(Bucket=name, Prefix=self.plan.key_prefix + "docker/", MaxKeys=1)
+                return
+            body = b"migrator canary " + key.encode()
+            client.put_object(Bucket=name, Key=key, Body=body)
+            try:
+                if client.get_object(Bucket=name, Key=key)["Body"].read() != body:
+                    raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object; check bucket.endpoint")
+                listed = client.list_objects_v2(Bucket=name, Prefix=key).get("KeyCount", 0)
+                if listed != 1:
+                    raise InvalidInput(f"bucket {name!r} does not list the canary object it just stored")
+            finally:
+                client.delete_object(Bucket=name, Key=key)
+        except BUCKET_ERRORS as exc:
+            raise InvalidInput(explain(exc, name)) from None
+
+    def check_registry_config(self) -> None:
+        storage = self.config.effective_storage()
+        driver, _ = storage_driver(storage)
+        if self.state.is_done("cutover"):
+            return  # resuming after the cut-over: the registry is on s3 by our hand
+        if self.state.readonly_on_at is not None:  # mid-migration: the file holds our edit, judge the original
+            storage = self.config.original_storage()
+            driver, _ = storage_driver(storage)
+        if driver != "filesystem":
+            raise InvalidInput(
+                f"the registry config {self.config.path} uses the {driver} driver, not filesystem; "
+                "nothing to migrate from (already migrated?)"
+            )
+        root = Path(filesystem_root(storage)).resolve()
+        if root != self.plan.source:
+            raise InvalidInput(
+                f"the registry's filesystem rootdirectory is {root} but the plan's source is {self.plan.source}; "
+                "set 'source' to the registry's rootdirectory"
+            )
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def phase(self, name: str, work: Callable[[], Optional[PassResult]]) -> None:
+        """Run a phase unless done; record its report entry and mark it done (fsync + rename)."""
+        if self.state.is_done(name):
+            log.info("phase %s: already done", name)
+            return
+        log.info("phase %s: starting", name)
+        started = time.monotonic()
+        with self.bucket.counter.phase_scope(name):
+            result = work()
+        entry = {
+            "name": name,
+            "seconds": round(time.monotonic() - started, 3),
+            "uploaded_objects": result.uploaded_objects if result else 0,
+            "uploaded_bytes": result.uploaded_bytes if result else 0,
+            "deleted_objects": result.deleted_objects if result else 0,
+            "s3_requests": self.bucket.counter.attempts[name],
+            "s3_retries": self.bucket.counter.retries(name),
+        }
+        self.state.phases = [p for p in self.state.phases if p["name"] != name] + [entry]
+        self.state.done.append(name)
+        self.store.save(self.state)
+        log.info(
+            "phase %s: done in %.1fs, %d objects / %d bytes uploaded, %d deleted, %d S3 requests (%d retries)",
+            name, entry["seconds"], entry["uploaded_objects"], entry["uploaded_bytes"], entry["deleted_objects"],
+            entry["s3_requests"], entry["s3_retries"],
+        )
+
+    def initial_sync(self) -> PassResult:
+        """The first online copy: the bucket is listed once per shard, then everything missing is copied."""
+        return self.sync_pass()
+
+    def sync_pass(self) -> PassResult:
+        started = time.monotonic()
+        try:
+            result = self.engine.run_pass()
+        except BUCKET_ERRORS as exc:
+            raise InvalidInput(f"copy pass failed: {explain(exc, self.plan.bucket.name)}") from None
+        self.state.passes += 1
+        self.state.last_pass_seconds = round(time.monotonic() - started, 3)
+        self.state.last_pass_changes = result.changes
+        self.store.save(self.state)
+        log.info("pass %d: %d files walked, %d uploaded (%s), %d delete candidates, %.1fs",
+                 self.state.passes, result.source_objects, result.uploaded_objects,
+                 ", ".join(f"{n} {r}" for r, n in result.reasons.items()) or "nothing changed",
+                 len(result.delete_candidates), self.state.last_pass_seconds)
+        return result
+
+    def delta_passes(self) -> PassResult:
+        """Online passes until one finds fewer changes than the threshold: what is left for the window shrinks."""
+        total = PassResult()
+        for _ in range(self.plan.sync.max_delta_passes):
+            result = self.sync_pass()
+            total.add(result)
+            if result.changes < self.plan.sync.delta_stop_below:
+                break
+        return total
+
+    def online_verification(self) -> PassResult:
+        """List the whole bucket against the source; repair any difference and verify again."""
+        repaired = PassResult()
+        for attempt in range(3):
+            result = self.verify(full=True)
+            self.state.verification = verification_summary(result, "full listing (online)")
+            if result.ok:
+                self.state.online_verified_objects = result.bucket_objects
+                self.journal.start_window()
+                return repaired
+            log.warning("online verification found %d missing, %d extra, %d mismatched: repairing (attempt %d)",
+                        result.missing, result.extra, result.mismatched, attempt + 1)
+            self.journal.unseed()  # the journal was wrong: list the bucket again
+            result = self.sync_pass()
+            result.deleted_objects = self.delete(result)
+            repaired.add(result)
+        raise StoppedSafely("the bucket still differs from the source after 3 repairs; the registry was not touched")
+
+    def verify(self, full: bool, deep: bool = False, sample: Optional[int] = None) -> VerifyResult:
+        verifier = Verifier(self.plan.source, self.bucket, self.plan.sync.shard_workers, self.plan.sync.workers,
+                            deep=deep, sample=sample)
+        try:
+            return verifier.run()
+        except BUCKET_ERRORS as exc:
+            raise InvalidInput(f"verification failed: {explain(exc, self.plan.bucket.name)}") from None
+
+    def readonly_on(self) -> None:
+        """Back up the config, flip to read-only, restart, and prove it: a write must get 405."""
+        if self.state.readonly_on_at is None and not self.options.yes:
+            if not self.options.confirm(f"Put the registry at {self.plan.registry.url} in read-only mode now?"):
+                raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
+        self.config.take_backup()
+        if self.state.readonly_on_at is None:
+            self.state.readonly_on_at = now()
+            self.store.save(self.state)
+        self.apply(TargetState(s3=None, readonly=True), on_failure="restore")
+        self.prove_writes(expect=405)
+
+    def final_sync_and_delete(self) -> PassResult:
+        """The source is frozen: copy what changed since the last pass, then delete what is gone."""
+        result = self.sync_pass()
+        self.state.final_source_objects = result.source_objects
+        result.deleted_objects = self.delete(result)
+        return result
+
+    def delete(self, result: PassResult) -> int:
+        """The delete step: candidates reported first (dry run), then applied under the guards."""
+        candidates = result.delete_candidates
+        if not candidates:
+            return 0
+        log.info("delete step: %d candidates (%d bytes), first: %s", len(candidates), result.delete_candidate_bytes,
+                 ", ".join(candidates[:5]))
+        self.engine.check_deletes(result, self.plan.sync.max_delete_fraction, self.options.allow_mass_delete)
+        try:
+            return self.engine.apply_deletes(candidates)
+        except BUCKET_ERRORS as exc:
+            raise InvalidInput(f"delete failed: {explain(exc, self.plan.bucket.name)}") from None
+
+    def verify_window(self) -> None:
+        """Prove the window's change: each key written or deleted checked by HEAD, and the count reconciled."""
+        if self.options.full_verify or self.state.online_verified_objects is None:
+            result = self.verify(full=True)
+            self.state.verification = verification_summary(result, "full listing (read-only)")
+            problems = [] if result.ok else [f"{result.missing} missing, {result.extra} extra, {result.mismatched} mismatched"]
+        else:
+            problems = self.check_window_changes()
+        self.store.save(self.state)
+        if problems:
+            self.stop_safely("verification of the read-only window failed: " + "; ".join(problems))
+
+    def check_window_changes(self) -> list[str]:
+        problems: list[str] = []
+        delta = 0
+        for rel, existed in self.journal.window_changes():
+            path = self.plan.source / rel
+            in_source = path.is_file()
+            delta += int(in_source) - int(existed)
+            head = self.head(rel)
+            if in_source and head is None:
+                problems.append(f"{rel} missing from the bucket")
+            elif in_source and head["ContentLength"] != path.stat().st_size:
+                problems.append(f"{rel} has size {head['ContentLength']} in the bucket, {path.stat().st_size} in the source")
+            elif in_source and not is_blob_data(rel) and _etag_md5(head) not in (None, md5_of(path.read_bytes())):
+                problems.append(f"{rel} has other content in the bucket")
+            elif not in_source and head is not None:
+                problems.append(f"{rel} is still in the bucket but gone from the source")
+        source_count = self.state.final_source_objects
+        expected = self.state.online_verified_objects + delta
+        self.state.verification = {
+            "method": "online listing + the window's changes checked by HEAD",
+            "source_objects": source_count, "bucket_objects": expected,
+            "missing": sum("missing" in p for p in problems), "extra": sum("still in the bucket" in p for p in problems),
+            "mismatched": sum("size" in p or "content" in p for p in problems),
+        }
+        if expected != source_count:
+            problems.append(f"count: {self.state.online_verified_objects} proven online + {delta} changed = {expected}, "
+                            f"but the frozen source has {source_count} files (excluding _uploads)")
+        return problems[:20]
+
+    def head(self, rel: str) -> Optional[dict]:
+        try:
+            return self.bucket.client.head_object(Bucket=self.plan.bucket.name, Key=self.bucket.key(rel))
+        except BUCKET_ERRORS as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def cutover(self) -> None:
+        """Rewrite the storage section to s3 (still read-only), restart, and prove reads come from the bucket."""
+        self.apply(TargetState(s3=self.s3_settings(), readonly=True), on_failure="rollback")
+        repository, tag, digest = self.sample_manifest()
+        if repository is None:
+            log.warning("read probe skipped: the source has no tagged manifest to pull")
+            return
+        served = self.registry.manifest_digest(repository, tag)
+        if served != digest:
+            self.stop_safely(f"read probe failed after cut-over: {repository}:{tag} served {served}, expected {digest}",
+                             rollback=True)
+
+    def readonly_off(self) -> None:
+        """Accept writes again on s3; a write probe must get 202."""
+        self.apply(TargetState(s3=self.s3_settings(), readonly=False), on_failure="rollback")
+        self.prove_writes(expect=202)
+        self.state.readonly_off_at = now()
+        self.store.save(self.state)
+
+    def finish(self) -> dict:
+        self.state.outcome = "done"
+        self.store.save(self.state)
+        report = self.report()
+        self.store.write_json("report.json", report)
+        return report
+
+    # --- registry actions ------------------------------------------------------------------
+
+    def s3_settings(self) -> dict:
+        """The s3 driver section the registry will run with."""
+        reg, bucket = self.plan.registry, self.plan.bucket
+        settings = {"region": bucket.region, "bucket": bucket.name}
+        if bucket.endpoint:
+            settings["regionendpoint"] = bucket.endpoint
+        settings["rootdirectory"] = "/" + self.plan.key_prefix.rstrip("/")
+        settings.update(reg.storage)
+        if reg.write_credentials:
+            settings["accesskey"] = os.environ["AWS_ACCESS_KEY_ID"]
+            settings["secretkey"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+        return settings
+
+    def apply(self, target: TargetState, on_failure: str) -> None:
+        """Write the config for ``target`` (atomic), restart, wait for health, check the effective config."""
+        self.config.write(self.config.render(target))
+        problem = self.restart()
+        if problem is None:
+            problem = self.config.check_applied(target)
+        if problem is None:
+            return
+        if on_failure == "restore":
+            self.restore_original()
+            raise InvalidInput(f"{problem}; the original config was restored")
+        self.stop_safely(problem, rollback=True)
+
+    def restart(self) -> Optional[str]:
+        """Run the plan's restart command and wait for health; returns what went wrong, if anything."""
+        command = self.plan.registry.restart
+        started = time.monotonic()
+        log.info("restarting the registry: %s", command)
+        try:
+            completed = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=600,
+                                       stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return f"restart command {command!r} did not finish in 600s"
+        try:
+            if completed.returncode != 0:
+                return (f"restart command {command!r} failed with exit code {completed.returncode}: "
+                        f"{redact(completed.stderr.strip())[-500:]}; fix registry.restart")
+            if not self.registry.wait_healthy(self.plan.registry.health_timeout_seconds):
+                return (f"the registry did not become healthy within {self.plan.registry.health_timeout_seconds:.0f}s "
+                        f"after the restart (GET {self.plan.registry.url}/v2/)")
+            return None
+        finally:
+            if self.state.readonly_on_at is not None and self.state.readonly_off_at is None:
+                self.state.restart_seconds = round(self.state.restart_seconds + time.monotonic() - started, 3)
+                self.store.save(self.state)
+
+    def prove_writes(self, expect: int) -> None:
+        status = self.registry.write_probe(PROBE_REPOSITORY)
+        if status == expect:
+            log.info("write probe: HTTP %d as expected", status)
+            return
+        if status == 401:
+            log.warning("WRITE PROBE COULD NOT PROVE THE REGISTRY STATE: HTTP 401 (token auth). Set MIGRATOR_PROBE_USER "
+                        "and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
+            return
+        if expect == 405:
+            self.restore_original()
+            raise StoppedSafely(f"write probe got HTTP {status}, not 405: the registry is not read-only; "
+                                "original config restored")
+        self.stop_safely(f"write probe got HTTP {status}, not 202, after read-only off", rollback=True)
+
+    def restore_original(self) -> None:
+        """The original config (filesystem, as it was) back in place, restarted."""
+        self.config.write(self.config.original_text())
+        problem = self.restart()
+        if problem:
+            log.error("RESTORING THE ORIGINAL CONFIG: %s. The file %s holds the original again; restart the registry "
+                      "by hand", problem, self.config.path)
+
+    def stop_safely(self, problem: str, rollback: bool = True) -> None:
+        """Back to the filesystem, read-write, and stop with exit 1."""
+        if rollback and self.config is not None:
+            self.restore_original()
+            self.reset_to_online()
+        raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write; nothing was lost")
+
+    def reset_to_online(self) -> None:
+        self.state.done = [p for p in self.state.done if p == "initial_sync"]
+        self.state.readonly_on_at = None
+        self.state.readonly_off_at = None
+        self.state.restart_seconds = 0.0
+        self.state.online_verified_objects = None
+        self.store.save(self.state)
+
+    def sample_manifest(self) -> tuple[Optional[str], Optional[str], Optional[str]]:
+        """A tag the source has, for the read probe: (repository, tag, manifest digest)."""
+        root = self.plan.source / REPOSITORIES
+        for link in sorted(root.glob("**/_manifests/tags/*/current/link")):
+            parts = link.relative_to(root).parts
+            repository = "/".join(parts[: parts.index("_manifests")])
+            return repository, parts[-3], link.read_text().strip()
+        return None, None, None
+
+    # --- rollback, status, report ----------------------------------------------------------
+
+    def rollback(self, force: bool) -> None:
+        """Restore the original config; refused after the registry took writes on s3 unless forced."""
+        if not self.config.backup.exists():
+            raise InvalidInput(f"no backup of the original config in {self.config.backup_dir}: nothing to roll back to")
+        if self.state.readonly_off_at is not None and not force:
+            written = self.objects_written_since(self.state.readonly_off_at)
+            if written:
+                raise Refused(
+                    f"the registry wrote {written} objects to the bucket since the cut-over; rolling back would strand "
+                    "those pushes in the bucket. Re-run with --force if you accept losing them"
+                )
+        self.config.write(self.config.original_text())
+        problem = self.restart()
+        self.reset_to_online()
+        self.state.outcome = "rolled back"
+        self.store.save(self.state)
+        if problem:
+            raise StoppedSafely(f"original config restored but {problem}")
+
+    def objects_written_since(self, since: float) -> int:
+        paginator = self.bucket.client.get_paginator("list_objects_v2")
+        count = 0
+        for page in paginator.paginate(Bucket=self.plan.bucket.name, Prefix=self.bucket.key("docker/")):
+            count += sum(1 for item in page.get("Contents", ()) if item["LastModified"].timestamp() >= since)
+        return count
+
+    def dry_run_report(self) -> dict:
+        """What ``run`` would do, computed without writing to the bucket, the config or the registry."""
+        self.preflight(canary=False)
+        started = time.monotonic()
+        result = self.engine.run_pass()
+        pass_seconds = time.monotonic() - started
+        guard = "ok"
+        try:
+            self.engine.check_deletes(result, self.plan.sync.max_delete_fraction, self.options.allow_mass_delete)
+        except Refused as refusal:
+            guard = f"would refuse: {refusal}"
+        report = {
+            "dry_run": True,
+            "would_upload": {"objects": result.uploaded_objects, "bytes": result.uploaded_bytes,
+                             "reasons": dict(result.reasons), "first_keys": result.first_uploads},
+            "would_delete": {"objects": len(result.delete_candidates), "bytes": result.delete_candidate_bytes,
+                             "first_keys": result.delete_candidates[:20], "guard": guard},
+            "source_objects": result.source_objects,
+            "source_bytes": result.source_bytes,
+            "s3_requests": sum(self.bucket.counter.attempts.values()),
+        }
+        report["estimated_read_only_window_seconds"] = self.estimate_window(result, pass_seconds)
+        if self.config is not None:
+            original = self.config.original_text()
+            s3 = TargetState(s3=self.s3_settings(), readonly=False)
+            report["config_diff"] = {
+                "read_only": redact(unified_diff(original, self.config.render(TargetState(None, True)), self.config.path.name)),
+                "final": redact(unified_diff(original, self.config.render(s3), self.config.path.name)),
+            }
+        return report
+
+    def estimate_window(self, result: PassResult, pass_seconds: float) -> dict:
+        """The read-only window from the last pass: one delta pass, the pending copy, and the restarts."""
+        walk = self.state.last_pass_seconds if self.state.last_pass_seconds is not None else pass_seconds
+        initial = next((p for p in self.state.phases if p["name"] == "initial_sync" and p["seconds"] > 0), None)
+        rate = initial["uploaded_bytes"] / initial["seconds"] if initial and initial["uploaded_bytes"] else 50 * 2**20
+        restarts = (self.state.restart_seconds / 3) if self.state.restart_seconds else ESTIMATED_RESTART_SECONDS
+        copy = result.uploaded_bytes / rate
+        return {"total": round(walk + copy + 3 * restarts, 1), "final_pass": round(walk, 1), "copy": round(copy, 1),
+                "restarts": round(3 * restarts, 1), "assumed_bytes_per_second": round(rate)}
+
+    def report(self) -> dict:
+        window = None
+        if self.state.readonly_on_at and self.state.readonly_off_at:
+            window = round(self.state.readonly_off_at - self.state.readonly_on_at, 3)
+        return {
+            "outcome": self.state.outcome,
+            "read_only_window_seconds": window,
+            "restart_seconds": self.state.restart_seconds,
+            "passes": self.state.passes,
+            "phases": self.state.phases,
+            "verification": self.state.verification,
+        }
+
+
+def verification_summary(result: VerifyResult, method: str) -> dict:
+    """The report's verification fields (counts exclude _uploads)."""
+    return {"method": method, "source_objects": result.source_objects, "bucket_objects": result.bucket_objects,
+            "missing": result.missing, "extra": result.extra, "mismatched": result.mismatched}
+
+
+def _etag_md5(head: dict) -> Optional[str]:
+    etag = head.get("ETag", "").strip('"')
+    return etag if len(etag) == 32 else None
+
+
+@contextmanager
+def migration(plan: Plan, progress: Optional[Progress] = None, options: Optional[Options] = None,
+              lock: bool = True) -> Iterator[Migration]:
+    """An opened Migration (state directory locked when ``lock``), closed afterwards."""
+    job = Migration(plan, progress, options)
+    try:
+        job.open(lock=lock)
+        yield job
+    finally:
+        job.close()

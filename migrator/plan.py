@@ -1,0 +1,255 @@
+"""The migration plan: a YAML file, checked key by key before anything is touched."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from migrator.errors import InvalidInput
+
+SECRET_KEYS = {"accesskey", "secretkey", "aws_access_key_id", "aws_secret_access_key", "sessiontoken"}
+
+
+@dataclass(frozen=True)
+class BucketSettings:
+    name: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    endpoint: Optional[str] = None
+    profile: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    config: Path
+    restart: str
+    url: str
+    format: str = "yaml"
+    storage: dict = field(default_factory=dict)
+    write_credentials: bool = False
+    rendered_config: Path = Path("/var/opt/gitlab/registry/config.yml")
+    health_timeout_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    workers: int = 32
+    shard_workers: int = 4
+    multipart_threshold_mb: int = 64
+    multipart_chunksize_mb: int = 16
+    retry_mode: str = "adaptive"
+    max_attempts: int = 10
+    max_delete_fraction: float = 0.05
+    max_delta_passes: int = 5
+    delta_stop_below: int = 100
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    source: Path
+    bucket: BucketSettings
+    registry: Optional[RegistrySettings]
+    state_dir: Path
+    sync: SyncSettings
+
+    @property
+    def key_prefix(self) -> str:
+        """What every key the registry uses starts with: the rootdirectory, normalised."""
+        return normalise_prefix(self.bucket.prefix)
+
+
+def normalise_prefix(prefix: str) -> str:
+    """The S3 driver strips the leading '/' of rootdirectory; '' and '/' both mean the bucket root."""
+    stripped = prefix.strip("/")
+    return f"{stripped}/" if stripped else ""
+
+
+# Schema: key -> (type(s), required). Nested dicts are schemas of their own.
+_BUCKET = {
+    "name": (str, True),
+    "prefix": ((str, type(None)), False),
+    "region": (str, False),
+    "endpoint": ((str, type(None)), False),
+    "profile": ((str, type(None)), False),
+}
+_REGISTRY = {
+    "config": (str, True),
+    "restart": ((str, type(None)), False),
+    "url": (str, True),
+    "format": ((str, type(None)), False),
+    "storage": (dict, False),
+    "write_credentials": (bool, False),
+    "rendered_config": (str, False),
+    "health_timeout_seconds": ((int, float), False),
+}
+_SYNC = {
+    "workers": (int, False),
+    "shard_workers": (int, False),
+    "multipart_threshold_mb": (int, False),
+    "multipart_chunksize_mb": (int, False),
+    "retry_mode": (str, False),
+    "max_attempts": (int, False),
+    "max_delete_fraction": ((int, float), False),
+    "max_delta_passes": (int, False),
+    "delta_stop_below": (int, False),
+}
+_PLAN = {
+    "source": (str, True),
+    "bucket": (_BUCKET, True),
+    "registry": ((_REGISTRY, type(None)), False),
+    "state": ((str, type(None)), False),
+    "sync": ((_SYNC, type(None)), False),
+}
+
+
+def _type_name(expected: Any) -> str:
+    options = expected if isinstance(expected, tuple) else (expected,)
+    names = []
+    for option in options:
+        if isinstance(option, dict) or option is dict:
+            names.append("a mapping")
+        elif option is type(None):
+            names.append("null")
+        elif option is bool:
+            names.append("true/false")
+        else:
+            names.append({str: "a string", int: "a number", float: "a number"}[option])
+    return " or ".join(dict.fromkeys(names))
+
+
+def _check(node: yaml.Node, schema: dict, where: str, plan_path: Path) -> dict:
+    """Validate a mapping node against a schema; returns plain Python values."""
+    if not isinstance(node, yaml.MappingNode):
+        raise InvalidInput(f"{plan_path}:{node.start_mark.line + 1}: {where or 'the plan'} must be a mapping")
+    values: dict = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        line = key_node.start_mark.line + 1
+        dotted = f"{where}.{key}" if where else key
+        if str(key).lower() in SECRET_KEYS:
+            raise InvalidInput(
+                f"{plan_path}:{line}: '{dotted}' is a secret and plans must not hold secrets; "
+                "remove it and provide credentials through the AWS chain (environment, profile, instance role)"
+            )
+        if key not in schema:
+            allowed = ", ".join(schema)
+            raise InvalidInput(f"{plan_path}:{line}: unknown key '{dotted}' (allowed here: {allowed})")
+        expected, _ = schema[key]
+        options = expected if isinstance(expected, tuple) else (expected,)
+        sub_schema = next((o for o in options if isinstance(o, dict)), None)
+        if sub_schema is not None and isinstance(value_node, yaml.MappingNode):
+            values[key] = _check(value_node, sub_schema, dotted, plan_path)
+            continue
+        value = yaml.safe_load(yaml.serialize(value_node))
+        plain = tuple(dict if isinstance(o, dict) else o for o in options)
+        if isinstance(value, bool) and bool not in plain:
+            ok = False
+        else:
+            ok = isinstance(value, plain)
+        if not ok:
+            raise InvalidInput(
+                f"{plan_path}:{line}: '{dotted}' must be {_type_name(expected)}, not {type(value).__name__} {value!r}"
+            )
+        if isinstance(value, dict):
+            _refuse_secrets(value, dotted, line, plan_path)
+        values[key] = value
+    for key, (_, required) in schema.items():
+        if required and key not in values:
+            raise InvalidInput(f"{plan_path}: missing required key '{where + '.' if where else ''}{key}'")
+    return values
+
+
+def _refuse_secrets(mapping: dict, where: str, line: int, plan_path: Path) -> None:
+    for key, value in mapping.items():
+        if str(key).lower() in SECRET_KEYS:
+            raise InvalidInput(
+                f"{plan_path}:{line}: '{where}.{key}' is a secret and plans must not hold secrets; "
+                "use write_credentials: true to copy them from the environment into the registry config"
+            )
+        if isinstance(value, dict):
+            _refuse_secrets(value, f"{where}.{key}", line, plan_path)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    return (base / os.path.expanduser(value)).resolve()
+
+
+def _check_prefix(prefix: str, plan_path: Path) -> None:
+    parts = prefix.strip("/").split("/")
+    if prefix.strip("/") and any(p in ("", ".", "..") for p in parts):
+        raise InvalidInput(
+            f"{plan_path}: bucket.prefix {prefix!r} has an empty, '.' or '..' path segment; "
+            "use a plain path such as 'registry' (keys then start with registry/docker/)"
+        )
+    if any(ch in prefix for ch in "*?[]\\") or any(ord(ch) < 32 for ch in prefix):
+        raise InvalidInput(f"{plan_path}: bucket.prefix {prefix!r} has wildcard or control characters; use a plain path")
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """Read and check a plan file; raises InvalidInput naming the key (and line) at fault."""
+    plan_path = Path(path).resolve()
+    try:
+        text = plan_path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read plan {plan_path}: {exc.strerror}; check the path") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InvalidInput(f"{plan_path}{where}: not valid YAML ({problem}); fix the syntax") from None
+    if root is None:
+        raise InvalidInput(f"{plan_path}: the plan is empty; see plans/ for examples")
+    values = _check(root, _PLAN, "", plan_path)
+    base = plan_path.parent
+
+    source = _resolve(base, values["source"])
+    if not source.exists():
+        raise InvalidInput(f"source {source} does not exist; set 'source' to the directory that contains docker/")
+    if not source.is_dir():
+        raise InvalidInput(f"source {source} is a file, not a directory; set 'source' to the directory that contains docker/")
+    if not (source / "docker" / "registry" / "v2").is_dir():
+        raise InvalidInput(
+            f"source {source} has no docker/registry/v2; set 'source' to the registry's filesystem "
+            "rootdirectory (the directory that contains docker/)"
+        )
+
+    bucket_values = values["bucket"]
+    if not bucket_values["name"].strip():
+        raise InvalidInput(f"{plan_path}: bucket.name is empty")
+    if bucket_values.get("prefix") is None:
+        bucket_values["prefix"] = ""
+    _check_prefix(bucket_values["prefix"], plan_path)
+    bucket = BucketSettings(**bucket_values)
+
+    registry = None
+    if values.get("registry"):
+        reg = dict(values["registry"])
+        config = _resolve(base, reg.pop("config"))
+        fmt = reg.pop("format", None) or ("omnibus" if config.name.endswith(".rb") else "yaml")
+        if fmt not in ("yaml", "omnibus"):
+            raise InvalidInput(f"{plan_path}: registry.format must be 'yaml' or 'omnibus', not {fmt!r}")
+        restart = reg.pop("restart", None) or ("gitlab-ctl reconfigure" if fmt == "omnibus" else None)
+        if not restart:
+            raise InvalidInput(f"{plan_path}: registry.restart is required (the shell command that restarts the registry)")
+        if "rendered_config" in reg:
+            reg["rendered_config"] = _resolve(base, reg["rendered_config"])
+        registry = RegistrySettings(config=config, format=fmt, restart=restart, **reg)
+
+    sync = SyncSettings(**(values.get("sync") or {}))
+    if sync.retry_mode not in ("adaptive", "standard", "legacy"):
+        raise InvalidInput(f"{plan_path}: sync.retry_mode must be adaptive, standard or legacy")
+    if sync.workers < 1 or sync.shard_workers < 1 or sync.max_attempts < 1:
+        raise InvalidInput(f"{plan_path}: sync.workers, sync.shard_workers and sync.max_attempts must be at least 1")
+    if not 0 <= sync.max_delete_fraction <= 1:
+        raise InvalidInput(f"{plan_path}: sync.max_delete_fraction must be between 0 and 1")
+
+    state = values.get("state")
+    state_dir = _resolve(base, state) if state else plan_path.with_suffix(".state")
+    return Plan(path=plan_path, source=source, bucket=bucket, registry=registry, state_dir=state_dir, sync=sync)

@@ -1,0 +1,308 @@
+"""The registry's configuration, behind one small interface: Docker Distribution YAML or Omnibus gitlab.rb.
+
+Every change is rendered from the *original* file (the backup), so rendering is idempotent and a
+resumed run writes exactly what an uninterrupted one would. Writes are atomic and keep the file's
+mode and owner; YAML is edited round-trip so comments, key order and formatting survive.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from migrator.errors import InvalidInput
+
+DRIVERS = ("filesystem", "s3", "azure", "gcs", "swift", "oss", "inmemory")
+DEFAULT_FILESYSTEM_ROOT = "/var/lib/registry"
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """What the registry should run with: the S3 driver settings (None: filesystem) and read-only or not."""
+
+    s3: Optional[dict]
+    readonly: bool
+
+
+def storage_driver(storage: dict) -> tuple[str, dict]:
+    """The driver name and its parameters from a storage section."""
+    names = [name for name in storage if name in DRIVERS]
+    if len(names) != 1:
+        raise InvalidInput(f"the registry storage section names {len(names)} drivers ({', '.join(names) or 'none'}); expected one")
+    return names[0], storage[names[0]] or {}
+
+
+def is_readonly(storage: dict) -> bool:
+    readonly = ((storage.get("maintenance") or {}).get("readonly") or {})
+    return bool(readonly.get("enabled"))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Temp file beside the target, same mode and owner, fsync, rename, fsync the directory."""
+    st = path.stat()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), st.st_mode & 0o7777)
+            try:
+                os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+            except PermissionError:
+                pass
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def unified_diff(before: str, after: str, name: str) -> str:
+    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}"))
+
+
+class RegistryConfig:
+    """What the pipeline needs from a registry configuration file; originals live in ``backup_dir``."""
+
+    def __init__(self, path: Path, backup_dir: Path):
+        self.path = path
+        self.backup_dir = backup_dir
+
+    @property
+    def backup(self) -> Path:
+        return self.backup_dir / self.path.name
+
+    def take_backup(self) -> None:
+        """Keep the original file; a later run never overwrites it."""
+        backup_once(self.path, self.backup)
+
+    def original_text(self) -> str:
+        return self.backup.read_text() if self.backup.exists() else _read(self.path)
+
+    def current_text(self) -> str:
+        return _read(self.path)
+
+    def effective_storage(self) -> dict:
+        """The storage section the registry runs with now."""
+        raise NotImplementedError
+
+    def original_storage(self) -> dict:
+        """The storage section of the original (backed-up) config."""
+        return _parse_yaml(self.original_text(), self.backup)["storage"]
+
+    def render(self, target: TargetState) -> str:
+        """The file text for ``target``, derived from the original."""
+        raise NotImplementedError
+
+    def check_applied(self, target: TargetState) -> Optional[str]:
+        """After a restart: None if the registry's effective config shows ``target``, else what differs."""
+        return _applied_difference(self.effective_storage(), target)
+
+    def write(self, text: str) -> bool:
+        """Write ``text`` atomically unless the file already holds it; True if it changed."""
+        if self.current_text() == text:
+            return False
+        atomic_write(self.path, text)
+        return True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read registry config {path}: {exc.strerror}; fix registry.config") from None
+
+
+def _parse_yaml(text: str, path: Path) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"registry config {path} is not valid YAML ({exc}); fix it or registry.config") from None
+    if not isinstance(data, dict) or not isinstance(data.get("storage"), dict):
+        raise InvalidInput(f"registry config {path} has no 'storage' section; is registry.config the registry's config.yml?")
+    return data
+
+
+def _applied_difference(storage: dict, target: TargetState) -> Optional[str]:
+    driver, params = storage_driver(storage)
+    want = "s3" if target.s3 is not None else "filesystem"
+    if driver != want:
+        return f"driver is {driver}, expected {want}"
+    if target.s3 is not None and params.get("bucket") != target.s3.get("bucket"):
+        return f"bucket is {params.get('bucket')!r}, expected {target.s3.get('bucket')!r}"
+    if is_readonly(storage) != target.readonly:
+        return f"read-only is {is_readonly(storage)}, expected {target.readonly}"
+    return None
+
+
+class YamlConfig(RegistryConfig):
+    """Docker Distribution's config.yml (Debian docker-registry, source installs, GitLab's fork)."""
+
+    def effective_storage(self) -> dict:
+        return _parse_yaml(_read(self.path), self.path)["storage"]
+
+    def render(self, target: TargetState) -> str:
+        original = self.original_text()
+        rt = YAML()
+        rt.preserve_quotes = True
+        rt.width = 4096
+        indent = _indent_of(original)
+        rt.indent(mapping=indent, sequence=indent + 2, offset=indent)
+        doc = rt.load(original)
+        storage = doc["storage"]
+        if target.s3 is not None:
+            driver, _ = storage_driver(storage)
+            position = list(storage).index(driver)
+            del storage[driver]
+            storage.insert(position, "s3", CommentedMap(target.s3))
+        if target.readonly != is_readonly(storage):
+            maintenance = storage.get("maintenance")
+            if not isinstance(maintenance, dict):
+                maintenance = storage["maintenance"] = CommentedMap()
+            readonly = maintenance.get("readonly")
+            if not isinstance(readonly, dict):
+                readonly = maintenance["readonly"] = CommentedMap()
+            readonly["enabled"] = target.readonly
+        out = io.StringIO()
+        rt.dump(doc, out)
+        return out.getvalue()
+
+
+def _indent_of(text: str) -> int:
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        if stripped and not stripped.startswith("#") and len(stripped) < len(line):
+            return len(line) - len(stripped)
+    return 2
+
+
+BEGIN = "# BEGIN migrator (managed block: do not edit)"
+END = "# END migrator"
+
+
+def ruby_literal(value, indent: int = 0) -> str:
+    """A Python value as a Ruby literal, for registry['storage'] in gitlab.rb."""
+    pad = "  " * (indent + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{pad}{ruby_literal(str(k))} => {ruby_literal(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nil"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(ruby_literal(v, indent) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def strip_managed_block(text: str, path: Path) -> str:
+    """gitlab.rb without our managed block; an unbalanced block is an error naming the fix."""
+    begins = [i for i, line in enumerate(text.splitlines()) if line.strip() == BEGIN]
+    ends = [i for i, line in enumerate(text.splitlines()) if line.strip() == END]
+    if not begins and not ends:
+        return text
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise InvalidInput(
+            f"{path} has an unbalanced migrator block ({len(begins)} BEGIN, {len(ends)} END lines); "
+            f"restore it from the backup in the state directory or remove the lines between '{BEGIN}' and '{END}'"
+        )
+    lines = text.splitlines(True)
+    del lines[begins[0] : ends[0] + 1]
+    return "".join(lines)
+
+
+class OmnibusConfig(RegistryConfig):
+    """Omnibus /etc/gitlab/gitlab.rb: one managed block at the end sets registry['storage'].
+
+    The effective storage section is read from the config.yml Omnibus renders; the block holds the
+    original rendered section with the target's changes, so every other storage key stays.
+    """
+
+    def __init__(self, path: Path, backup_dir: Path, rendered: Path):
+        super().__init__(path, backup_dir)
+        self.rendered = rendered
+
+    @property
+    def rendered_backup(self) -> Path:
+        return self.backup_dir / "rendered-config.yml"
+
+    def original_storage(self) -> dict:
+        source = self.rendered_backup if self.rendered_backup.exists() else self.rendered
+        return _parse_yaml(_read(source), source)["storage"]
+
+    def take_backup(self) -> None:
+        strip_managed_block(self.current_text(), self.path)
+        backup_once(self.rendered, self.rendered_backup)
+        super().take_backup()
+
+    def effective_storage(self) -> dict:
+        strip_managed_block(self.current_text(), self.path)  # validates the block
+        return _parse_yaml(_read(self.rendered), self.rendered)["storage"]
+
+    def render(self, target: TargetState) -> str:
+        base = strip_managed_block(self.original_text(), self.path)
+        if target.s3 is None and not target.readonly:
+            return base
+        storage = dict(self.original_storage())
+        if target.s3 is not None:
+            driver, _ = storage_driver(storage)
+            storage = {("s3" if k == driver else k): (target.s3 if k == driver else v) for k, v in storage.items()}
+        if target.readonly != is_readonly(storage):
+            maintenance = dict(storage.get("maintenance") or {})
+            maintenance["readonly"] = dict(maintenance.get("readonly") or {}, enabled=target.readonly)
+            storage["maintenance"] = maintenance
+        block = f"{BEGIN}\nregistry['storage'] = {ruby_literal(storage)}\n{END}\n"
+        return base + ("" if base.endswith("\n") or not base else "\n") + block
+
+
+def open_config(path: Path, fmt: str, backup_dir: Path, rendered: Path) -> RegistryConfig:
+    if not path.is_file():
+        raise InvalidInput(f"registry config {path} does not exist or is not a file; fix registry.config")
+    return OmnibusConfig(path, backup_dir, rendered) if fmt == "omnibus" else YamlConfig(path, backup_dir)
+
+
+def filesystem_root(storage: dict) -> str:
+    _, params = storage_driver(storage)
+    return str(params.get("rootdirectory") or DEFAULT_FILESYSTEM_ROOT)
+
+
+def backup_once(path: Path, backup: Path) -> None:
+    """Keep the original config; a later run never overwrites it."""
+    if backup.exists():
+        return
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    tmp = backup.with_suffix(".tmp")
+    shutil.copy2(path, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, backup)
+
+
+_SECRET_LINE = re.compile(r"(accesskey|secretkey)(['\"]?\s*(?::|=>)\s*)\S+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """A config text (or diff) safe to print: credential values replaced."""
+    return _SECRET_LINE.sub(r"\1\2<redacted>", text)

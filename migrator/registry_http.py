@@ -1,0 +1,165 @@
+"""The registry's HTTP API: health, read-only and read probes, and push/pull for drills and tests.
+
+Token auth: when the registry answers 401 with a Bearer challenge and MIGRATOR_PROBE_USER /
+MIGRATOR_PROBE_PASSWORD are set, a token is fetched from the realm for each request's scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Optional
+
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+ACCEPT = ", ".join([
+    MANIFEST_V2,
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+])
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: bytes
+
+
+class RegistryClient:
+    """A small Docker Registry HTTP API v2 client on urllib (redirects followed, e.g. 307 to the bucket)."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.user = os.environ.get("MIGRATOR_PROBE_USER")
+        self.password = os.environ.get("MIGRATOR_PROBE_PASSWORD")
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None) -> Response:
+        """One request; a 401 Bearer challenge is answered once when probe credentials are set."""
+        response = self._send(method, path, body, headers or {})
+        if response.status == 401 and self.user:
+            token = self._token(response.headers.get("www-authenticate", ""))
+            if token:
+                response = self._send(method, path, body, dict(headers or {}, Authorization=f"Bearer {token}"))
+        return response
+
+    def _send(self, method: str, path: str, body: Optional[bytes], headers: dict) -> Response:
+        url = path if path.startswith("http") else self.url + path
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
+        except urllib.error.HTTPError as err:
+            return Response(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
+
+    def _token(self, challenge: str) -> Optional[str]:
+        if not challenge.lower().startswith("bearer "):
+            return None
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+        credentials = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req = urllib.request.Request(f"{params.get('realm', '')}?{query}", headers={"Authorization": f"Basic {credentials}"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                data = json.loads(resp.read())
+        except (urllib.error.URLError, ValueError):
+            return None
+        return data.get("token") or data.get("access_token")
+
+    # --- health and probes -------------------------------------------------------------------
+
+    def health(self) -> Optional[int]:
+        """The status of GET /v2/, or None when nothing answers."""
+        try:
+            return self.request("GET", "/v2/").status
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def wait_healthy(self, timeout: float) -> bool:
+        """Wait until GET /v2/ answers 200 or 401 (auth on: the registry itself is up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.health() in (200, 401):
+                return True
+            time.sleep(0.25)
+        return False
+
+    def write_probe(self, repository: str) -> int:
+        """Start a blob upload and cancel it: 202 when writable, 405 when read-only."""
+        response = self.request("POST", f"/v2/{repository}/blobs/uploads/")
+        if response.status == 202 and response.headers.get("location"):
+            self.request("DELETE", response.headers["location"])
+        return response.status
+
+    def manifest_digest(self, repository: str, reference: str) -> Optional[str]:
+        """The digest a manifest is served with, or None when it is not found."""
+        response = self.request("GET", f"/v2/{repository}/manifests/{reference}", headers={"Accept": ACCEPT})
+        if response.status != 200:
+            return None
+        return response.headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(response.body).hexdigest()
+
+    # --- push and pull (drills, demo, tests) ---------------------------------------------------
+
+    def push_blob(self, repository: str, content: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        if self.request("HEAD", f"/v2/{repository}/blobs/{digest}").status == 200:
+            return digest
+        start = self.request("POST", f"/v2/{repository}/blobs/uploads/")
+        if start.status != 202:
+            raise RegistryError(start.status, f"start upload to {repository}")
+        location = start.headers["location"]
+        separator = "&" if "?" in location else "?"
+        done = self.request("PUT", f"{location}{separator}digest={digest}", body=content,
+                            headers={"Content-Type": "application/octet-stream"})
+        if done.status != 201:
+            raise RegistryError(done.status, f"finish upload of {digest}")
+        return digest
+
+    def push_image(self, repository: str, tag: str, layers: list[bytes]) -> str:
+        """Push layers, a config and a schema-2 manifest under ``tag``; returns the manifest digest."""
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"},
+                             "created": f"{repository}:{tag}"}).encode()
+        config_digest = self.push_blob(repository, config)
+        layer_digests = [self.push_blob(repository, layer) for layer in layers]
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_V2,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
+                       "digest": config_digest},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": len(layer),
+                        "digest": digest} for layer, digest in zip(layers, layer_digests)],
+        }).encode()
+        response = self.request("PUT", f"/v2/{repository}/manifests/{tag}", body=manifest,
+                                headers={"Content-Type": MANIFEST_V2})
+        if response.status != 201:
+            raise RegistryError(response.status, f"put manifest {repository}:{tag}")
+        return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    def pull_image(self, repository: str, reference: str) -> str:
+        """Fetch a manifest and every blob it names, checking each digest; returns the manifest digest."""
+        response = self.request("GET", f"/v2/{repository}/manifests/{reference}", headers={"Accept": ACCEPT})
+        if response.status != 200:
+            raise RegistryError(response.status, f"get manifest {repository}:{reference}")
+        manifest = json.loads(response.body)
+        for descriptor in [manifest["config"]] + manifest.get("layers", []):
+            blob = self.request("GET", f"/v2/{repository}/blobs/{descriptor['digest']}")
+            if blob.status != 200:
+                raise RegistryError(blob.status, f"get blob {descriptor['digest']}")
+            if "sha256:" + hashlib.sha256(blob.body).hexdigest() != descriptor["digest"]:
+                raise RegistryError(blob.status, f"blob {descriptor['digest']} has other bytes")
+        return "sha256:" + hashlib.sha256(response.body).hexdigest()
+
+
+class RegistryError(Exception):
+    def __init__(self, status: int, what: str):
+        super().__init__(f"{what}: HTTP {status}")
+        self.status = status

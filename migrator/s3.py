@@ -1,0 +1,158 @@
+"""The bucket: one shared boto3 client, request counting per phase, listings by shard, clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from migrator.errors import InvalidInput
+from migrator.layout import Shard, is_uploads
+from migrator.plan import BucketSettings, SyncSettings
+
+
+class RequestCounter:
+    """Counts S3 HTTP attempts (retries included) and API calls, per phase, through botocore events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.phase = "setup"
+        self.attempts: Counter = Counter()
+        self.calls: Counter = Counter()
+        self.by_operation: Counter = Counter()
+
+    def attach(self, client) -> None:
+        client.meta.events.register("before-send.s3", self._on_send)
+        client.meta.events.register("before-call.s3", self._on_call)
+
+    def _on_send(self, **kwargs) -> None:
+        with self._lock:
+            self.attempts[self.phase] += 1
+
+    def _on_call(self, model, **kwargs) -> None:
+        with self._lock:
+            self.calls[self.phase] += 1
+            self.by_operation[model.name] += 1
+
+    @contextlib.contextmanager
+    def phase_scope(self, name: str) -> Iterator[None]:
+        previous, self.phase = self.phase, name
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+    def retries(self, phase: str) -> int:
+        return max(0, self.attempts[phase] - self.calls[phase])
+
+
+@dataclass
+class Bucket:
+    """A bucket and key prefix, reached through one client shared by every worker thread."""
+
+    settings: BucketSettings
+    key_prefix: str
+    client: object
+    counter: RequestCounter
+
+    def key(self, rel: str) -> str:
+        return self.key_prefix + rel
+
+    def rel(self, key: str) -> str:
+        return key[len(self.key_prefix):]
+
+
+def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str) -> Bucket:
+    """A client with a connection pool sized to the workers and botocore retries for SlowDown and resets."""
+    config = Config(
+        max_pool_connections=sync.workers + sync.shard_workers + 4,
+        retries={"mode": sync.retry_mode, "max_attempts": sync.max_attempts},
+        s3={"addressing_style": "path"} if settings.endpoint else None,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    try:
+        session = boto3.session.Session(profile_name=settings.profile)
+    except botocore.exceptions.ProfileNotFound:
+        raise InvalidInput(f"AWS profile {settings.profile!r} not found; fix bucket.profile or your ~/.aws/config") from None
+    client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config)
+    counter = RequestCounter()
+    counter.attach(client)
+    return Bucket(settings, key_prefix, client, counter)
+
+
+def explain(exc: Exception, bucket: str) -> str:
+    """An operator's sentence for a bucket error: the problem and the fix, never a secret."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, bucket.profile, or an instance role"
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
+        return f"cannot reach the S3 endpoint ({exc.kwargs.get('endpoint_url', '?')}); check bucket.endpoint and the network"
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "?")
+        hints = {
+            "NoSuchBucket": f"bucket {bucket!r} does not exist; create it or fix bucket.name",
+            "404": f"bucket {bucket!r} does not exist; create it or fix bucket.name",
+            "AccessDenied": f"access to bucket {bucket!r} denied; grant s3:ListBucket/GetObject/PutObject/DeleteObject",
+            "403": f"access to bucket {bucket!r} denied; check the credentials and the bucket policy",
+            "InvalidAccessKeyId": "the AWS access key id is not valid; check the credentials in the environment or profile",
+            "SignatureDoesNotMatch": "the AWS secret key does not match the access key id; check the credentials",
+        }
+        return hints.get(code, f"S3 error {code} on bucket {bucket!r}: {exc.response.get('Error', {}).get('Message', '')}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return f"S3 error on bucket {bucket!r}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+BUCKET_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    rel: str
+    size: int
+    etag: str
+
+    @property
+    def md5(self) -> Optional[str]:
+        """The content md5 when the ETag is one (single-part upload without KMS)."""
+        etag = self.etag.strip('"')
+        return etag if len(etag) == 32 and "-" not in etag else None
+
+
+def _pages(bucket: Bucket, prefix: str, delimiter: Optional[str] = None) -> Iterator[dict]:
+    paginator = bucket.client.get_paginator("list_objects_v2")
+    kwargs = {"Bucket": bucket.settings.name, "Prefix": bucket.key(prefix)}
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    yield from paginator.paginate(**kwargs)
+
+
+def list_shard(bucket: Bucket, shard: Shard) -> Iterator[ListedObject]:
+    """The shard's objects in key order, ``_uploads`` skipped. Shards with excludes walk by delimiter."""
+    if not shard.excludes:
+        for page in _pages(bucket, shard.prefix):
+            for item in page.get("Contents", ()):
+                rel = bucket.rel(item["Key"])
+                if not is_uploads(rel):
+                    yield ListedObject(rel, item["Size"], item["ETag"])
+        return
+    found: list[ListedObject] = []
+    pending = [shard.prefix]
+    while pending:
+        prefix = pending.pop()
+        for page in _pages(bucket, prefix, "/"):
+            for item in page.get("Contents", ()):
+                rel = bucket.rel(item["Key"])
+                if shard.contains(rel) and not is_uploads(rel):
+                    found.append(ListedObject(rel, item["Size"], item["ETag"]))
+            for common in page.get("CommonPrefixes", ()):
+                rel = bucket.rel(common["Prefix"])
+                if not rel.startswith(shard.excludes) and not is_uploads(rel):
+                    pending.append(rel)
+    yield from sorted(found, key=lambda o: o.rel)

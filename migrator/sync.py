@@ -1,0 +1,220 @@
+"""The sync engine: each shard is seeded, walked, diffed, copied and journaled on its own.
+
+A pass runs ``sync_shard`` for every shard on a small thread pool (the embedded default; the same
+function is the unit of work a cluster engine would schedule). The first pass lists the bucket once
+per shard to seed the journal; later passes compare a fresh walk with the journal only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from migrator.errors import Refused
+from migrator.journal import Journal, JournalRow
+from migrator.layout import Shard, shards
+from migrator.march import Action, decide, march, md5_of
+from migrator.s3 import Bucket, list_shard
+from migrator.transfer import Transfer
+from migrator.walker import read_bytes, walk_shard
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK = 256
+RECORD_CHUNK = 2000
+FIRST_KEYS = 20
+
+
+@dataclass
+class PassResult:
+    """What one pass saw and did, summed over shards."""
+
+    source_objects: int = 0
+    source_bytes: int = 0
+    uploaded_objects: int = 0
+    uploaded_bytes: int = 0
+    refreshed: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    first_uploads: list = field(default_factory=list)
+    delete_candidates: list = field(default_factory=list)
+    delete_candidate_bytes: int = 0
+    deleted_objects: int = 0
+
+    def add(self, other: "PassResult") -> None:
+        self.source_objects += other.source_objects
+        self.source_bytes += other.source_bytes
+        self.uploaded_objects += other.uploaded_objects
+        self.uploaded_bytes += other.uploaded_bytes
+        self.refreshed += other.refreshed
+        self.reasons.update(other.reasons)
+        self.first_uploads = (self.first_uploads + other.first_uploads)[:FIRST_KEYS]
+        self.delete_candidates.extend(other.delete_candidates)
+        self.delete_candidate_bytes += other.delete_candidate_bytes
+        self.deleted_objects += other.deleted_objects
+
+    @property
+    def changes(self) -> int:
+        return self.uploaded_objects + len(self.delete_candidates)
+
+
+class Progress:
+    """Callbacks the engine reports to (tqdm bars in the CLI; nothing in tests)."""
+
+    def walked(self, count: int) -> None: ...
+    def uploaded(self, count: int, nbytes: int) -> None: ...
+    def listed(self, count: int) -> None: ...
+
+
+class SyncEngine:
+    """Runs sync passes, the delete step and the window's spot checks against one bucket."""
+
+    def __init__(self, source: Path, bucket: Bucket, journal: Journal, transfer: Transfer, shard_workers: int,
+                 progress: Optional[Progress] = None, dry_run: bool = False):
+        self.dry_run = dry_run  # decide and count, but write nothing to the bucket (the journal may be seeded)
+        self.source = source
+        self.bucket = bucket
+        self.journal = journal
+        self.transfer = transfer
+        self.shard_workers = shard_workers
+        self.progress = progress or Progress()
+        self._claim_journal()
+
+    def _claim_journal(self) -> None:
+        """A journal describes one bucket and prefix; pointed elsewhere, it starts over."""
+        identity = f"{self.bucket.settings.endpoint or 'aws'}|{self.bucket.settings.name}|{self.bucket.key_prefix}"
+        known = self.journal.get_meta("bucket")
+        if known != identity:
+            if known is not None:
+                log.warning("the plan now points at %s (journal was for %s): starting the journal over", identity, known)
+                self.journal.unseed()
+            self.journal.set_meta("bucket", identity)
+
+    def _map_shards(self, work: Callable[[Shard], PassResult], only: Optional[Iterable[Shard]] = None) -> PassResult:
+        total = PassResult()
+        lock = threading.Lock()
+
+        def run(shard: Shard) -> None:
+            result = work(shard)
+            with lock:
+                total.add(result)
+
+        with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
+            for future in [pool.submit(run, shard) for shard in (only or shards())]:
+                future.result()
+        return total
+
+    def seed(self, shard: Shard) -> None:
+        """First contact with a shard: the journal becomes what the bucket lists (an earlier copy is reused)."""
+        if self.journal.is_seeded(shard):
+            return
+        batch: list[JournalRow] = []
+        for listed in list_shard(self.bucket, shard):
+            batch.append(JournalRow(listed.rel, listed.size, listed.md5, recorded_ns=0))
+            if len(batch) >= RECORD_CHUNK:
+                self.journal.record(batch)
+                self.progress.listed(len(batch))
+                batch = []
+        self.journal.record(batch)
+        self.progress.listed(len(batch))
+        self.journal.mark_seeded(shard)
+
+    def sync_shard(self, shard: Shard) -> PassResult:
+        """Walk one shard, decide every key against the journal, upload what differs."""
+        self.seed(shard)
+        result = PassResult()
+        uploads: list = []
+        refreshed: list[JournalRow] = []
+
+        def content_md5(rel: str) -> str:
+            return md5_of(read_bytes(self.source, rel))
+
+        for src, row in march(walk_shard(self.source, shard), self.journal.rows(shard)):
+            if src is not None:
+                result.source_objects += 1
+                result.source_bytes += src.size
+                if result.source_objects % 1000 == 0:
+                    self.progress.walked(1000)
+            try:
+                decision = decide(src, row, content_md5)
+            except FileNotFoundError:
+                continue  # removed after the walk saw it: the next pass sees it gone
+            if decision.action is Action.UPLOAD:
+                uploads.append(decision.source)
+                result.reasons[decision.reason] += 1
+                if len(uploads) >= UPLOAD_CHUNK:
+                    self._upload(uploads, result)
+                    uploads = []
+            elif decision.action is Action.REFRESH and not self.dry_run:
+                s = decision.source
+                refreshed.append(JournalRow(s.rel, s.size, decision.md5, s.mtime_ns, s.ctime_ns, s.ino, s.seen_ns))
+                if len(refreshed) >= RECORD_CHUNK:
+                    self.journal.record(refreshed)
+                    result.refreshed += len(refreshed)
+                    refreshed = []
+            elif decision.action is Action.DELETE:
+                result.delete_candidates.append(decision.rel)
+                result.delete_candidate_bytes += max(decision.row.size, 0)
+        self._upload(uploads, result)
+        self.journal.record(refreshed)
+        result.refreshed += len(refreshed)
+        self.progress.walked(result.source_objects % 1000)
+        return result
+
+    def _upload(self, sources: list, result: PassResult) -> None:
+        if not sources:
+            return
+        if self.dry_run:
+            result.uploaded_objects += len(sources)
+            result.uploaded_bytes += sum(s.size for s in sources)
+            result.first_uploads = (result.first_uploads + [s.rel for s in sources])[:FIRST_KEYS]
+            return
+        self.journal.mark_unconfirmed(s.rel for s in sources)
+        futures = [self.transfer.submit(s) for s in sources]
+        rows = []
+        for future in futures:
+            try:
+                row = future.result()
+            except FileNotFoundError:
+                continue  # gone since the walk; its unconfirmed row makes the next pass delete it
+            rows.append(row)
+            self.progress.uploaded(1, row.size)
+        self.journal.record(rows)
+        result.uploaded_objects += len(rows)
+        result.uploaded_bytes += sum(r.size for r in rows)
+        result.first_uploads = (result.first_uploads + [r.rel for r in rows])[:FIRST_KEYS]
+
+    def run_pass(self) -> PassResult:
+        """One online copy pass over every shard."""
+        return self._map_shards(self.sync_shard)
+
+    def check_deletes(self, result: PassResult, max_fraction: float, allow_mass_delete: bool) -> None:
+        """The delete guards; raises Refused (exit 3) with the reason and the override."""
+        if not result.delete_candidates:
+            return
+        if result.source_objects == 0:
+            raise Refused(
+                f"the source walk found no files but the bucket holds {self.journal.count()} objects: refusing to "
+                f"delete {len(result.delete_candidates)} objects. Check 'source' points at the registry's rootdirectory."
+            )
+        known = max(self.journal.count(), 1)
+        if len(result.delete_candidates) > max_fraction * known and not allow_mass_delete:
+            raise Refused(
+                f"{len(result.delete_candidates)} delete candidates are {len(result.delete_candidates) / known:.1%} of "
+                f"the {known} objects in the bucket, above sync.max_delete_fraction ({max_fraction:.0%}). Review them "
+                "with 'migrator report', then re-run with --allow-mass-delete if they are meant to go."
+            )
+
+    def apply_deletes(self, rels: list[str]) -> int:
+        """Delete the candidates (intent first, then DeleteObjects, then forget)."""
+        for start in range(0, len(rels), RECORD_CHUNK):
+            batch = rels[start : start + RECORD_CHUNK]
+            self.journal.mark_unconfirmed(batch)
+            self.transfer.delete(batch)
+            self.journal.forget(batch)
+        return len(rels)
+

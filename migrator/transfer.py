@@ -1,0 +1,100 @@
+"""Uploads and deletes: a bounded worker pool around the shared client, multipart above a threshold."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from boto3.s3.transfer import TransferConfig
+
+from migrator.errors import Refused
+from migrator.journal import JournalRow
+from migrator.layout import is_blob_data, is_uploads
+from migrator.march import md5_of
+from migrator.plan import SyncSettings
+from migrator.s3 import Bucket
+from migrator.walker import SourceFile
+
+MB = 1024 * 1024
+DELETE_BATCH = 1000
+
+
+def _file_md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(MB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def s3_extra_args(storage: dict) -> dict:
+    """Object settings the registry's own S3 driver would apply (encryption, storage class)."""
+    extra = {"ContentType": "application/octet-stream"}
+    if storage.get("encrypt"):
+        extra["ServerSideEncryption"] = "aws:kms" if storage.get("keyid") else "AES256"
+        if storage.get("keyid"):
+            extra["SSEKMSKeyId"] = storage["keyid"]
+    if storage.get("storageclass") and storage["storageclass"] != "NONE":
+        extra["StorageClass"] = storage["storageclass"]
+    return extra
+
+
+class Transfer:
+    """Copies source files to the bucket and deletes keys, on ``workers`` threads."""
+
+    def __init__(self, bucket: Bucket, source: Path, settings: SyncSettings, extra_args: dict):
+        self.bucket = bucket
+        self.source = source
+        self.threshold = settings.multipart_threshold_mb * MB
+        self.extra_args = extra_args
+        self.config = TransferConfig(
+            multipart_threshold=self.threshold,
+            multipart_chunksize=settings.multipart_chunksize_mb * MB,
+            use_threads=False,
+        )
+        self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
+
+    def submit(self, src: SourceFile) -> Future:
+        return self.pool.submit(self.upload, src)
+
+    def upload(self, src: SourceFile) -> JournalRow:
+        """Copy one file; the row records the stat seen by the walk and the md5 of the bytes sent."""
+        path = os.path.join(self.source, src.rel)
+        key = self.bucket.key(src.rel)
+        blob = is_blob_data(src.rel)
+        if src.size < self.threshold:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            self.bucket.client.put_object(Bucket=self.bucket.settings.name, Key=key, Body=data, **self.extra_args)
+            size, md5 = len(data), None if blob else md5_of(data)
+        else:
+            md5 = None if blob else _file_md5(path)
+            self.bucket.client.upload_file(
+                path, self.bucket.settings.name, key, ExtraArgs=self.extra_args, Config=self.config
+            )
+            size = os.path.getsize(path)
+        return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns)
+
+    def delete(self, rels: Sequence[str]) -> None:
+        """DeleteObjects in batches of 1000; refuses any key outside docker/ or inside _uploads."""
+        for rel in rels:
+            if not rel.startswith("docker/") or is_uploads(rel) or "/../" in f"/{rel}/":
+                raise Refused(f"refusing to delete {self.bucket.key(rel)!r}: outside {self.bucket.key('docker/')} or an upload")
+        for start in range(0, len(rels), DELETE_BATCH):
+            batch = rels[start : start + DELETE_BATCH]
+            response = self.bucket.client.delete_objects(
+                Bucket=self.bucket.settings.name,
+                Delete={"Objects": [{"Key": self.bucket.key(rel)} for rel in batch], "Quiet": True},
+            )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RuntimeError(
+                    f"{len(errors)} deletes failed, first {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
