@@ -60,6 +60,11 @@ def _guarded(work: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         log.error("interrupted: re-run the same command to continue where it stopped")
         sys.exit(130)
+    except Exception as exc:  # a bug: the operator still gets one line, the log file the traceback
+        log.debug("unexpected error", exc_info=True)
+        log.error("error: unexpected %s: %s (details in the log file); re-run the same command to continue",
+                  type(exc).__name__, exc)
+        sys.exit(EXIT_DIFFERENCES)
     sys.exit(code)
 
 

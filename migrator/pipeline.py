@@ -89,11 +89,26 @@ class Migration:
             self.phase("verify_window", self.verify_window)
             return self.finish()
         self.phase("readonly_on", self.readonly_on)
-        self.phase("final_sync", self.final_sync_and_delete)
-        self.phase("verify_window", self.verify_window)
-        self.phase("cutover", self.cutover)
-        self.phase("readonly_off", self.readonly_off)
+        with self.back_to_filesystem_on_failure():
+            self.phase("final_sync", self.final_sync_and_delete)
+            self.phase("verify_window", self.verify_window)
+            self.phase("cutover", self.cutover)
+            self.phase("readonly_off", self.readonly_off)
         return self.finish()
+
+    @contextmanager
+    def back_to_filesystem_on_failure(self) -> Iterator[None]:
+        """Inside the window no write reached the bucket: any failure returns the registry to the filesystem,
+        read-write, so an outage of the bucket or a bug never leaves the registry read-only."""
+        try:
+            yield
+        except StoppedSafely:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if self.state.readonly_off_at is not None:
+                raise
+            log.error("failure inside the read-only window (%s): returning the registry to the filesystem", exc)
+            self.stop_safely(f"stopped inside the read-only window: {exc}")
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -116,6 +131,7 @@ class Migration:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.transfer.close()
+        self.store.unlock()
 
     def preflight(self, canary: bool) -> None:
         """Everything checked before anything changes; any failure is exit 2 with nothing changed."""
@@ -562,9 +578,9 @@ def _etag_md5(head: dict) -> Optional[str]:
 
 @contextmanager
 def migration(plan: Plan, progress: Optional[Progress] = None, options: Optional[Options] = None,
-              lock: bool = True) -> Iterator[Migration]:
+              lock: bool = True, dry_run: bool = False) -> Iterator[Migration]:
     """An opened Migration (state directory locked when ``lock``), closed afterwards."""
-    job = Migration(plan, progress, options)
+    job = Migration(plan, progress, options, dry_run=dry_run)
     try:
         job.open(lock=lock)
         yield job

@@ -72,6 +72,11 @@ class StateStore:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def load(self) -> RunState:
         if not self.path.exists():
             return RunState()

@@ -1,0 +1,110 @@
+"""Fixtures: moto_server and docker-registry on free loopback ports, synthetic registry trees, plans."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from migrator.local import REGISTRY_BINARY, LocalRegistry, MotoServer
+from migrator.synthetic import RegistryTree, populate
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-do-not-print")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    server = MotoServer(logfile=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server):
+    return boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1",
+                        aws_access_key_id="test-access-key", aws_secret_access_key="test-secret-key-do-not-print")
+
+
+@pytest.fixture
+def bucket(s3):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def tree(tmp_path):
+    registry_tree = RegistryTree(tmp_path / "src")
+    populate(registry_tree, images=12)
+    return registry_tree
+
+
+@pytest.fixture
+def make_plan(tmp_path, moto_server, bucket):
+    """Write a plan (no registry section unless given) for the tree and bucket; returns its path."""
+
+    def make(source: Path, prefix: str = "", name: str = "plan.yml", **sections) -> Path:
+        plan = {
+            "source": str(source),
+            "bucket": {"name": bucket, "prefix": prefix, "region": "us-east-1", "endpoint": moto_server.endpoint},
+            "sync": {"workers": 4, "shard_workers": 4},
+        }
+        plan.update(sections)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(plan, sort_keys=False))
+        return path
+
+    return make
+
+
+def bucket_contents(s3, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every object under the prefix, by key without the prefix."""
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", ()):
+            found[item["Key"][len(prefix):]] = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    return found
+
+
+def listing(s3, bucket: str) -> dict[str, str]:
+    """Key → ETag for the whole bucket: compared before/after to prove nothing changed."""
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", ()):
+            found[item["Key"]] = item["ETag"]
+    return found
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess (exit codes, stdout and stderr as an operator sees them)."""
+    return subprocess.run([sys.executable, "-m", "migrator", "--quiet", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+
+@pytest.fixture
+def local_registry(tmp_path, moto_server, bucket):
+    """A real docker-registry on the filesystem, plan-ready, stopped afterwards."""
+    if not Path(REGISTRY_BINARY).exists() and not shutil.which("docker-registry"):
+        pytest.fail("docker-registry is not installed: run 'apt-get install -y docker-registry' (see README)")
+    registry = LocalRegistry(tmp_path / "registry", moto_server.endpoint, bucket, prefix="reg")
+    registry.start()
+    yield registry
+    registry.stop()

@@ -1,0 +1,185 @@
+"""The sync engine against a real S3 endpoint (moto_server): rules, request counts, guards, crashes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import bucket_contents, listing, run_cli
+
+from migrator.errors import Refused
+from migrator.pipeline import migration
+from migrator.plan import load_plan
+from migrator.synthetic import RegistryTree, populate
+
+
+def one_pass(plan_path, phase="pass"):
+    """One sync pass in-process; returns (result, S3 attempts made by the pass)."""
+    with migration(load_plan(plan_path)) as job:
+        with job.bucket.counter.phase_scope(phase):
+            result = job.sync_pass()
+        return result, job.bucket.counter.attempts[phase]
+
+
+def age_journal(plan_path):
+    """Pretend the last pass happened long after the files were written (their stat is then trusted)."""
+    db = load_plan(plan_path).state_dir / "journal.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE objects SET recorded_ns = recorded_ns + 3600 * 1000000000")
+
+
+def test_initial_sync_copies_everything_but_uploads(tree, make_plan, s3, bucket):
+    plan = make_plan(tree.root, prefix="/registry/")
+    result = run_cli("sync", plan)
+    assert result.returncode == 0, result.stderr
+    copied = bucket_contents(s3, bucket, "registry/")
+    assert copied == tree.files()
+    assert not [k for k in copied if "_uploads" in k]
+    assert not [k for k in listing(s3, bucket) if k.endswith("/")]  # no directory markers
+
+
+def test_unchanged_tree_second_pass_makes_no_requests(tree, make_plan):
+    plan = make_plan(tree.root)
+    first, first_requests = one_pass(plan)
+    assert first.uploaded_objects == len(tree.files()) and first_requests > first.uploaded_objects
+    age_journal(plan)
+    second, second_requests = one_pass(plan)
+    assert (second.uploaded_objects, second_requests, second.refreshed) == (0, 0, 0)
+    assert second.source_objects == len(tree.files())
+
+
+def test_same_size_link_rewrite_is_caught_even_with_the_old_mtime(tree, make_plan, s3, bucket):
+    plan = make_plan(tree.root)
+    one_pass(plan)
+    age_journal(plan)
+    link = next(p for p in tree.files() if p.endswith("current/link"))
+    other = next(p for p in tree.files() if "/revisions/" in p and tree.files()[p] != tree.files()[link])
+    before = os.stat(tree.path(link))
+    tree.link(link, tree.path(other).read_text())  # truncate + write in place: 71 bytes either way
+    os.utime(tree.path(link), ns=(before.st_atime_ns, before.st_mtime_ns))  # even the mtime is back
+    assert os.stat(tree.path(link)).st_size == before.st_size
+    result, _ = one_pass(plan)
+    assert result.uploaded_objects == 1 and result.reasons == {"content differs": 1}
+    assert s3.get_object(Bucket=bucket, Key=link)["Body"].read() == tree.path(other).read_bytes()
+
+
+def test_link_rewritten_within_the_same_tick_is_caught(tree, make_plan, s3, bucket):
+    plan = make_plan(tree.root)
+    one_pass(plan)  # no ageing: the recorded stat is racy, so content is compared
+    link = next(p for p in tree.files() if p.endswith("current/link"))
+    other = next(p for p in tree.files() if "/revisions/" in p and tree.files()[p] != tree.files()[link])
+    tree.link(link, tree.path(other).read_text())
+    result, _ = one_pass(plan)
+    assert result.uploaded_objects == 1
+    assert s3.get_object(Bucket=bucket, Key=link)["Body"].read() == tree.path(other).read_bytes()
+
+
+def test_blob_renamed_into_place_with_an_old_mtime_is_copied(tree, make_plan, s3, bucket):
+    plan = make_plan(tree.root)
+    one_pass(plan)
+    age_journal(plan)
+    content = os.urandom(3000)
+    import hashlib
+
+    digest = hashlib.sha256(content).hexdigest()
+    staging = tree.root / "docker/registry/v2/repositories/app0/service0/_uploads/u1/data"
+    staging.parent.mkdir(parents=True)
+    staging.write_bytes(content)
+    os.utime(staging, (946684800, 946684800))  # year 2000: older than any pass
+    target = tree.root / f"docker/registry/v2/blobs/sha256/{digest[:2]}/{digest}/data"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, target)
+    result, _ = one_pass(plan)
+    assert result.uploaded_objects == 1
+    assert s3.get_object(Bucket=bucket, Key=str(target.relative_to(tree.root)))["Body"].read() == content
+
+
+def test_first_pass_reuses_an_earlier_copy_and_catches_its_tampered_link(tree, make_plan, s3, bucket):
+    files = tree.files()
+    for rel, data in files.items():  # what an earlier 'aws s3 sync' left
+        s3.put_object(Bucket=bucket, Key=rel, Body=data)
+    link = next(p for p in files if p.endswith("current/link"))
+    s3.put_object(Bucket=bucket, Key=link, Body=b"sha256:" + b"0" * 64)  # same size, other bytes
+    result, _ = one_pass(make_plan(tree.root))
+    assert result.uploaded_objects == 1 and result.reasons == {"content differs": 1}
+    assert bucket_contents(s3, bucket) == files
+
+
+def test_delete_refused_when_the_source_walk_finds_nothing(tmp_path, tree, make_plan, s3, bucket):
+    run_cli("sync", make_plan(tree.root))
+    empty = RegistryTree(tmp_path / "empty")
+    before = listing(s3, bucket)
+    result = run_cli("run", "--yes", make_plan(empty.root, name="empty.yml"))
+    assert result.returncode == 3, result.stderr
+    assert "found no files" in result.stderr
+    assert listing(s3, bucket) == before
+
+
+def test_mass_delete_refused_then_allowed(tree, make_plan, s3, bucket):
+    plan = make_plan(tree.root)
+    assert run_cli("sync", plan).returncode == 0
+    links = [p for p in tree.files() if p.endswith("/link")]
+    for rel in links[: len(links) // 3]:
+        os.remove(tree.path(rel))
+    before = listing(s3, bucket)
+    refused = run_cli("run", "--yes", plan)
+    assert refused.returncode == 3 and "max_delete_fraction" in refused.stderr
+    assert listing(s3, bucket) == before
+    report = run_cli("report", plan)
+    assert report.returncode == 0 and "would refuse" in report.stdout
+    allowed = run_cli("run", "--yes", "--allow-mass-delete", plan)
+    assert allowed.returncode == 0, allowed.stderr
+    assert bucket_contents(s3, bucket) == tree.files()
+
+
+def test_deletes_never_touch_uploads_or_keys_outside_docker(tree, make_plan, s3, bucket):
+    plan = make_plan(tree.root, prefix="reg")
+    assert run_cli("sync", plan).returncode == 0
+    outside = ["reg/notes.txt", "reg/other/file", "other-prefix/docker/registry/v2/x",
+               "reg/docker/registry/v2/repositories/app0/service0/_uploads/abc/data"]
+    for key in outside:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"keep me")
+    os.remove(tree.path(next(p for p in tree.files() if p.endswith("current/link"))))
+    result = run_cli("run", "--yes", plan)
+    assert result.returncode == 0, result.stderr
+    remaining = listing(s3, bucket)
+    assert all(key in remaining for key in outside)
+    copied = bucket_contents(s3, bucket, "reg/")
+    assert {k: v for k, v in copied.items() if k.startswith("docker/") and "_uploads" not in k} == tree.files()
+
+
+def test_delete_guard_refuses_keys_outside_docker(tree, make_plan):
+    with migration(load_plan(make_plan(tree.root))) as job:
+        with pytest.raises(Refused):
+            job.engine.transfer.delete(["notes/outside"])
+        with pytest.raises(Refused):
+            job.engine.transfer.delete(["docker/registry/v2/repositories/a/_uploads/x/data"])
+
+
+def test_killed_passes_resume_to_a_byte_identical_bucket(tmp_path, make_plan, s3, bucket):
+    seed = int(os.environ.get("MIGRATOR_TEST_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
+    tree = RegistryTree(tmp_path / "big")
+    populate(tree, images=80, seed=seed, max_layer=60_000)
+    tree.image("big/blob", "v1", [rng.randbytes(12 * 1024 * 1024)])  # multipart: 3 parts of 5 MiB
+    plan = make_plan(tree.root, sync={"workers": 2, "shard_workers": 2, "multipart_threshold_mb": 1,
+                                      "multipart_chunksize_mb": 5})
+    kills = 0
+    for _ in range(4):
+        process = subprocess.Popen([sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.4, 2.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert run_cli("sync", plan).returncode == 0
+    assert kills >= 1, f"seed {seed}: no pass was killed mid-way"
+    assert run_cli("verify", plan).returncode == 0, f"seed {seed}"
+    assert bucket_contents(s3, bucket) == tree.files(), f"seed {seed}"
