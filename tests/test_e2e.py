@@ -1,0 +1,254 @@
+"""End to end: the real docker-registry (Debian package) and moto_server, driven by `migrator run`."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shlex
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import file_hash, listing, run_cli
+
+from migrator.errors import StoppedSafely
+from migrator.pipeline import Migration, Options, migration
+from migrator.plan import load_plan
+from migrator.registry_http import RegistryClient
+from migrator.state import StateStore
+
+pytestmark = pytest.mark.slow
+
+
+def push_images(client: RegistryClient, count: int, seed: int = 1) -> dict:
+    import random
+
+    rng = random.Random(seed)
+    pushed = {}
+    for index in range(count):
+        repository = f"team{index % 3}/app{index % 2}"
+        layers = [rng.randbytes(rng.randint(500, 200_000)) for _ in range(rng.randint(1, 3))]
+        pushed[(repository, f"v{index}")] = client.push_image(repository, f"v{index}", layers)
+    return pushed
+
+
+def assert_all_pull(client: RegistryClient, pushed: dict) -> None:
+    for (repository, tag), digest in pushed.items():
+        assert client.pull_image(repository, tag) == digest, f"{repository}:{tag}"
+        assert client.pull_image(repository, digest) == digest
+
+
+class WriteProber(threading.Thread):
+    """Starts (and cancels) a blob upload every few milliseconds; records every status seen."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.client = RegistryClient(url, timeout=5)
+        self.statuses: list = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.statuses.append(self.client.write_probe("probe/writer"))
+            except OSError:
+                self.statuses.append("down")
+            time.sleep(0.02)
+
+    def stop(self) -> list:
+        self.stopped.set()
+        self.join(10)
+        return self.statuses
+
+
+def storage_of(config: Path) -> dict:
+    return yaml.safe_load(config.read_text())["storage"]
+
+
+def test_run_migrates_a_live_registry(local_registry, s3, bucket):
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 8)
+    in_progress = client.request("POST", "/v2/team0/app0/blobs/uploads/")  # an unfinished upload
+    assert in_progress.status == 202
+    upload_id = in_progress.headers["docker-upload-uuid"]
+    assert list(local_registry.root.glob("docker/registry/v2/repositories/*/*/_uploads/*"))
+    original_config = local_registry.config.read_text()
+    plan = local_registry.write_plan()
+
+    prober = WriteProber(local_registry.url)
+    prober.start()
+    result = run_cli("run", "--yes", plan)
+    statuses = prober.stop()
+    assert result.returncode == 0, result.stderr
+
+    assert 405 in statuses, "no write was refused during the read-only window"
+    assert statuses[-1] == 202
+    storage = storage_of(local_registry.config)
+    assert "s3" in storage and "filesystem" not in storage
+    assert storage["s3"]["bucket"] == bucket and storage["s3"]["rootdirectory"] == "/reg"
+    assert not (storage.get("maintenance") or {}).get("readonly", {}).get("enabled")
+    assert storage["cache"] == {"blobdescriptor": "inmemory"} and storage["delete"] == {"enabled": True}
+    assert not [k for k in listing(s3, bucket) if upload_id in k], "an in-progress upload was copied"
+    catalog = json.loads(client.request("GET", "/v2/_catalog").body)["repositories"]
+    assert sorted(catalog) == sorted({repository for repository, _ in pushed})
+    assert_all_pull(client, pushed)
+
+    # reads come from the bucket: a blob GET redirects (307) to the S3 endpoint
+    (repository, tag), _ = next(iter(pushed.items()))
+    manifest = json.loads(client.request("GET", f"/v2/{repository}/manifests/{tag}",
+                                         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).body)
+    url = urllib.parse.urlparse(local_registry.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+    conn.request("GET", f"/v2/{repository}/blobs/{manifest['layers'][0]['digest']}")
+    response = conn.getresponse()
+    assert response.status == 307 and response.getheader("Location").startswith(local_registry.s3_endpoint)
+
+    report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
+    assert report["read_only_window_seconds"] > 0 and report["restart_seconds"] > 0
+    assert [p["name"] for p in report["phases"]] == ["initial_sync", "delta_passes", "online_verification",
+                                                     "readonly_on", "final_sync", "verify_window", "cutover",
+                                                     "readonly_off"]
+    assert report["verification"]["source_objects"] == report["verification"]["bucket_objects"]
+    backup = plan.parent / "plan.state" / "config-backup" / "config.yml"
+    assert backup.read_text() == original_config
+
+    # pushes work on the new backend, and a re-run changes nothing
+    client.push_image("after/cutover", "v1", [b"new layer"])
+    again = run_cli("run", "--yes", plan)
+    assert again.returncode == 0, again.stderr
+
+
+def test_omnibus_path_with_fake_gitlab_ctl(local_registry, s3, bucket, tmp_path):
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 4, seed=2)
+    template = tmp_path / "omnibus-template.yml"
+    template.write_text(local_registry.config.read_text())
+    gitlab_rb = tmp_path / "gitlab.rb"
+    gitlab_rb.write_text("external_url 'https://gitlab.example.com'\n# operator's comment\nregistry['enable'] = true\n")
+    original_rb = gitlab_rb.read_text()
+    fake = Path(__file__).with_name("fake_gitlab_ctl.py")
+    restart = (f"{sys.executable} {fake} reconfigure --gitlab-rb {gitlab_rb} --template {template} "
+               f"--rendered {local_registry.config} -- {local_registry.restart_command}")
+    plan = local_registry.write_plan(registry={"config": str(gitlab_rb), "restart": restart, "url": local_registry.url,
+                                               "rendered_config": str(local_registry.config)})
+    assert load_plan(plan).registry.format == "omnibus"
+    result = run_cli("run", "--yes", plan)
+    assert result.returncode == 0, result.stderr
+    text = gitlab_rb.read_text()
+    assert text.startswith(original_rb) and "# BEGIN migrator" in text and "'s3' => {" in text
+    storage = storage_of(local_registry.config)
+    assert storage["s3"]["bucket"] == bucket and "filesystem" not in storage
+    assert_all_pull(client, pushed)
+
+    rolled_back = run_cli("rollback", "--yes", "--force", plan)
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    assert gitlab_rb.read_text() == original_rb
+    assert "filesystem" in storage_of(local_registry.config)
+    assert_all_pull(client, pushed)
+
+
+def test_mismatch_found_in_the_window_returns_the_registry_to_the_filesystem(local_registry, s3, bucket):
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=3)
+    original = file_hash(local_registry.config)
+    victim = next(p for p in local_registry.root.rglob("data") if "blobs" in str(p))
+    key = "reg/" + str(victim.relative_to(local_registry.root))
+    # the read-only flip's restart also loses one object from the bucket: the full verify must notice
+    sabotage = f"{sys.executable} -c \"import boto3; boto3.client('s3', endpoint_url='{local_registry.s3_endpoint}', " \
+               f"region_name='us-east-1').delete_object(Bucket='{bucket}', Key='{key}')\""
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": local_registry.url,
+        "restart": f"grep -q 'enabled: true' {shlex.quote(str(local_registry.config))} && {sabotage}; "
+                   f"{local_registry.restart_command}"})
+    result = run_cli("run", "--yes", "--full-verify", plan)
+    assert result.returncode == 1, result.stderr
+    assert "back on the filesystem, read-write" in result.stderr
+    assert file_hash(local_registry.config) == original
+    assert client.write_probe("probe/after") == 202
+    assert_all_pull(client, pushed)
+    state = StateStore(plan.parent / "plan.state").load()
+    assert state.readonly_on_at is None and "readonly_on" not in state.done
+
+
+def test_window_change_checked_by_head(local_registry, s3, bucket, monkeypatch):
+    """Without --full-verify, a key written in the window but wrong in the bucket is caught by its HEAD."""
+    client = RegistryClient(local_registry.url)
+    push_images(client, 2, seed=4)
+    plan = load_plan(local_registry.write_plan())
+    original = file_hash(local_registry.config)
+    real_final_sync = Migration.final_sync_and_delete
+    new_link = "docker/registry/v2/repositories/team0/app0/_manifests/tags/late/current/link"
+
+    def readonly_then_late_push(self):
+        # a tag written just before the flip lands in the window's final pass; then the bucket copy goes bad
+        digest = next(local_registry.root.glob("docker/registry/v2/repositories/team0/app0/_manifests/tags/*/current/link"))
+        target = local_registry.root / new_link
+        target.parent.mkdir(parents=True)
+        target.write_bytes(digest.read_bytes())
+        result = real_final_sync(self)
+        s3.put_object(Bucket=bucket, Key="reg/" + new_link, Body=b"sha256:" + b"0" * 64)
+        return result
+
+    monkeypatch.setattr(Migration, "final_sync_and_delete", readonly_then_late_push)
+    with migration(plan, options=Options(yes=True)) as job:
+        with pytest.raises(StoppedSafely, match="other content"):
+            job.run()
+    assert file_hash(local_registry.config) == original
+    assert client.write_probe("probe/after") == 202
+
+
+def test_rollback_refuses_when_pushes_would_be_stranded(local_registry):
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 2, seed=5)
+    original = local_registry.config.read_text()
+    plan = local_registry.write_plan()
+    assert run_cli("run", "--yes", plan).returncode == 0
+    time.sleep(1.1)  # S3 LastModified has one-second resolution
+    client.push_image("new/after", "v1", [b"pushed to s3 only"])
+    refused = run_cli("rollback", "--yes", plan)
+    assert refused.returncode == 3 and "strand" in refused.stderr
+    assert "s3" in storage_of(local_registry.config)
+    forced = run_cli("rollback", "--yes", "--force", plan)
+    assert forced.returncode == 0, forced.stderr
+    assert local_registry.config.read_text() == original
+    assert client.write_probe("probe/after") == 202
+    assert_all_pull(client, pushed)
+    status = run_cli("status", plan)
+    assert "rolled back" in status.stdout and "read-only now: no" in status.stdout
+
+
+def test_second_concurrent_run_is_refused(local_registry, s3, bucket):
+    plan = local_registry.write_plan()
+    before = (listing(s3, bucket), file_hash(local_registry.config))
+    holder = StateStore(plan.parent / "plan.state")
+    holder.lock()
+    try:
+        result = run_cli("run", "--yes", plan)
+    finally:
+        holder.unlock()
+    assert result.returncode == 3 and "another migrator run" in result.stderr
+    assert (listing(s3, bucket), file_hash(local_registry.config)) == before
+
+
+def test_report_changes_nothing_and_shows_the_config_diff(local_registry, s3, bucket, tmp_path):
+    client = RegistryClient(local_registry.url)
+    push_images(client, 2, seed=6)
+    plan = local_registry.write_plan()
+    before = (listing(s3, bucket), file_hash(local_registry.config))
+    out = tmp_path / "report.json"
+    result = run_cli("report", plan, "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["would_upload"]["objects"] == report["source_objects"] > 0
+    assert "+    s3:" in report["config_diff"]["final"] or "+  s3:" in report["config_diff"]["final"]
+    assert "enabled: true" in report["config_diff"]["read_only"]
+    assert report["estimated_read_only_window_seconds"]["total"] > 0
+    assert (listing(s3, bucket), file_hash(local_registry.config)) == before
+    dry = run_cli("run", "--dry-run", plan)
+    assert dry.returncode == 0 and "would upload" in dry.stdout
+    assert hashlib.sha256(local_registry.config.read_bytes()).hexdigest() == before[1]
