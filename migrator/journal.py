@@ -141,10 +141,12 @@ class Journal:
 
     def record(self, rows: Iterable[JournalRow]) -> None:
         """The bucket now holds these objects with these facts."""
+        now = time.time_ns()
         self._write(
             f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (r.rel, r.size, r.md5, r.mtime_ns, r.ctime_ns, r.ino, time.time_ns() if r.recorded_ns is None else r.recorded_ns, int(r.confirmed))
+                (r.rel, r.size, r.md5, r.mtime_ns, r.ctime_ns, r.ino, now if r.recorded_ns is None else r.recorded_ns,
+                 int(r.confirmed))
                 for r in rows
             ),
         )

@@ -98,7 +98,7 @@ class MotoServer:
         self.logfile = logfile
         self.process: Optional[subprocess.Popen] = None
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         out = open(self.logfile, "ab") if self.logfile else subprocess.DEVNULL
         executable = Path(sys.executable).with_name("moto_server")
         command = [str(executable)] if executable.exists() else [sys.executable, "-m", "moto.server"]
@@ -183,7 +183,7 @@ class LocalRegistry:
         return (f"{sys.executable} -m migrator.local restart --config {self.config} --pidfile {self.pidfile} "
                 f"--url {self.url} --log {self.logfile}")
 
-    def start(self) -> "LocalRegistry":
+    def start(self) -> LocalRegistry:
         start_registry(self.config, self.pidfile, self.logfile, self.url)
         return self
 

@@ -39,7 +39,8 @@ def storage_driver(storage: dict) -> tuple[str, dict]:
     """The driver name and its parameters from a storage section."""
     names = [name for name in storage if name in DRIVERS]
     if len(names) != 1:
-        raise InvalidInput(f"the registry storage section names {len(names)} drivers ({', '.join(names) or 'none'}); expected one")
+        found = ", ".join(names) or "none"
+        raise InvalidInput(f"the registry storage section names {len(names)} drivers ({found}); expected exactly one")
     return names[0], storage[names[0]] or {}
 
 

@@ -45,7 +45,7 @@ class PassResult:
     delete_candidate_bytes: int = 0
     deleted_objects: int = 0
 
-    def add(self, other: "PassResult") -> None:
+    def add(self, other: PassResult) -> None:
         self.source_objects += other.source_objects
         self.source_bytes += other.source_bytes
         self.uploaded_objects += other.uploaded_objects

@@ -40,7 +40,7 @@ class VerifyResult:
         counts_match = self.source_objects == self.bucket_objects
         return counts_match and not (self.missing or self.extra or self.mismatched or self.deep_failed)
 
-    def add(self, other: "VerifyResult") -> None:
+    def add(self, other: VerifyResult) -> None:
         for name in ("source_objects", "bucket_objects", "missing", "extra", "mismatched", "deep_checked", "deep_failed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("missing_keys", "extra_keys", "mismatched_keys", "deep_failed_keys"):

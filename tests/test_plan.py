@@ -119,3 +119,18 @@ def test_gitlab_rb_is_detected_as_omnibus(tmp_path, source):
     plan = load_plan(path)
     assert plan.registry.format == "omnibus"
     assert plan.registry.restart == "gitlab-ctl reconfigure"
+
+
+@pytest.mark.parametrize("name", ["docker-distribution-to-aws.yml", "omnibus-to-s3.yml", "any-to-minio.yml"])
+def test_example_plans_are_valid(tmp_path, source, name):
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).parents[1] / "plans" / name).read_text()
+    data = yaml.safe_load(text)
+    data["source"] = str(source)
+    (tmp_path / "gitlab.rb").write_text("")
+    data["registry"]["config"] = str(tmp_path / Path(data["registry"]["config"]).name)
+    plan = load_plan(write(tmp_path, yaml.safe_dump(data)))
+    assert plan.bucket.name and plan.registry.url

@@ -1,0 +1,22 @@
+# migrator: the README's two commands are `make demo` and `make test`; both install what they need first.
+PYTHON ?= python3
+
+.PHONY: setup demo test test-fast bench lint
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	$(PYTHON) -m migrator.demo
+
+test: setup
+	$(PYTHON) -m pytest -q -ra
+
+test-fast: setup
+	$(PYTHON) -m pytest -q -ra -m "not slow"
+
+bench: setup
+	$(PYTHON) -m bench.run
+
+lint:
+	$(PYTHON) -m ruff check migrator tests bench

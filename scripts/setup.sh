@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the demo, the tests and the benchmarks need: Debian's docker-registry and the package with
+# its test extras. Safe to re-run; apt is only touched when docker-registry is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ ! -x /usr/bin/docker-registry ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry >/dev/null
+fi
+# the Debian package starts a registry on :5000 where an init system runs; the demo and tests start their own
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E "^WARNING: (Running pip as|Location)" || true
+python3 -c "import migrator, moto, boto3, click, tqdm, ruamel.yaml, concurrent_log_handler" 
+command -v moto_server >/dev/null || python3 -c "import moto.server"
+echo "setup done: docker-registry $(/usr/bin/docker-registry --version 2>/dev/null | awk '{print $3}'), $(python3 -m migrator --version)"
