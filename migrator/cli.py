@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
@@ -12,10 +13,10 @@ import click
 
 from migrator import __version__
 from migrator.console import BarProgress, setup_logging
-from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, MigratorError
+from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorError
 from migrator.pipeline import Options, migration
 from migrator.plan import Plan, load_plan
-from migrator.registry_config import is_readonly
+from migrator.registry_config import is_readonly, open_config
 from migrator.state import StateStore
 
 log = logging.getLogger("migrator")
@@ -84,6 +85,14 @@ def main(ctx: click.Context, quiet: bool, log_file: Optional[str], verbose: bool
     ctx.obj = Context(quiet, verbose, log_file)
 
 
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; no terminal (or EOF) means no."""
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        return False
+
+
 def _progress(ctx: click.Context) -> BarProgress:
     return BarProgress(enabled=not ctx.obj.quiet)
 
@@ -103,8 +112,7 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
 
     def work() -> int:
         plan = _load(ctx, plan_path)
-        options = Options(yes=yes, allow_mass_delete=allow_mass_delete, full_verify=full_verify,
-                          confirm=lambda question: click.confirm(question, default=False))
+        options = Options(yes=yes, allow_mass_delete=allow_mass_delete, full_verify=full_verify, confirm=_confirm)
         progress = _progress(ctx)
         with migration(plan, progress, options) as job:
             result = job.run()
@@ -222,15 +230,11 @@ def status(ctx: click.Context, plan_path: str) -> None:
         click.echo(f"left: {', '.join(p for p in phases if p not in state.done) or 'nothing'}")
         click.echo(f"passes: {state.passes}; last pass {state.last_pass_seconds}s with {state.last_pass_changes} changes")
         if plan.registry:
-            from migrator.registry_config import open_config
-
             config = open_config(plan.registry.config, plan.registry.format, plan.state_dir / "config-backup",
                                  plan.registry.rendered_config)
             readonly = is_readonly(config.effective_storage())
             since = ""
             if readonly and state.readonly_on_at:
-                import datetime
-
                 since = " since " + datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
             click.echo(f"registry read-only now: {'yes' + since if readonly else 'no'}")
         click.echo(f"outcome: {state.outcome or 'in progress' if state.done else 'not started'}")
@@ -250,8 +254,9 @@ def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None
     def work() -> int:
         plan = _load(ctx, plan_path)
         if plan.registry is None:
-            raise MigratorError("the plan has no 'registry' section: there is no config to roll back")
-        if not yes and not click.confirm("Restore the original registry config and restart it?", default=False):
+            raise InvalidInput("the plan has no 'registry' section: there is no config to roll back")
+        if not yes and not _confirm("Restore the original registry config and restart it?"):
+            click.echo("rollback declined; nothing changed")
             return EXIT_DIFFERENCES
         with migration(plan, _progress(ctx)) as job:
             job.rollback(force=force)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -74,15 +75,21 @@ class Journal:
             conn = self._local.conn = self._connect()
         return conn
 
-    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed (and fsynced) as a whole, or not at all."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(sql, rows)
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        with self._transaction() as conn:
+            conn.executemany(sql, rows)
 
     def rows(self, shard: Shard) -> Iterator[JournalRow]:
         """The shard's rows in key order, streamed on a connection of their own."""
@@ -104,10 +111,9 @@ class Journal:
         so the window's change can be proven key by key afterwards.
         """
         rels = list(rels)
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if self.get_meta("window") == "open":
+        window_open = self.get_meta("window") == "open"
+        with self._transaction() as conn:
+            if window_open:
                 conn.executemany(
                     "INSERT INTO window_changes (rel, existed) SELECT ?, EXISTS("
                     "SELECT 1 FROM objects WHERE rel = ? AND confirmed = 1 AND size >= 0)",
@@ -118,18 +124,15 @@ class Journal:
                 "ON CONFLICT(rel) DO UPDATE SET confirmed = 0",
                 ((rel,) for rel in rels),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def start_window(self) -> None:
         """From now on every change is logged (the bucket was just proven equal to the source)."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("DELETE FROM window_changes")
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('window', 'open')")
-        conn.execute("COMMIT")
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM window_changes")
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('window', 'open')")
+
+    def close_window(self) -> None:
+        self.set_meta("window", "closed")
 
     def window_changes(self) -> list[tuple[str, bool]]:
         """Each key changed in the window, once, with whether the bucket held it before the window."""
@@ -174,8 +177,6 @@ class Journal:
 
     def unseed(self) -> None:
         """Forget what the bucket holds: the next pass lists every shard again."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("DELETE FROM objects")
-        conn.execute("DELETE FROM seeded_shards")
-        conn.execute("COMMIT")
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM objects")
+            conn.execute("DELETE FROM seeded_shards")

@@ -378,6 +378,7 @@ class Migration:
         self.store.save(self.state)
 
     def finish(self) -> dict:
+        self.journal.close_window()
         self.state.outcome = "done"
         self.store.save(self.state)
         report = self.report()
@@ -466,6 +467,7 @@ class Migration:
         raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write; nothing was lost")
 
     def reset_to_online(self) -> None:
+        self.journal.close_window()
         self.state.done = [p for p in self.state.done if p == "initial_sync"]
         self.state.readonly_on_at = None
         self.state.readonly_off_at = None
