@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import shutil
 import subprocess
 import time
 import uuid
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from migrator.errors import InvalidInput, Refused, StoppedSafely
+from migrator.failpoints import failpoint
 from migrator.journal import Journal
 from migrator.layout import REPOSITORIES, is_blob_data
 from migrator.march import md5_of
@@ -144,7 +147,12 @@ class Migration:
             os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
         ):
             raise InvalidInput("registry.write_credentials is true but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
-        if self.registry.health() not in (200, 401):
+        restart = shlex.split(self.plan.registry.restart)[0]
+        if not shutil.which(restart) and not os.access(restart, os.X_OK):
+            raise InvalidInput(f"registry.restart runs {restart!r}, which is not an executable on PATH; fix registry.restart")
+        resuming = bool(self.state.done) and self.state.outcome is None
+        wait = self.plan.registry.health_timeout_seconds if resuming else 5  # a crash may have left a restart running
+        if not self.registry.wait_healthy(wait):
             raise InvalidInput(
                 f"the registry at {self.plan.registry.url} does not answer GET /v2/ with 200 or 401; "
                 "check registry.url and that the registry is running"
@@ -152,7 +160,8 @@ class Migration:
 
     def check_bucket(self, canary: bool) -> None:
         """The bucket answers with these credentials; the canary proves put/get/list/delete on the prefix."""
-        client, name = self.bucket.client, self.plan.bucket.name
+        client = open_bucket(self.plan.bucket, self.plan.sync, self.plan.key_prefix, max_attempts=2).client
+        name = self.plan.bucket.name
         key = f"{self.plan.key_prefix}.migrator-canary/{uuid.uuid4()}"
         try:
             client.head_bucket(Bucket=name)
@@ -203,6 +212,7 @@ class Migration:
         started = time.monotonic()
         with self.bucket.counter.phase_scope(name):
             result = work()
+        failpoint(f"before-done:{name}")
         entry = {
             "name": name,
             "seconds": round(time.monotonic() - started, 3),
@@ -403,7 +413,9 @@ class Migration:
     def apply(self, target: TargetState, on_failure: str) -> None:
         """Write the config for ``target`` (atomic), restart, wait for health, check the effective config."""
         self.config.write(self.config.render(target))
+        failpoint("config-written")
         problem = self.restart()
+        failpoint("restarted")
         if problem is None:
             problem = self.config.check_applied(target)
         if problem is None:

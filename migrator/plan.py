@@ -41,7 +41,7 @@ class SyncSettings:
     shard_workers: int = 4
     multipart_threshold_mb: int = 64
     multipart_chunksize_mb: int = 16
-    retry_mode: str = "adaptive"
+    retry_mode: str = "standard"
     max_attempts: int = 10
     max_delete_fraction: float = 0.05
     max_delta_passes: int = 5

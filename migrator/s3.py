@@ -68,11 +68,14 @@ class Bucket:
         return key[len(self.key_prefix):]
 
 
-def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str) -> Bucket:
-    """A client with a connection pool sized to the workers and botocore retries for SlowDown and resets."""
+def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, max_attempts: Optional[int] = None) -> Bucket:
+    """A client with a connection pool sized to the workers and botocore retries for SlowDown and resets.
+
+    ``max_attempts`` overrides the plan's (preflight wants to fail fast on an unreachable endpoint).
+    """
     config = Config(
         max_pool_connections=sync.workers + sync.shard_workers + 4,
-        retries={"mode": sync.retry_mode, "max_attempts": sync.max_attempts},
+        retries={"mode": sync.retry_mode, "max_attempts": max_attempts or sync.max_attempts},
         s3={"addressing_style": "path"} if settings.endpoint else None,
         connect_timeout=10,
         read_timeout=60,
@@ -81,7 +84,12 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str) -
         session = boto3.session.Session(profile_name=settings.profile)
     except botocore.exceptions.ProfileNotFound:
         raise InvalidInput(f"AWS profile {settings.profile!r} not found; fix bucket.profile or your ~/.aws/config") from None
-    client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config)
+    try:
+        client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"bucket.endpoint {settings.endpoint!r} is not usable ({exc}); use a URL like http://host:9000"
+        ) from None
     counter = RequestCounter()
     counter.attach(client)
     return Bucket(settings, key_prefix, client, counter)

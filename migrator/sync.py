@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from migrator.errors import Refused
+from migrator.failpoints import failpoint
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, shards
 from migrator.march import Action, decide, march, md5_of
@@ -139,6 +140,7 @@ class SyncEngine:
                 result.source_bytes += src.size
                 if result.source_objects % 1000 == 0:
                     self.progress.walked(1000)
+                failpoint("walk")
             try:
                 decision = decide(src, row, content_md5)
             except FileNotFoundError:
@@ -174,6 +176,7 @@ class SyncEngine:
             result.first_uploads = (result.first_uploads + [s.rel for s in sources])[:FIRST_KEYS]
             return
         self.journal.mark_unconfirmed(s.rel for s in sources)
+        failpoint("intent-committed")
         futures = [self.transfer.submit(s) for s in sources]
         rows = []
         for future in futures:
@@ -215,6 +218,7 @@ class SyncEngine:
             batch = rels[start : start + RECORD_CHUNK]
             self.journal.mark_unconfirmed(batch)
             self.transfer.delete(batch)
+            failpoint("deleted")
             self.journal.forget(batch)
         return len(rels)
 

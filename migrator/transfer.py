@@ -11,6 +11,7 @@ from typing import Sequence
 from boto3.s3.transfer import TransferConfig
 
 from migrator.errors import Refused
+from migrator.failpoints import failpoint
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, is_uploads
 from migrator.march import md5_of
@@ -69,11 +70,13 @@ class Transfer:
             with open(path, "rb") as handle:
                 data = handle.read()
             self.bucket.client.put_object(Bucket=self.bucket.settings.name, Key=key, Body=data, **self.extra_args)
+            failpoint("uploaded")
             size, md5 = len(data), None if blob else md5_of(data)
         else:
             md5 = None if blob else _file_md5(path)
             self.bucket.client.upload_file(
-                path, self.bucket.settings.name, key, ExtraArgs=self.extra_args, Config=self.config
+                path, self.bucket.settings.name, key, ExtraArgs=self.extra_args, Config=self.config,
+                Callback=lambda sent: failpoint("multipart"),
             )
             size = os.path.getsize(path)
         return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns)
