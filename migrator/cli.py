@@ -196,7 +196,7 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
         plan = _load(ctx, plan_path)
         with migration(plan, _progress(ctx), lock=False) as job:
             job.check_bucket(canary=False)
-            result = job.verify(full=True, deep=deep, sample=sample)
+            result = job.verify(deep=deep, sample=sample)
         rows = [("source objects (excl. _uploads)", result.source_objects),
                 ("bucket objects (excl. _uploads)", result.bucket_objects),
                 ("missing from bucket", result.missing), ("extra in bucket", result.extra),

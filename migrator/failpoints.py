@@ -1,5 +1,6 @@
-"""Named crash points for drills: ``MIGRATOR_FAILPOINT=name`` (or ``name@N`` for the N-th hit) makes the
-process SIGKILL itself there, exactly like a crash. Unset (always, in production) it costs one dict lookup.
+"""Named crash points for drills: ``MIGRATOR_FAILPOINT=name`` (or ``name@N`` for the N-th hit; several
+comma-separated: the first reached wins) makes the process SIGKILL itself there, exactly like a crash.
+Unset (always, in production) it costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ def failpoint(name: str) -> None:
     wanted = os.environ.get("MIGRATOR_FAILPOINT")
     if not wanted:
         return
-    point, _, nth = wanted.partition("@")
-    if point != name:
+    for spec in wanted.split(","):
+        point, _, nth = spec.strip().partition("@")
+        if point != name:
+            continue
+        with _lock:
+            _hits[name] += 1
+            if _hits[name] >= int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
         return
-    with _lock:
-        _hits[name] += 1
-        if _hits[name] >= int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)

@@ -178,6 +178,9 @@ class Migration:
                     raise InvalidInput(f"bucket {name!r} does not list the canary object it just stored")
             finally:
                 client.delete_object(Bucket=name, Key=key)
+            canaries = f"{self.plan.key_prefix}.migrator-canary/"
+            for leftover in client.list_objects_v2(Bucket=name, Prefix=canaries).get("Contents", []):
+                client.delete_object(Bucket=name, Key=leftover["Key"])  # from a run killed mid-preflight
         except BUCKET_ERRORS as exc:
             raise InvalidInput(explain(exc, name)) from None
 
@@ -237,6 +240,7 @@ class Migration:
 
     def sync_pass(self) -> PassResult:
         started = time.monotonic()
+        self.state.last_pass_started_ns = time.time_ns()
         try:
             result = self.engine.run_pass()
         except BUCKET_ERRORS as exc:
@@ -265,23 +269,27 @@ class Migration:
         """List the whole bucket against the source; repair any difference and verify again."""
         repaired = PassResult()
         for attempt in range(3):
-            result = self.verify(full=True)
+            result = self.verify(online=True)
             self.state.verification = verification_summary(result, "full listing (online)")
             if result.ok:
                 self.state.online_verified_objects = result.bucket_objects
                 self.journal.start_window()
                 return repaired
-            log.warning("online verification found %d missing, %d extra, %d mismatched: repairing (attempt %d)",
-                        result.missing, result.extra, result.mismatched, attempt + 1)
+            log.warning("online verification found %d missing, %d extra, %d mismatched, %d journal differences: "
+                        "repairing (attempt %d); first: %s", result.missing, result.extra, result.mismatched,
+                        result.journal_mismatched, attempt + 1,
+                        ", ".join((result.missing_keys + result.extra_keys + result.mismatched_keys)[:3]))
             self.journal.unseed()  # the journal was wrong: list the bucket again
             result = self.sync_pass()
             result.deleted_objects = self.delete(result)
             repaired.add(result)
         raise StoppedSafely("the bucket still differs from the source after 3 repairs; the registry was not touched")
 
-    def verify(self, full: bool, deep: bool = False, sample: Optional[int] = None) -> VerifyResult:
+    def verify(self, online: bool = False, deep: bool = False, sample: Optional[int] = None) -> VerifyResult:
+        """List the whole bucket against the source (online: and against the journal, changes in flight allowed)."""
         verifier = Verifier(self.plan.source, self.bucket, self.plan.sync.shard_workers, self.plan.sync.workers,
-                            deep=deep, sample=sample)
+                            deep=deep, sample=sample, journal=self.journal if online else None,
+                            changed_since_ns=self.state.last_pass_started_ns or 0)
         try:
             return verifier.run()
         except BUCKET_ERRORS as exc:
@@ -322,7 +330,7 @@ class Migration:
     def verify_window(self) -> None:
         """Prove the window's change: each key written or deleted checked by HEAD, and the count reconciled."""
         if self.options.full_verify or self.state.online_verified_objects is None:
-            result = self.verify(full=True)
+            result = self.verify()
             self.state.verification = verification_summary(result, "full listing (read-only)")
             problems = [] if result.ok else [f"{result.missing} missing, {result.extra} extra, {result.mismatched} mismatched"]
         else:

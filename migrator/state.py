@@ -28,6 +28,7 @@ class RunState:
     readonly_off_at: Optional[float] = None  # wall clock when writes were accepted again
     restart_seconds: float = 0.0  # restarts inside the read-only window
     last_pass_seconds: Optional[float] = None
+    last_pass_started_ns: Optional[int] = None
     last_pass_changes: Optional[int] = None
     outcome: Optional[str] = None
 

@@ -9,8 +9,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
+from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, blob_digest, is_blob_data, shards
 from migrator.march import march, md5_of
 from migrator.s3 import Bucket, ListedObject, list_shard
@@ -30,6 +31,8 @@ class VerifyResult:
     mismatched: int = 0
     deep_checked: int = 0
     deep_failed: int = 0
+    in_flight: int = 0  # online only: changed since the last pass began; the final pass copies them
+    journal_mismatched: int = 0  # online only: the bucket differs from what the journal says it holds
     missing_keys: list = field(default_factory=list)
     extra_keys: list = field(default_factory=list)
     mismatched_keys: list = field(default_factory=list)
@@ -37,11 +40,13 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        counts_match = self.source_objects == self.bucket_objects
-        return counts_match and not (self.missing or self.extra or self.mismatched or self.deep_failed)
+        counts_match = self.source_objects == self.bucket_objects or self.in_flight > 0
+        problems = self.missing or self.extra or self.mismatched or self.deep_failed or self.journal_mismatched
+        return counts_match and not problems
 
     def add(self, other: VerifyResult) -> None:
-        for name in ("source_objects", "bucket_objects", "missing", "extra", "mismatched", "deep_checked", "deep_failed"):
+        for name in ("source_objects", "bucket_objects", "missing", "extra", "mismatched", "deep_checked", "deep_failed",
+                     "in_flight", "journal_mismatched"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("missing_keys", "extra_keys", "mismatched_keys", "deep_failed_keys"):
             setattr(self, name, (getattr(self, name) + getattr(other, name))[:FIRST_KEYS])
@@ -58,10 +63,18 @@ def _note(result: VerifyResult, kind: str, key: str) -> None:
 
 
 class Verifier:
-    """Diffs source and bucket shard by shard; ``deep`` re-hashes blobs (all, or a uniform sample)."""
+    """Diffs source and bucket shard by shard; ``deep`` re-hashes blobs (all, or a uniform sample).
+
+    Online (``journal`` given, the registry still taking writes) it proves two things instead of strict
+    equality: the bucket holds exactly what the journal says, and every source/bucket difference is a
+    change made since ``changed_since_ns`` (the last pass's start), which the final pass will copy.
+    """
 
     def __init__(self, source: Path, bucket: Bucket, shard_workers: int, workers: int,
-                 deep: bool = False, sample: Optional[int] = None, seed: Optional[int] = None):
+                 deep: bool = False, sample: Optional[int] = None, seed: Optional[int] = None,
+                 journal: Optional[Journal] = None, changed_since_ns: int = 0):
+        self.journal = journal
+        self.changed_since_ns = changed_since_ns
         self.source = source
         self.bucket = bucket
         self.shard_workers = shard_workers
@@ -83,7 +96,12 @@ class Verifier:
 
     def verify_shard(self, shard: Shard) -> VerifyResult:
         result = VerifyResult()
-        for src, obj in march(walk_shard(self.source, shard), list_shard(self.bucket, shard)):
+        listed: Iterable[ListedObject] = list_shard(self.bucket, shard)
+        known: set = set()
+        if self.journal is not None:
+            listed = list(listed)
+            known = self._check_journal(shard, listed, result)
+        for src, obj in march(walk_shard(self.source, shard), iter(listed)):
             if src is not None:
                 result.source_objects += 1
             if obj is not None:
@@ -91,12 +109,48 @@ class Verifier:
                 if self.deep and is_blob_data(obj.rel):
                     self._deep_or_sample(obj.rel, result)
             if obj is None:
-                _note(result, "missing", src.rel)
+                kind = "missing"
             elif src is None:
-                _note(result, "extra", obj.rel)
+                kind = "extra"
             elif not self._same(src, obj):
-                _note(result, "mismatched", src.rel)
+                kind = "mismatched"
+            else:
+                continue
+            if self._in_flight(src, obj, known):
+                result.in_flight += 1
+            else:
+                _note(result, kind, (src or obj).rel)
         return result
+
+    def _check_journal(self, shard: Shard, listed: list, result: VerifyResult) -> set:
+        """Bucket vs journal; returns the keys both hold. Rows left unconfirmed by an interrupted change are
+        settled from the listing (the bucket's truth), so the journal says exactly what the bucket holds."""
+        both, settled, gone = set(), [], []
+        for obj, row in march(iter(listed), self.journal.rows(shard)):
+            if row is not None and not row.confirmed:
+                if obj is None:
+                    gone.append(row.rel)
+                else:
+                    settled.append(JournalRow(obj.rel, obj.size, obj.md5, recorded_ns=0))
+                    both.add(obj.rel)
+                continue
+            if obj is None or row is None or obj.size != row.size or (
+                row.md5 is not None and obj.md5 is not None and obj.md5 != row.md5
+            ):
+                _note(result, "journal_mismatched", (obj or row).rel)
+            else:
+                both.add(obj.rel)
+        self.journal.record(settled)
+        self.journal.forget(gone)
+        return both
+
+    def _in_flight(self, src: Optional[SourceFile], obj: Optional[ListedObject], known: set) -> bool:
+        """Online only: a difference the final pass will resolve (changed since the last pass began)."""
+        if self.journal is None:
+            return False
+        if src is None:
+            return obj.rel in known  # deleted from the source; the journal has it, so the final pass deletes it
+        return max(src.mtime_ns, src.ctime_ns) >= self.changed_since_ns
 
     def _same(self, src: SourceFile, obj: ListedObject) -> bool:
         if src.size != obj.size:

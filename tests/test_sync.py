@@ -183,3 +183,9 @@ def test_killed_passes_resume_to_a_byte_identical_bucket(tmp_path, make_plan, s3
     assert kills >= 1, f"seed {seed}: no pass was killed mid-way"
     assert run_cli("verify", plan).returncode == 0, f"seed {seed}"
     assert bucket_contents(s3, bucket) == tree.files(), f"seed {seed}"
+
+
+def test_canary_left_by_a_killed_preflight_is_swept(tree, make_plan, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="reg/.migrator-canary/0000-left-by-a-kill", Body=b"migrator canary")
+    assert run_cli("sync", make_plan(tree.root, prefix="reg")).returncode == 0
+    assert not [k for k in listing(s3, bucket) if ".migrator-canary" in k]
