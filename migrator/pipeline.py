@@ -193,10 +193,8 @@ class Migration:
             storage = self.config.original_storage()
             driver, _ = storage_driver(storage)
         if driver != "filesystem":
-            raise InvalidInput(
-                f"the registry config {self.config.path} uses the {driver} driver, not filesystem; "
-                "nothing to migrate from (already migrated?)"
-            )
+            hint = "already migrated? see 'migrator status'" if driver == "s3" else "only filesystem storage is migrated"
+            raise InvalidInput(f"the registry config {self.config.path} uses the {driver} driver, not filesystem ({hint})")
         root = Path(filesystem_root(storage)).resolve()
         if root != self.plan.source:
             raise InvalidInput(

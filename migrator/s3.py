@@ -86,6 +86,8 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
         raise InvalidInput(f"AWS profile {settings.profile!r} not found; fix bucket.profile or your ~/.aws/config") from None
     try:
         client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config)
+    except botocore.exceptions.BotoCoreError as exc:
+        raise InvalidInput(explain(exc, settings.name)) from None
     except ValueError as exc:
         raise InvalidInput(
             f"bucket.endpoint {settings.endpoint!r} is not usable ({exc}); use a URL like http://host:9000"
@@ -97,6 +99,8 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
 
 def explain(exc: Exception, bucket: str) -> str:
     """An operator's sentence for a bucket error: the problem and the fix, never a secret."""
+    if isinstance(exc, botocore.exceptions.PartialCredentialsError):
+        return f"incomplete AWS credentials ({exc}); set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither"
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, bucket.profile, or an instance role"
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):

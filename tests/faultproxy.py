@@ -106,7 +106,7 @@ class FaultProxy:
             self.injected[fault] += 1
             return fault
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self.thread.start()
         return self
 
