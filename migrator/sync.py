@@ -77,6 +77,7 @@ class SyncEngine:
     def __init__(self, source: Path, bucket: Bucket, journal: Journal, transfer: Transfer, shard_workers: int,
                  progress: Optional[Progress] = None, dry_run: bool = False):
         self.dry_run = dry_run  # decide and count, but write nothing to the bucket (the journal may be seeded)
+        self.prove_changes = False  # inside the read-only window: keep the bucket's own proof of each change
         self.source = source
         self.bucket = bucket
         self.journal = journal
@@ -177,16 +178,18 @@ class SyncEngine:
             return
         self.journal.mark_unconfirmed(s.rel for s in sources)
         failpoint("intent-committed")
-        futures = [self.transfer.submit(s) for s in sources]
-        rows = []
+        futures = [self.transfer.submit(s, self.prove_changes) for s in sources]
+        rows, proofs = [], []
         for future in futures:
             try:
-                row = future.result()
+                row, proof = future.result()
             except FileNotFoundError:
                 continue  # gone since the walk; its unconfirmed row makes the next pass delete it
             rows.append(row)
+            if proof:
+                proofs.append(proof)
             self.progress.uploaded(1, row.size)
-        self.journal.record(rows)
+        self.journal.record(rows, proofs)
         result.uploaded_objects += len(rows)
         result.uploaded_bytes += sum(r.size for r in rows)
         result.first_uploads = (result.first_uploads + [r.rel for r in rows])[:FIRST_KEYS]
@@ -217,8 +220,8 @@ class SyncEngine:
         for start in range(0, len(rels), RECORD_CHUNK):
             batch = rels[start : start + RECORD_CHUNK]
             self.journal.mark_unconfirmed(batch)
-            self.transfer.delete(batch)
+            deleted = self.transfer.delete(batch)
             failpoint("deleted")
-            self.journal.forget(batch)
+            self.journal.forget(batch, deleted if self.prove_changes else ())
         return len(rels)
 

@@ -6,7 +6,7 @@ import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from boto3.s3.transfer import TransferConfig
 
@@ -58,20 +58,30 @@ class Transfer:
         )
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
 
-    def submit(self, src: SourceFile) -> Future:
-        return self.pool.submit(self.upload, src)
+    def submit(self, src: SourceFile, prove: bool = False) -> Future:
+        return self.pool.submit(self.upload, src, prove)
 
-    def upload(self, src: SourceFile) -> JournalRow:
-        """Copy one file; the row records the stat seen by the walk and the md5 of the bytes sent."""
+    def upload(self, src: SourceFile, prove: bool = False) -> tuple[JournalRow, Optional[tuple[str, int, str]]]:
+        """Copy one file; the row records the stat seen by the walk and the md5 of the bytes sent.
+
+        With ``prove``, a single-part upload whose ETag equals the md5 of the bytes sent also returns that proof
+        (rel, size, md5): the bucket's own word that it stored exactly these bytes.
+        """
         path = os.path.join(self.source, src.rel)
         key = self.bucket.key(src.rel)
         blob = is_blob_data(src.rel)
+        proof = None
         if src.size < self.threshold:
             with open(path, "rb") as handle:
                 data = handle.read()
-            self.bucket.client.put_object(Bucket=self.bucket.settings.name, Key=key, Body=data, **self.extra_args)
+            response = self.bucket.client.put_object(Bucket=self.bucket.settings.name, Key=key, Body=data,
+                                                     **self.extra_args)
             failpoint("uploaded")
             size, md5 = len(data), None if blob else md5_of(data)
+            if prove:
+                sent = md5 or md5_of(data)
+                if response.get("ETag", "").strip('"') == sent:
+                    proof = (src.rel, size, sent)
         else:
             md5 = None if blob else _file_md5(path)
             self.bucket.client.upload_file(
@@ -79,25 +89,29 @@ class Transfer:
                 Callback=lambda sent: failpoint("multipart"),
             )
             size = os.path.getsize(path)
-        return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns)
+        return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns), proof
 
-    def delete(self, rels: Sequence[str]) -> None:
-        """DeleteObjects in batches of 1000; refuses any key outside docker/ or inside _uploads."""
+    def delete(self, rels: Sequence[str]) -> list[str]:
+        """DeleteObjects in batches of 1000; refuses any key outside docker/ or inside _uploads.
+        Returns the keys the bucket itself reported deleted."""
         for rel in rels:
             if not rel.startswith("docker/") or is_uploads(rel) or "/../" in f"/{rel}/":
                 raise Refused(f"refusing to delete {self.bucket.key(rel)!r}: outside {self.bucket.key('docker/')} or an upload")
+        deleted = []
         for start in range(0, len(rels), DELETE_BATCH):
             batch = rels[start : start + DELETE_BATCH]
             response = self.bucket.client.delete_objects(
                 Bucket=self.bucket.settings.name,
-                Delete={"Objects": [{"Key": self.bucket.key(rel)} for rel in batch], "Quiet": True},
+                Delete={"Objects": [{"Key": self.bucket.key(rel)} for rel in batch], "Quiet": False},
             )
+            deleted += [self.bucket.rel(item["Key"]) for item in response.get("Deleted") or ()]
             errors = response.get("Errors") or []
             if errors:
                 first = errors[0]
                 raise RuntimeError(
                     f"{len(errors)} deletes failed, first {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
                 )
+        return deleted
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

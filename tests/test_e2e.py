@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import shlex
+import sqlite3
 import sys
 import threading
 import time
@@ -175,26 +176,32 @@ def test_mismatch_found_in_the_window_returns_the_registry_to_the_filesystem(loc
     assert state.readonly_on_at is None and "readonly_on" not in state.done
 
 
-def test_window_change_checked_by_head(local_registry, s3, bucket, monkeypatch):
-    """Without --full-verify, a key written in the window but wrong in the bucket is caught by its HEAD."""
+@pytest.mark.parametrize("how", ["no proof, tampered bucket", "proof disagrees with the source"])
+def test_window_change_is_proven(local_registry, s3, bucket, monkeypatch, how):
+    """Without --full-verify each window change is proven by the bucket's own answer or, failing that, a HEAD."""
     client = RegistryClient(local_registry.url)
     push_images(client, 2, seed=4)
     plan = load_plan(local_registry.write_plan())
     original = file_hash(local_registry.config)
     real_final_sync = Migration.final_sync_and_delete
     new_link = "docker/registry/v2/repositories/team0/app0/_manifests/tags/late/current/link"
+    links = sorted(local_registry.root.glob("docker/registry/v2/repositories/*/*/_manifests/revisions/sha256/*/link"))
 
-    def readonly_then_late_push(self):
-        # a tag written just before the flip lands in the window's final pass; then the bucket copy goes bad
-        digest = next(local_registry.root.glob("docker/registry/v2/repositories/team0/app0/_manifests/tags/*/current/link"))
+    def late_tag_then_trouble(self):
+        # a tag written just before the flip: the window's final pass uploads it
         target = local_registry.root / new_link
         target.parent.mkdir(parents=True)
-        target.write_bytes(digest.read_bytes())
+        target.write_bytes(links[0].read_bytes())
         result = real_final_sync(self)
-        s3.put_object(Bucket=bucket, Key="reg/" + new_link, Body=b"sha256:" + b"0" * 64)
+        if how == "no proof, tampered bucket":  # e.g. a KMS ETag proves nothing: the HEAD must see the bad copy
+            with sqlite3.connect(self.plan.state_dir / "journal.sqlite") as conn:
+                conn.execute("DELETE FROM window_proofs")
+            s3.put_object(Bucket=bucket, Key="reg/" + new_link, Body=b"sha256:" + b"0" * 64)
+        else:  # the source no longer matches what the bucket acknowledged
+            target.write_bytes(links[1].read_bytes())
         return result
 
-    monkeypatch.setattr(Migration, "final_sync_and_delete", readonly_then_late_push)
+    monkeypatch.setattr(Migration, "final_sync_and_delete", late_tag_then_trouble)
     with migration(plan, options=Options(yes=True)) as job:
         with pytest.raises(StoppedSafely, match="other content"):
             job.run()

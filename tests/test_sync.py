@@ -189,3 +189,28 @@ def test_canary_left_by_a_killed_preflight_is_swept(tree, make_plan, s3, bucket)
     s3.put_object(Bucket=bucket, Key="reg/.migrator-canary/0000-left-by-a-kill", Body=b"migrator canary")
     assert run_cli("sync", make_plan(tree.root, prefix="reg")).returncode == 0
     assert not [k for k in listing(s3, bucket) if ".migrator-canary" in k]
+
+
+def test_window_changes_are_proven_by_the_buckets_own_answers(tree, make_plan, monkeypatch):
+    """Uploads proven by their ETag and deletes by DeleteObjects' own list: no HEAD inside the window."""
+    from migrator.pipeline import Migration, Options
+
+    plan = make_plan(tree.root)
+    real_final_sync = Migration.final_sync_and_delete
+    files = sorted(tree.files())
+    link = next(p for p in files if p.endswith("current/link"))
+    other = next(p for p in files if "/revisions/" in p and tree.files()[p] != tree.files()[link])
+
+    def changes_just_before_the_flip(self):
+        tree.link(link, tree.path(other).read_text())  # tag move in place
+        os.remove(tree.path(next(p for p in files if p.endswith("/link") and p != link)))  # a deleted link
+        tree.image("late/app", "v1", [b"late layer"])  # a new image
+        return real_final_sync(self)
+
+    monkeypatch.setattr(Migration, "final_sync_and_delete", changes_just_before_the_flip)
+    with migration(load_plan(plan), options=Options(yes=True)) as job:
+        report = job.run()
+    phases = {p["name"]: p for p in report["phases"]}
+    assert phases["final_sync"]["uploaded_objects"] >= 5 and phases["final_sync"]["deleted_objects"] == 1
+    assert phases["verify_window"]["s3_requests"] == 0
+    assert report["verification"]["source_objects"] == report["verification"]["bucket_objects"] == len(tree.files())

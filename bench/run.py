@@ -1,0 +1,353 @@
+"""`make bench`: migrator against the manual procedure and the peers, on a synthetic registry tree.
+
+Knobs (environment): BENCH_OBJECTS (default 40000), BENCH_MB (700), BENCH_SCALE_OBJECTS (1000000; 0 skips
+the scale run), BENCH_CHURN (changes, default 300), BENCH_DIR (work directory, default /tmp/migrator-bench),
+BENCH_S3_ENDPOINT (an S3 endpoint instead of a local moto_server; peers' request counts then read "n/a").
+Results: a markdown table printed and written to bench/results/<date>.md and bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import yaml
+
+from bench.tree import churn, generate
+from migrator.journal import JournalRow
+from migrator.layout import is_blob_data, shards
+from migrator.local import MotoServer
+from migrator.march import md5_of
+from migrator.pipeline import migration
+from migrator.plan import load_plan
+from migrator.walker import read_bytes, walk_shard
+
+REQUEST_LINE = re.compile(rb'"(GET|PUT|POST|DELETE|HEAD) ')
+RESULTS = Path(__file__).parent / "results"
+
+
+class RequestLog:
+    """Counts S3 requests from moto_server's own access log (one line a request)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.offset = 0
+
+    def since_last(self) -> int | None:
+        if self.path is None:
+            return None
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+            self.offset = handle.tell()
+        return len(REQUEST_LINE.findall(data))
+
+
+def measure(command: list[str], log: RequestLog, env: dict | None = None) -> dict:
+    """Wall time, client CPU (user+sys), peak RSS of the command and its children, S3 requests."""
+    log.since_last()
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = process.communicate()
+    wall = time.monotonic() - started
+    _, status, usage = os.wait4(process.pid, 0) if process.returncode is None else (0, 0, None)
+    time.sleep(0.3)  # let the server's log catch up
+    result = {"wall": wall, "requests": log.since_last(), "exit": process.returncode, "stdout": out.decode()}
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {err.decode()[-2000:]}")
+    return result
+
+
+def measure_rusage(command: list[str], log: RequestLog, env: dict | None = None) -> dict:
+    """Like ``measure`` but with the child's own rusage (CPU, peak RSS) from wait4."""
+    log.since_last()
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - started
+    time.sleep(0.3)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} failed ({code}): {output.decode()[-2000:]}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+            "requests": log.since_last(), "output": output.decode()}
+
+
+def write_plan(path: Path, source: Path, bucket: str, endpoint: str, state: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "source": str(source), "bucket": {"name": bucket, "prefix": "", "region": "us-east-1", "endpoint": endpoint},
+        "state": str(state), "sync": {"max_delete_fraction": 0.5},
+    }, sort_keys=False))
+    return path
+
+
+def seed_journal(plan_path: Path) -> int:
+    """A journal that says the bucket already holds the tree (for window and scale runs without a full upload)."""
+    time.sleep(3.1)  # files older than the racy window, as after any real pass
+    count = 0
+    with migration(load_plan(plan_path)) as job:
+        for shard in shards():
+            rows = []
+            for src in walk_shard(job.plan.source, shard):
+                md5 = None if is_blob_data(src.rel) else md5_of(read_bytes(job.plan.source, src.rel))
+                rows.append(JournalRow(src.rel, src.size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns))
+            job.journal.record(rows)
+            job.journal.mark_seeded(shard)
+            count += len(rows)
+    return count
+
+
+def tool_versions() -> dict:
+    versions = {}
+    for name, command in {"awscli": ["aws", "--version"], "rclone": ["rclone", "version"],
+                          "s5cmd": ["s5cmd", "version"], "docker-registry": ["/usr/bin/docker-registry", "--version"]}.items():
+        try:
+            versions[name] = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            versions[name] = None
+    return versions
+
+
+def main() -> int:
+    objects = int(os.environ.get("BENCH_OBJECTS", 40_000))
+    megabytes = int(os.environ.get("BENCH_MB", 700))
+    scale_objects = int(os.environ.get("BENCH_SCALE_OBJECTS", 1_000_000))
+    changes = int(os.environ.get("BENCH_CHURN", 300))
+    work = Path(os.environ.get("BENCH_DIR", "/tmp/migrator-bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    endpoint = os.environ.get("BENCH_S3_ENDPOINT")
+    moto = None
+    if endpoint is None:
+        moto = MotoServer(logfile=work / "moto.log").start()
+        endpoint = moto.endpoint
+    log = RequestLog(work / "moto.log" if moto else None)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results: dict = {"date": stamp, "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                                                "python": platform.python_version()}, "tools": tool_versions()}
+    try:
+        results["tree"] = tree = generate(work / "tree", objects, megabytes * 2**20)
+        source = Path(tree["root"])
+        print(f"tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['seconds']:.0f}s to write)")
+        results["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"])
+        results["window"] = read_only_window(source, endpoint, s3, log, work, changes)
+        results["growth"] = window_growth(endpoint, s3, log, work, objects, changes)
+        if scale_objects:
+            results["scale"] = scale_pass(endpoint, s3, log, work, scale_objects)
+    finally:
+        if moto:
+            moto.stop()
+    RESULTS.mkdir(exist_ok=True)
+    markdown = render(results)
+    (RESULTS / f"{stamp}.md").write_text(markdown)
+    (RESULTS / "latest.md").write_text(markdown)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
+    print(markdown)
+    return 0
+
+
+def verified(source: Path, bucket: str, endpoint: str, work: Path) -> str:
+    plan = write_plan(work / f"verify-{bucket}.yml", source, bucket, endpoint, work / f"verify-{bucket}.state")
+    result = subprocess.run([sys.executable, "-m", "migrator", "--quiet", "verify", str(plan)], capture_output=True,
+                            text=True)
+    return "OK" if result.returncode == 0 else "DIFFERS"
+
+
+def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, files: int) -> list:
+    rows = []
+    plan = write_plan(work / "migrator.yml", source, "migrator-initial", endpoint, work / "migrator.state")
+    shutil.rmtree(work / "migrator.state", ignore_errors=True)
+    commands = {
+        "migrator sync": [sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)],
+        "aws s3 sync": ["aws", "s3", "sync", f"{source}/docker", "s3://aws-initial/docker", "--exclude", "*/_uploads/*",
+                        "--only-show-errors", "--endpoint-url", endpoint],
+        "rclone sync": ["rclone", "sync", f"{source}/docker", ":s3:rclone-initial/docker", "--exclude", "**/_uploads/**",
+                        "--s3-provider", "Other", "--s3-endpoint", endpoint, "--s3-env-auth", "--s3-region", "us-east-1",
+                        "--transfers", "32", "--checkers", "32", "--s3-no-check-bucket"],
+        "s5cmd sync": ["s5cmd", "--endpoint-url", endpoint, "sync", "--exclude", "*/_uploads/*", f"{source}/docker/",
+                       "s3://s5cmd-initial/docker/"],
+    }
+    for name, command in commands.items():
+        if shutil.which(command[0]) is None:
+            rows.append({"tool": name, "skipped": "not installed"})
+            continue
+        bucket = {"migrator sync": "migrator-initial", "aws s3 sync": "aws-initial", "rclone sync": "rclone-initial",
+                  "s5cmd sync": "s5cmd-initial"}[name]
+        s3.create_bucket(Bucket=bucket)
+        print(f"initial sync: {name} ...", flush=True)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Go SDKs refuse it with custom transports
+        row = {"tool": name, **measure_rusage(command, log, env)}
+        row.pop("output")
+        row["cpu_ms_per_object"] = 1000 * row["cpu"] / files
+        row["bucket"] = verified(source, bucket, endpoint, work)
+        rows.append(row)
+        print(f"  {row['wall']:.1f}s wall, {row['cpu']:.1f}s CPU, {row['rss_mb']:.0f} MB, {row['requests']} requests, "
+              f"bucket {row['bucket']}", flush=True)
+    return rows
+
+
+def read_only_window(source: Path, endpoint: str, s3, log: RequestLog, work: Path, changes: int) -> dict:
+    """Churn, then migrator's window work vs the manual procedure's on the same churn."""
+    plan = work / "migrator.yml"
+    prepared = measure_rusage([sys.executable, "-m", "migrator", "--quiet", "run", "--yes", str(plan)], log)
+    online = json.loads((work / "migrator.state" / "report.json").read_text())["verification"]["bucket_objects"]
+    described = churn(source, changes)
+    print(f"churn: {described}", flush=True)
+    window = measure_rusage([sys.executable, "-m", "bench.window", str(plan), str(online)], log)
+    migrator = json.loads(window["output"].strip().splitlines()[-1])
+    migrator.update(process_wall=window["wall"], rss_mb=window["rss_mb"], requests=window["requests"])
+    base = ["--endpoint-url", endpoint, "--exclude", "*/_uploads/*"]
+    manual = {}
+    steps = {
+        "aws s3 sync --delete --dryrun": ["aws", "s3", "sync", f"{source}/docker", "s3://aws-initial/docker", "--delete",
+                                          "--dryrun", *base],
+        "aws s3 sync --delete": ["aws", "s3", "sync", f"{source}/docker", "s3://aws-initial/docker", "--delete",
+                                 "--only-show-errors", *base],
+        "find | wc -l": ["sh", "-c", f"find {source}/docker -type f -not -path '*/_uploads/*' | wc -l"],
+        "aws s3 ls --recursive | wc -l": ["sh", "-c", f"aws s3 ls --recursive s3://aws-initial/docker/ --endpoint-url "
+                                                      f"{endpoint} | grep -v /_uploads/ | wc -l"],
+    }
+    for name, command in steps.items():
+        print(f"manual window: {name} ...", flush=True)
+        manual[name] = measure_rusage(command, log)
+    counts = [manual["find | wc -l"]["output"].strip(), manual["aws s3 ls --recursive | wc -l"]["output"].strip()]
+    for step in manual.values():
+        step.pop("output")
+    total = sum(step["wall"] for step in manual.values())
+    return {"churn": described, "prepare": {"wall": prepared["wall"]}, "migrator": migrator, "manual": manual,
+            "manual_total": total, "manual_requests": sum(step["requests"] or 0 for step in manual.values()),
+            "manual_counts": counts, "ratio": total / migrator["seconds"],
+            "migrator_bucket": verified(source, "migrator-initial", endpoint, work),
+            "manual_bucket": verified(source, "aws-initial", endpoint, work)}
+
+
+def synthetic_window(endpoint: str, s3, log: RequestLog, work: Path, objects: int, changes: int, name: str) -> dict:
+    """A tree of small files whose journal says the bucket holds it; churn; the window's work timed."""
+    tree = generate(work / name, objects, objects * 400, seed=5)
+    bucket = f"{name}-bucket"
+    s3.create_bucket(Bucket=bucket)
+    state = work / f"{name}.state"
+    shutil.rmtree(state, ignore_errors=True)
+    plan = write_plan(work / f"{name}.yml", Path(tree["root"]), bucket, endpoint, state)
+    known = seed_journal(plan)
+    churn(Path(tree["root"]), changes, seed=9)
+    window = measure_rusage([sys.executable, "-m", "bench.window", str(plan), str(known)], log)
+    result = json.loads(window["output"].strip().splitlines()[-1])
+    result.update(objects=tree["files"], rss_mb=window["rss_mb"], requests=window["requests"])
+    shutil.rmtree(work / name, ignore_errors=True)
+    return result
+
+
+def window_growth(endpoint: str, s3, log: RequestLog, work: Path, objects: int, changes: int) -> dict:
+    print("window growth: 1x and 10x trees, same churn ...", flush=True)
+    one = synthetic_window(endpoint, s3, log, work, objects, changes, "growth1x")
+    ten = synthetic_window(endpoint, s3, log, work, objects * 10, changes, "growth10x")
+    return {"1x": one, "10x": ten, "ratio": ten["seconds"] / one["seconds"]}
+
+
+def scale_pass(endpoint: str, s3, log: RequestLog, work: Path, objects: int) -> dict:
+    """A delta pass over ``objects`` files with nothing changed: wall time, peak RSS, S3 requests."""
+    print(f"scale: writing {objects} files ...", flush=True)
+    tree = generate(work / "scale", objects, objects * 300, seed=7)
+    s3.create_bucket(Bucket="scale-bucket")
+    state = work / "scale.state"
+    shutil.rmtree(state, ignore_errors=True)
+    plan = write_plan(work / "scale.yml", Path(tree["root"]), "scale-bucket", endpoint, state)
+    seeded = seed_journal(plan)
+    print(f"scale: delta pass over {seeded} objects ...", flush=True)
+    result = measure_rusage([sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)], log)
+    pass_requests = int(re.search(r"; (\d+) S3 requests", result["output"]).group(1))
+    shutil.rmtree(work / "scale", ignore_errors=True)
+    return {"objects": seeded, "wall": result["wall"], "cpu": result["cpu"], "rss_mb": result["rss_mb"],
+            "pass_requests": pass_requests, "server_requests": result["requests"]}
+
+
+def render(results: dict) -> str:
+    tree, lines = results["tree"], []
+    add = lines.append
+    add(f"# migrator benchmark {results['date']}\n")
+    add(f"Command: `make bench` (BENCH_OBJECTS={os.environ.get('BENCH_OBJECTS', 40000)}, "
+        f"BENCH_MB={os.environ.get('BENCH_MB', 700)}, BENCH_SCALE_OBJECTS={os.environ.get('BENCH_SCALE_OBJECTS', 1000000)}). "
+        f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}), Python {results['machine']['python']}; "
+        f"S3: moto_server on loopback. Tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB "
+        f"({tree['images']} images, `_uploads` excluded by every tool).\n")
+    add("## Initial sync\n")
+    add("| tool | wall s | client CPU s | CPU ms/object | peak RSS MB | S3 requests | bucket verified |")
+    add("|---|---:|---:|---:|---:|---:|---|")
+    for row in results["initial"]:
+        if "skipped" in row:
+            add(f"| {row['tool']} | {row['skipped']} | | | | | |")
+            continue
+        add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu_ms_per_object']:.2f} | "
+            f"{row['rss_mb']:.0f} | {row['requests']} | {row['bucket']} |")
+    window = results["window"]
+    add(f"\n## Read-only window (churn: {window['churn']})\n")
+    add("| what | wall s | S3 requests |")
+    add("|---|---:|---:|")
+    mig = window["migrator"]
+    add(f"| **migrator** final delta + delete + verify of the change ({mig['uploaded']} up, {mig['deleted']} deleted) | "
+        f"**{mig['seconds']:.2f}** | {mig['requests']} |")
+    for name, step in window["manual"].items():
+        add(f"| manual: `{name}` | {step['wall']:.2f} | {step['requests']} |")
+    add(f"| **manual procedure, total** | **{window['manual_total']:.2f}** | {window['manual_requests']} |")
+    add("\nmigrator's figure is the window's own work, timed inside the running process (`bench/window.py`); "
+        "the manual steps are whole commands, as an operator runs them.")
+    add(f"\nRatio manual / migrator: **{window['ratio']:.1f}×**. Buckets afterwards: migrator {window['migrator_bucket']}, "
+        f"manual {window['manual_bucket']} (`migrator verify`). Restarts are excluded on both sides.\n")
+    growth = results["growth"]
+    add("## Window growth with the registry (same churn)\n")
+    add("| objects | window s | S3 requests | peak RSS MB |")
+    add("|---:|---:|---:|---:|")
+    for key in ("1x", "10x"):
+        row = growth[key]
+        add(f"| {row['objects']} | {row['seconds']:.2f} | {row['requests']} | {row['rss_mb']:.0f} |")
+    add(f"\n10× the objects: the window grows **{growth['ratio']:.2f}×**.\n")
+    if "scale" in results:
+        scale = results["scale"]
+        add("## Delta pass over a large registry, nothing changed\n")
+        add("| objects | wall s | client CPU s | peak RSS MB | S3 requests in the pass | server requests (incl. preflight) |")
+        add("|---:|---:|---:|---:|---:|---:|")
+        add(f"| {scale['objects']} | {scale['wall']:.1f} | {scale['cpu']:.1f} | {scale['rss_mb']:.0f} | "
+            f"{scale['pass_requests']} | {scale['server_requests']} |")
+    add("\n## Goals\n")
+    add("| goal | measured | met |")
+    add("|---|---|---|")
+    peers = [r for r in results["initial"] if "skipped" not in r and r["tool"] != "migrator sync"]
+    mine = next(r for r in results["initial"] if r["tool"] == "migrator sync")
+    best = min(peers, key=lambda r: r["wall"]) if peers else None
+    aws = next((r for r in peers if r["tool"] == "aws s3 sync"), None)
+    add(f"| read-only window ≤ 1/10 of the manual procedure's | {window['ratio']:.1f}× shorter | "
+        f"{'yes' if window['ratio'] >= 10 else 'no'} |")
+    add(f"| 10× objects, same churn: window grows < 2× | {growth['ratio']:.2f}× | {'yes' if growth['ratio'] < 2 else 'no'} |")
+    if best:
+        add(f"| initial sync wall ≤ best peer's ({best['tool']}) | {mine['wall']:.1f}s vs {best['wall']:.1f}s | "
+            f"{'yes' if mine['wall'] <= best['wall'] else 'no'} |")
+    if aws:
+        half = mine["cpu_ms_per_object"] <= aws["cpu_ms_per_object"] / 2
+        add(f"| client CPU per object ≤ ½ of aws s3 sync's | {mine['cpu_ms_per_object']:.2f} vs "
+            f"{aws['cpu_ms_per_object']:.2f} ms | {'yes' if half else 'no'} |")
+    if "scale" in results:
+        add(f"| peak RSS ≤ 150 MB, delta pass over {results['scale']['objects']} objects | {results['scale']['rss_mb']:.0f} MB | "
+            f"{'yes' if results['scale']['rss_mb'] <= 150 else 'no'} |")
+    changed = mig["uploaded"] + mig["deleted"]
+    budget = changed + tree["files"] // 1000
+    add(f"| S3 requests in the window ≤ changed + objects/1000 | {mig['requests']} vs {changed} + {tree['files'] // 1000} | "
+        f"{'yes' if mig['requests'] <= budget else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Synthetic registry trees for benchmarks: the real layout, real sha256 digests, a target object count and size."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from migrator.synthetic import RegistryTree
+
+OBJECTS_PER_IMAGE = 12  # ~2 layers + config + manifest blobs, 7 links
+
+
+def _log_uniform_max(low: float, mean: float) -> float:
+    """The upper bound b of a log-uniform [low, b] distribution whose mean is ``mean``."""
+    lo, hi = low * 1.01, 1e12
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if (mid - low) / math.log(mid / low) < mean:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def generate(root: Path, objects: int, total_bytes: int, seed: int = 0) -> dict:
+    """Write a tree of about ``objects`` files and ``total_bytes`` bytes; returns its description."""
+    if root.exists():
+        shutil.rmtree(root)
+    rng = random.Random(seed)
+    tree = RegistryTree(root)
+    images = max(1, objects // OBJECTS_PER_IMAGE)
+    layers_per_image = 2
+    low = 300
+    high = _log_uniform_max(low, max(low * 1.5, total_bytes / (images * layers_per_image)))
+    started = time.monotonic()
+    for index in range(images):
+        repository = f"group{index % 40}/project{index % 23}/image{index % 7}"
+        count = rng.choice([1, 2, 3])
+        layers = [rng.randbytes(int(math.exp(rng.uniform(math.log(low), math.log(high))))) for _ in range(count)]
+        tree.image(repository, f"v{index}", layers)
+    for index in range(5):
+        tree.upload_in_progress(f"group{index}/project{index}/image{index}", f"bench-upload-{index}", rng.randbytes(50_000))
+    files = size = 0
+    for dirpath, dirnames, filenames in os.walk(root / "docker"):
+        dirnames[:] = [d for d in dirnames if d != "_uploads"]
+        for name in filenames:
+            files += 1
+            size += os.path.getsize(os.path.join(dirpath, name))
+    return {"root": str(root), "images": images, "files": files, "bytes": size, "seconds": time.monotonic() - started}
+
+
+def churn(root: Path, changes: int, seed: int = 1) -> dict:
+    """Registry churn: tag moves rewritten in place (same size), new images, deleted tags (a third each)."""
+    rng = random.Random(seed)
+    tree = RegistryTree(root)
+    base = root / "docker/registry/v2/repositories"
+    tags = sorted(base.glob("*/*/*/_manifests/tags/*"))
+    revisions = sorted(base.glob("*/*/*/_manifests/revisions/sha256/*/link"))
+    moved = deleted = added = 0
+    for tag in rng.sample(tags, min(len(tags), changes // 3 * 2)):
+        if moved < changes // 3:
+            link = tag / "current/link"
+            link.write_bytes(rng.choice(revisions).read_bytes())  # truncate + write: 71 bytes either way
+            moved += 1
+        else:
+            shutil.rmtree(tag)
+            deleted += 1
+    for index in range(changes - moved - deleted):
+        tree.image(f"churn/new{index % 5}", f"c{index}-{seed}", [rng.randbytes(rng.randint(1000, 200_000))])
+        added += 1
+    return {"tag_moves": moved, "deleted_tags": deleted, "new_images": added}
