@@ -16,6 +16,7 @@ test-fast: setup
 	$(PYTHON) -m pytest -q -ra -m "not slow"
 
 bench: setup
+	./scripts/setup-bench.sh
 	$(PYTHON) -m bench.run
 
 lint:

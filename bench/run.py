@@ -31,6 +31,7 @@ from migrator.pipeline import migration
 from migrator.plan import load_plan
 from migrator.walker import read_bytes, walk_shard
 
+GNU_TIME = "/usr/bin/time"
 REQUEST_LINE = re.compile(rb'"(GET|PUT|POST|DELETE|HEAD) ')
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,35 +53,23 @@ class RequestLog:
         return len(REQUEST_LINE.findall(data))
 
 
-def measure(command: list[str], log: RequestLog, env: dict | None = None) -> dict:
-    """Wall time, client CPU (user+sys), peak RSS of the command and its children, S3 requests."""
-    log.since_last()
-    started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out, err = process.communicate()
-    wall = time.monotonic() - started
-    _, status, usage = os.wait4(process.pid, 0) if process.returncode is None else (0, 0, None)
-    time.sleep(0.3)  # let the server's log catch up
-    result = {"wall": wall, "requests": log.since_last(), "exit": process.returncode, "stdout": out.decode()}
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {err.decode()[-2000:]}")
-    return result
-
-
 def measure_rusage(command: list[str], log: RequestLog, env: dict | None = None) -> dict:
-    """Like ``measure`` but with the child's own rusage (CPU, peak RSS) from wait4."""
+    """Wall time, client CPU (user+sys) and peak RSS of the command (its children included) through GNU time,
+    and the S3 requests the server logged meanwhile. (wait4's ru_maxrss would start from this process's RSS at
+    fork: GNU time's own small footprint is all that is inherited.)"""
     log.since_last()
+    stats = Path(f"/tmp/bench-time-{os.getpid()}.txt")
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    completed = subprocess.run([GNU_TIME, "-o", str(stats), "-f", "%U %S %M", *command], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env=env)
     wall = time.monotonic() - started
-    time.sleep(0.3)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(command[:3])} failed ({code}): {output.decode()[-2000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
-            "requests": log.since_last(), "output": output.decode()}
+    time.sleep(0.3)  # let the server's log catch up
+    output = completed.stdout.decode()
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} failed ({completed.returncode}): {output[-2000:]}")
+    user, system, max_kb = stats.read_text().split()[-3:]
+    return {"wall": wall, "cpu": float(user) + float(system), "rss_mb": int(max_kb) / 1024,
+            "requests": log.since_last(), "output": output}
 
 
 def write_plan(path: Path, source: Path, bucket: str, endpoint: str, state: Path) -> Path:
@@ -101,6 +90,9 @@ def seed_journal(plan_path: Path) -> int:
             for src in walk_shard(job.plan.source, shard):
                 md5 = None if is_blob_data(src.rel) else md5_of(read_bytes(job.plan.source, src.rel))
                 rows.append(JournalRow(src.rel, src.size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns))
+                if len(rows) >= 5000:
+                    job.journal.record(rows)
+                    count, rows = count + len(rows), []
             job.journal.record(rows)
             job.journal.mark_seeded(shard)
             count += len(rows)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from migrator.synthetic import RegistryTree
 
-OBJECTS_PER_IMAGE = 12  # ~2 layers + config + manifest blobs, 7 links
+OBJECTS_PER_IMAGE = 10  # ~2 layers + config + manifest blobs, ~6 links (shared layers dedupe)
 
 
 def _log_uniform_max(low: float, mean: float) -> float:

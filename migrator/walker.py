@@ -31,10 +31,15 @@ def _sorted_entries(directory: str) -> list[tuple[str, os.DirEntry]]:
     try:
         with os.scandir(directory) as it:
             entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    entries.sort(key=lambda pair: pair[0])
+    if len(entries) > 1:  # most registry directories hold a single entry
+        entries.sort(key=_first)
     return entries
+
+
+def _first(pair: tuple) -> str:
+    return pair[0]
 
 
 def walk_shard(source: Path, shard: Shard) -> Iterator[SourceFile]:
