@@ -26,7 +26,6 @@ class RequestCounter:
         self.phase = "setup"
         self.attempts: Counter = Counter()
         self.calls: Counter = Counter()
-        self.by_operation: Counter = Counter()
 
     def attach(self, client) -> None:
         client.meta.events.register("before-send.s3", self._on_send)
@@ -36,10 +35,9 @@ class RequestCounter:
         with self._lock:
             self.attempts[self.phase] += 1
 
-    def _on_call(self, model, **kwargs) -> None:
+    def _on_call(self, **kwargs) -> None:
         with self._lock:
             self.calls[self.phase] += 1
-            self.by_operation[model.name] += 1
 
     @contextlib.contextmanager
     def phase_scope(self, name: str) -> Iterator[None]:
