@@ -391,8 +391,7 @@ class Migration:
             return
         served = self.registry.manifest_digest(repository, tag)
         if served != digest:
-            self.stop_safely(f"read probe failed after cut-over: {repository}:{tag} served {served}, expected {digest}",
-                             rollback=True)
+            self.stop_safely(f"read probe failed after cut-over: {repository}:{tag} served {served}, expected {digest}")
 
     def readonly_off(self) -> None:
         """Accept writes again on s3; a write probe must get 202."""
@@ -437,7 +436,7 @@ class Migration:
         if on_failure == "restore":
             self.restore_original()
             raise InvalidInput(f"{problem}; the original config was restored")
-        self.stop_safely(problem, rollback=True)
+        self.stop_safely(problem)
 
     def restart(self) -> Optional[str]:
         """Run the plan's restart command and wait for health; returns what went wrong, if anything."""
@@ -475,7 +474,7 @@ class Migration:
             self.restore_original()
             raise StoppedSafely(f"write probe got HTTP {status}, not 405: the registry is not read-only; "
                                 "original config restored")
-        self.stop_safely(f"write probe got HTTP {status}, not 202, after read-only off", rollback=True)
+        self.stop_safely(f"write probe got HTTP {status}, not 202, after read-only off")
 
     def restore_original(self) -> None:
         """The original config (filesystem, as it was) back in place, restarted."""
@@ -485,9 +484,9 @@ class Migration:
             log.error("RESTORING THE ORIGINAL CONFIG: %s. The file %s holds the original again; restart the registry "
                       "by hand", problem, self.config.path)
 
-    def stop_safely(self, problem: str, rollback: bool = True) -> None:
-        """Back to the filesystem, read-write, and stop with exit 1."""
-        if rollback and self.config is not None:
+    def stop_safely(self, problem: str) -> None:
+        """Back to the filesystem, read-write (when the plan has a registry), and stop with exit 1."""
+        if self.config is not None:
             self.restore_original()
             self.reset_to_online()
         raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write; nothing was lost")

@@ -209,6 +209,26 @@ def test_window_change_is_proven(local_registry, s3, bucket, monkeypatch, how):
     assert client.write_probe("probe/after") == 202
 
 
+def test_failed_read_probe_after_cutover_rolls_back_to_the_filesystem(local_registry, monkeypatch):
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 2, seed=9)
+    original = file_hash(local_registry.config)
+    real_sample = Migration.sample_manifest
+
+    def wrong_digest(self):
+        repository, tag, _ = real_sample(self)
+        return repository, tag, "sha256:" + "0" * 64  # the new backend "serves" another digest
+
+    monkeypatch.setattr(Migration, "sample_manifest", wrong_digest)
+    with migration(load_plan(local_registry.write_plan()), options=Options(yes=True)) as job:
+        with pytest.raises(StoppedSafely, match="read probe failed after cut-over"):
+            job.run()
+        assert job.state.readonly_on_at is None and "cutover" not in job.state.done
+    assert file_hash(local_registry.config) == original
+    assert client.write_probe("probe/after") == 202
+    assert_all_pull(client, pushed)
+
+
 def test_rollback_refuses_when_pushes_would_be_stranded(local_registry):
     client = RegistryClient(local_registry.url)
     pushed = push_images(client, 2, seed=5)
