@@ -237,7 +237,8 @@ def status(ctx: click.Context, plan_path: str) -> None:
             if readonly and state.readonly_on_at:
                 since = " since " + datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
             click.echo(f"registry read-only now: {'yes' + since if readonly else 'no'}")
-        click.echo(f"outcome: {state.outcome or 'in progress' if state.done else 'not started'}")
+        outcome = (state.outcome or "in progress") if state.done else "not started"
+        click.echo(f"outcome: {outcome}")
         return EXIT_OK
 
     _guarded(work)

@@ -13,7 +13,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 from migrator.errors import Refused
 from migrator.failpoints import failpoint
@@ -95,20 +95,6 @@ class SyncEngine:
                 log.warning("the plan now points at %s (journal was for %s): starting the journal over", identity, known)
                 self.journal.unseed()
             self.journal.set_meta("bucket", identity)
-
-    def _map_shards(self, work: Callable[[Shard], PassResult], only: Optional[Iterable[Shard]] = None) -> PassResult:
-        total = PassResult()
-        lock = threading.Lock()
-
-        def run(shard: Shard) -> None:
-            result = work(shard)
-            with lock:
-                total.add(result)
-
-        with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
-            for future in [pool.submit(run, shard) for shard in (only or shards())]:
-                future.result()
-        return total
 
     def seed(self, shard: Shard) -> None:
         """First contact with a shard: the journal becomes what the bucket lists (an earlier copy is reused)."""
@@ -195,19 +181,30 @@ class SyncEngine:
         result.first_uploads = (result.first_uploads + [r.rel for r in rows])[:FIRST_KEYS]
 
     def run_pass(self) -> PassResult:
-        """One online copy pass over every shard."""
-        return self._map_shards(self.sync_shard)
+        """One copy pass: every shard on the shard pool (the unit a cluster engine would schedule)."""
+        total = PassResult()
+        lock = threading.Lock()
+
+        def run(shard: Shard) -> None:
+            result = self.sync_shard(shard)
+            with lock:
+                total.add(result)
+
+        with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
+            for future in [pool.submit(run, shard) for shard in shards()]:
+                future.result()
+        return total
 
     def check_deletes(self, result: PassResult, max_fraction: float, allow_mass_delete: bool) -> None:
         """The delete guards; raises Refused (exit 3) with the reason and the override."""
         if not result.delete_candidates:
             return
+        known = max(self.journal.count(), 1)
         if result.source_objects == 0:
             raise Refused(
-                f"the source walk found no files but the bucket holds {self.journal.count()} objects: refusing to "
+                f"the source walk found no files but the bucket holds {known} objects: refusing to "
                 f"delete {len(result.delete_candidates)} objects. Check 'source' points at the registry's rootdirectory."
             )
-        known = max(self.journal.count(), 1)
         if len(result.delete_candidates) > max_fraction * known and not allow_mass_delete:
             raise Refused(
                 f"{len(result.delete_candidates)} delete candidates are {len(result.delete_candidates) / known:.1%} of "
