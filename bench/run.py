@@ -81,7 +81,8 @@ def write_plan(path: Path, source: Path, bucket: str, endpoint: str, state: Path
 
 
 def seed_journal(plan_path: Path) -> int:
-    """A journal that says the bucket already holds the tree (for window and scale runs without a full upload)."""
+    """A journal that says the bucket already holds the tree (for window and scale runs without a full upload),
+    after one delta pass over it, as a run's journal is when its read-only window opens."""
     time.sleep(3.1)  # files older than the racy window, as after any real pass
     count = 0
     with migration(load_plan(plan_path)) as job:
@@ -96,6 +97,7 @@ def seed_journal(plan_path: Path) -> int:
             job.journal.record(rows)
             job.journal.mark_seeded(shard)
             count += len(rows)
+        job.engine.run_pass()  # the online delta pass every run makes before the window: it seals what is settled
     return count
 
 

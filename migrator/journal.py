@@ -26,7 +26,10 @@ CREATE TABLE IF NOT EXISTS objects (
     ctime_ns INTEGER,
     ino INTEGER,
     recorded_ns INTEGER,
-    confirmed INTEGER NOT NULL
+    confirmed INTEGER NOT NULL,
+    dir_mtime_ns INTEGER,
+    dir_ctime_ns INTEGER,
+    dir_ino INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seeded_shards (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS window_changes (
@@ -51,9 +54,15 @@ class JournalRow:
     ino: Optional[int] = None
     recorded_ns: Optional[int] = None
     confirmed: bool = True
+    dir_stat: Optional[tuple[int, int, int]] = None  # its digest directory's (mtime, ctime, inode) when sealed
+
+    def sealed_by(self, stat: tuple[int, int, int]) -> bool:
+        """Confirmed, and sealed with exactly this stat of its directory."""
+        return self.confirmed and self.dir_stat == stat
 
 
-_COLUMNS = "rel, size, md5, mtime_ns, ctime_ns, ino, recorded_ns, confirmed"
+_COLUMNS = "rel, size, md5, mtime_ns, ctime_ns, ino, recorded_ns, confirmed, dir_mtime_ns, dir_ctime_ns, dir_ino"
+_SEAL_COLUMNS = ("dir_mtime_ns", "dir_ctime_ns", "dir_ino")
 
 
 class Journal:
@@ -64,6 +73,10 @@ class Journal:
         self._local = threading.local()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
+            known = {column[1] for column in conn.execute("PRAGMA table_info(objects)")}
+            for column in _SEAL_COLUMNS:  # journals written before directories were sealed
+                if column not in known:
+                    conn.execute(f"ALTER TABLE objects ADD COLUMN {column} INTEGER")
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
@@ -102,8 +115,8 @@ class Journal:
                 cursor = conn.execute(
                     f"SELECT {_COLUMNS} FROM objects WHERE rel >= ? AND rel < ? ORDER BY rel", (low, high)
                 )
-                for row in cursor:
-                    yield JournalRow(*row[:-1], confirmed=bool(row[-1]))
+                for *fields, confirmed, dir_mtime, dir_ctime, dir_ino in cursor:
+                    yield JournalRow(*fields, bool(confirmed), None if dir_ino is None else (dir_mtime, dir_ctime, dir_ino))
         finally:
             conn.close()
 
@@ -156,10 +169,10 @@ class Journal:
         now = time.time_ns()
         with self._transaction() as conn:
             conn.executemany(
-                f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (r.rel, r.size, r.md5, r.mtime_ns, r.ctime_ns, r.ino,
-                     now if r.recorded_ns is None else r.recorded_ns, int(r.confirmed))
+                     now if r.recorded_ns is None else r.recorded_ns, int(r.confirmed), *(r.dir_stat or (None,) * 3))
                     for r in rows
                 ),
             )

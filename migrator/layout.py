@@ -17,6 +17,10 @@ REPOSITORIES = V2 + "repositories/"
 UPLOADS_DIR = "_uploads"
 
 _BLOB_DATA = re.compile(r"^docker/registry/v2/blobs/sha256/[0-9a-f]{2}/([0-9a-f]{64})/data$")
+_DIGEST_DIR = re.compile(
+    r"^docker/registry/v2/(?:blobs/sha256/[0-9a-f]{2}"
+    r"|repositories/.+/(?:_layers|_manifests/revisions|_manifests/tags/[^/]+/index)/sha256)/[0-9a-f]{64}/$"
+)
 
 
 def is_uploads(rel: str) -> bool:
@@ -33,6 +37,11 @@ def blob_digest(rel: str) -> str | None:
 def is_blob_data(rel: str) -> bool:
     """Content-addressed and written once: size alone decides whether it needs copying."""
     return blob_digest(rel) is not None
+
+
+def is_digest_dir(rel: str) -> bool:
+    """A blob's directory or a link's (``_layers``, ``revisions``, a tag's ``index``): ``.../sha256/<hex>/``."""
+    return _DIGEST_DIR.match(rel) is not None
 
 
 def prefix_upper(prefix: str) -> str:

@@ -9,7 +9,11 @@ into an action. The rules follow the registry's layout:
   ``current/link`` in place at the same size, so the content is compared whenever the file's stat
   (mtime, ctime, inode) is not exactly the one recorded, or is too recent to be trusted ("racy", as
   git calls it: a write in the same clock tick as our stat would leave the stat unchanged);
-* destination-only keys are delete candidates; only the delete step acts on them.
+* destination-only keys are delete candidates; only the delete step acts on them;
+* a digest-named directory (a blob's, or a ``_layers``/``revisions``/tag ``index`` link's) holds files
+  whose content its name fixes: once every file in it is settled, its rows are *sealed* with the
+  directory's stat, and while that stat is unchanged later passes keep them without listing it. Only
+  ``tags/*/current/link`` and files outside such directories are stat'ed on every pass.
 """
 
 from __future__ import annotations
@@ -21,9 +25,7 @@ from typing import Callable, Iterator, Optional, Union
 
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data
-from migrator.walker import SourceFile
-
-RACY_NS = 3_000_000_000  # a stat this close to when it was recorded is not trusted
+from migrator.walker import RACY_NS, DigestDir, SourceFile
 
 
 class Action(enum.Enum):
@@ -60,6 +62,45 @@ def march(
             yield src, dst
             src = next(sources, None)
             dst = next(rows, None)
+
+
+@dataclass
+class Unit:
+    """What ``march_units`` yields: pairs of one file or of a listed digest directory, or a sealed directory's rows."""
+
+    pairs: list[tuple[Optional[SourceFile], Optional[JournalRow]]]
+    directory: Optional[DigestDir] = None
+    sealed: Optional[list[JournalRow]] = None  # the directory is unchanged since its rows were sealed: keep them
+
+
+def march_units(
+    items: Iterator[Union[SourceFile, DigestDir]], rows: Iterator[JournalRow]
+) -> Iterator[Unit]:
+    """Like ``march``, with digest directories: one whose stat equals the seal on every row under it is not
+    listed (its rows are kept as they are); any other is listed and paired file by file."""
+    row = next(rows, None)
+    for item in items:
+        while row is not None and row.rel < item.rel:
+            yield Unit([(None, row)])
+            row = next(rows, None)
+        if isinstance(item, SourceFile):
+            if row is not None and row.rel == item.rel:
+                yield Unit([(item, row)])
+                row = next(rows, None)
+            else:
+                yield Unit([(item, None)])
+            continue
+        inside = []
+        while row is not None and row.rel.startswith(item.rel):
+            inside.append(row)
+            row = next(rows, None)
+        if inside and all(r.sealed_by(item.stat) for r in inside):
+            yield Unit([], item, sealed=inside)
+        else:
+            yield Unit(list(march(item.files(), iter(inside))), item)
+    while row is not None:
+        yield Unit([(None, row)])
+        row = next(rows, None)
 
 
 def md5_of(data: Union[bytes, bytearray]) -> str:

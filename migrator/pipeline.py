@@ -11,6 +11,7 @@ when it finishes, so after a crash the same command continues where it stopped.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -25,7 +26,7 @@ from typing import Callable, Iterator, Optional
 from migrator.errors import InvalidInput, Refused, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.journal import Journal
-from migrator.layout import REPOSITORIES, is_blob_data
+from migrator.layout import REPOSITORIES, is_blob_data, is_uploads
 from migrator.march import md5_of
 from migrator.plan import Plan
 from migrator.registry_config import (
@@ -48,6 +49,7 @@ log = logging.getLogger("migrator")
 
 PROBE_REPOSITORY = "migrator-probe/readonly-check"
 ESTIMATED_RESTART_SECONDS = 10.0
+CLOCK_SKEW_SECONDS = 30
 ONLINE_PHASES = ("delta_passes", "online_verification")
 
 
@@ -395,6 +397,8 @@ class Migration:
 
     def readonly_off(self) -> None:
         """Accept writes again on s3; a write probe must get 202."""
+        self.state.writes_on_s3_since = now()
+        self.store.save(self.state)
         self.apply(TargetState(s3=self.s3_settings(), readonly=False), on_failure="rollback")
         self.prove_writes(expect=202)
         self.state.readonly_off_at = now()
@@ -485,17 +489,39 @@ class Migration:
                       "by hand", problem, self.config.path)
 
     def stop_safely(self, problem: str) -> None:
-        """Back to the filesystem, read-write (when the plan has a registry), and stop with exit 1."""
+        """Back to the filesystem, read-write (when the plan has a registry), and stop with exit 1.
+
+        Once the registry may have taken writes on s3, it goes back only if the bucket proves it took none."""
         if self.config is not None:
+            self.refuse_to_strand_writes(problem)
             self.restore_original()
             self.reset_to_online()
         raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write; nothing was lost")
+
+    def refuse_to_strand_writes(self, problem: str) -> None:
+        since = self.state.writes_on_s3_since
+        if since is None:
+            return
+        try:
+            written = self.objects_written_since(since)
+        except BUCKET_ERRORS as exc:
+            written, why = None, f"the bucket cannot be listed to check ({explain(exc, self.plan.bucket.name)})"
+        else:
+            why = f"the bucket holds {written} objects written since the registry could write there that the filesystem lacks"
+        if written == 0:
+            return
+        raise StoppedSafely(
+            f"{problem}. {why}, so the registry is left on s3, read-write: returning it to the filesystem could "
+            "strand pushes in the bucket. Check the registry, then re-run the same command to finish, or run "
+            "'migrator rollback --force' to return to the filesystem without those pushes"
+        )
 
     def reset_to_online(self) -> None:
         self.journal.close_window()
         self.state.done = [p for p in self.state.done if p == "initial_sync"]
         self.state.readonly_on_at = None
         self.state.readonly_off_at = None
+        self.state.writes_on_s3_since = None
         self.state.restart_seconds = 0.0
         self.state.online_verified_objects = None
         self.store.save(self.state)
@@ -515,11 +541,13 @@ class Migration:
         """Restore the original config; refused after the registry took writes on s3 unless forced."""
         if not self.config.backup.exists():
             raise InvalidInput(f"no backup of the original config in {self.config.backup_dir}: nothing to roll back to")
-        if self.state.readonly_off_at is not None and not force:
-            written = self.objects_written_since(self.state.readonly_off_at)
+        since = self.state.writes_on_s3_since or self.state.readonly_off_at
+        if since is not None and not force:
+            written = self.objects_written_since(since)
             if written:
                 raise Refused(
-                    f"the registry wrote {written} objects to the bucket since the cut-over; rolling back would strand "
+                    f"the bucket holds {written} objects written since the cut-over that the filesystem lacks; "
+                    "rolling back would strand "
                     "those pushes in the bucket. Re-run with --force if you accept losing them"
                 )
         self.config.write(self.config.original_text())
@@ -531,10 +559,19 @@ class Migration:
             raise StoppedSafely(f"original config restored but {problem}")
 
     def objects_written_since(self, since: float) -> int:
+        """Objects written to the bucket since ``since`` that the filesystem does not hold: what returning the
+        registry to the filesystem would strand (``_uploads`` aside; the cutoff allows for LastModified's
+        one-second resolution and clock skew, our own copies being told apart by their content)."""
+        cutoff = math.floor(since) - CLOCK_SKEW_SECONDS
         paginator = self.bucket.client.get_paginator("list_objects_v2")
         count = 0
         for page in paginator.paginate(Bucket=self.plan.bucket.name, Prefix=self.bucket.key("docker/")):
-            count += sum(1 for item in page.get("Contents", ()) if item["LastModified"].timestamp() >= since)
+            for item in page.get("Contents", ()):
+                rel = self.bucket.rel(item["Key"])
+                if item["LastModified"].timestamp() < cutoff or is_uploads(rel):
+                    continue
+                path = self.plan.source / rel
+                count += not _proof_matches((True, item["Size"], item["ETag"].strip('"')), rel, path, path.is_file())
         return count
 
     def dry_run_report(self) -> dict:

@@ -26,6 +26,7 @@ class RunState:
     verification: dict = field(default_factory=dict)
     readonly_on_at: Optional[float] = None  # wall clock of the read-only config write
     readonly_off_at: Optional[float] = None  # wall clock when writes were accepted again
+    writes_on_s3_since: Optional[float] = None  # wall clock of the config write letting the registry write to s3
     restart_seconds: float = 0.0  # restarts inside the read-only window
     last_pass_seconds: Optional[float] = None
     last_pass_started_ns: Optional[int] = None

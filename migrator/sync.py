@@ -11,7 +11,7 @@ import logging
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,10 +19,10 @@ from migrator.errors import Refused
 from migrator.failpoints import failpoint
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, shards
-from migrator.march import Action, decide, march, md5_of
+from migrator.march import Action, Decision, Unit, decide, march_units, md5_of
 from migrator.s3 import Bucket, list_shard
 from migrator.transfer import Transfer
-from migrator.walker import read_bytes, walk_shard
+from migrator.walker import SourceFile, read_bytes, walk_shard
 
 log = logging.getLogger(__name__)
 
@@ -112,47 +112,74 @@ class SyncEngine:
         self.journal.mark_seeded(shard)
 
     def sync_shard(self, shard: Shard) -> PassResult:
-        """Walk one shard, decide every key against the journal, upload what differs."""
+        """Walk one shard, decide every key against the journal, upload what differs, seal what is settled."""
         self.seed(shard)
         result = PassResult()
-        uploads: list = []
-        refreshed: list[JournalRow] = []
+        uploads: list[SourceFile] = []
+        settled: list[JournalRow] = []  # refreshed stats and new seals, recorded in batches
+        reported = 0
 
         def content_md5(rel: str) -> str:
             return md5_of(read_bytes(self.source, rel))
 
-        for src, row in march(walk_shard(self.source, shard), self.journal.rows(shard)):
-            if src is not None:
-                result.source_objects += 1
-                result.source_bytes += src.size
-                if result.source_objects % 1000 == 0:
-                    self.progress.walked(1000)
-                failpoint("walk")
-            try:
-                decision = decide(src, row, content_md5)
-            except FileNotFoundError:
-                continue  # removed after the walk saw it: the next pass sees it gone
-            if decision.action is Action.UPLOAD:
-                uploads.append(decision.source)
-                result.reasons[decision.reason] += 1
-                if len(uploads) >= UPLOAD_CHUNK:
-                    self._upload(uploads, result)
-                    uploads = []
-            elif decision.action is Action.REFRESH and not self.dry_run:
-                s = decision.source
-                refreshed.append(JournalRow(s.rel, s.size, decision.md5, s.mtime_ns, s.ctime_ns, s.ino, s.seen_ns))
-                if len(refreshed) >= RECORD_CHUNK:
-                    self.journal.record(refreshed)
-                    result.refreshed += len(refreshed)
-                    refreshed = []
-            elif decision.action is Action.DELETE:
-                result.delete_candidates.append(decision.rel)
-                result.delete_candidate_bytes += max(decision.row.size, 0)
+        for unit in march_units(walk_shard(self.source, shard, digest_dirs=True), self.journal.rows(shard)):
+            if unit.sealed:
+                result.source_objects += len(unit.sealed)
+                result.source_bytes += sum(row.size for row in unit.sealed)
+                continue
+            decisions = []
+            for src, row in unit.pairs:
+                if src is not None:
+                    result.source_objects += 1
+                    result.source_bytes += src.size
+                    failpoint("walk")
+                try:
+                    decisions.append(decide(src, row, content_md5))
+                except FileNotFoundError:
+                    continue  # removed after the walk saw it: the next pass sees it gone
+            seal = self._seal(unit, decisions)
+            for decision in decisions:
+                if decision.action is Action.UPLOAD:
+                    uploads.append(decision.source)
+                    result.reasons[decision.reason] += 1
+                elif decision.action is Action.REFRESH:
+                    result.refreshed += 1
+                    s = decision.source
+                    settled.append(JournalRow(s.rel, s.size, decision.md5, s.mtime_ns, s.ctime_ns, s.ino, s.seen_ns,
+                                              dir_stat=seal))
+                elif decision.action is Action.KEEP and seal:
+                    settled.append(replace(decision.row, dir_stat=seal))
+                elif decision.action is Action.DELETE:
+                    result.delete_candidates.append(decision.rel)
+                    result.delete_candidate_bytes += max(decision.row.size, 0)
+            if len(uploads) >= UPLOAD_CHUNK:
+                self._upload(uploads, result)
+                uploads = []
+            if len(settled) >= RECORD_CHUNK:
+                self._settle(settled)
+                settled = []
+            if result.source_objects - reported >= 1000:
+                self.progress.walked(result.source_objects - reported)
+                reported = result.source_objects
         self._upload(uploads, result)
-        self.journal.record(refreshed)
-        result.refreshed += len(refreshed)
-        self.progress.walked(result.source_objects % 1000)
+        self._settle(settled)
+        self.progress.walked(result.source_objects - reported)
         return result
+
+    def _seal(self, unit: Unit, decisions: list[Decision]) -> Optional[tuple[int, int, int]]:
+        """The stat to seal a listed digest directory's rows with, if all of it is settled; None otherwise."""
+        directory = unit.directory
+        if directory is None or directory.racy or self.dry_run or len(decisions) != len(unit.pairs):
+            return None
+        for decision in decisions:
+            if decision.action not in (Action.KEEP, Action.REFRESH) or "/" in decision.rel[len(directory.rel):]:
+                return None
+        return directory.stat
+
+    def _settle(self, rows: list[JournalRow]) -> None:
+        """Record refreshed stats and seals (the bucket is unchanged; only what we know of the source is new)."""
+        if not self.dry_run:
+            self.journal.record(rows)
 
     def _upload(self, sources: list, result: PassResult) -> None:
         if not sources:

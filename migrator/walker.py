@@ -6,9 +6,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
 
-from migrator.layout import UPLOADS_DIR, Shard
+from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir
+
+RACY_NS = 3_000_000_000  # a stat this close to when it was taken is not trusted later (git's "racy" rule)
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,44 @@ def _first(pair: tuple) -> str:
     return pair[0]
 
 
-def walk_shard(source: Path, shard: Shard) -> Iterator[SourceFile]:
-    """Yield the shard's files in key order. Memory holds one directory listing per tree level."""
+@dataclass(frozen=True)
+class DigestDir:
+    """A digest-named directory (``.../sha256/<hex>/``), stat'ed before it is listed.
+
+    The registry fixes its files' content by its name (a blob's ``data``, a ``link`` holding
+    ``sha256:<hex>``), so adding or removing one changes the directory's own stat and nothing else can
+    change: an unchanged stat means its files are as they were.
+    """
+
+    rel: str  # ends with "/"
+    path: str
+    stat: tuple[int, int, int]  # (mtime_ns, ctime_ns, inode)
+    seen_ns: int
+
+    @property
+    def racy(self) -> bool:
+        """Changed too close to when it was stat'ed for the stat to be trusted later."""
+        return max(self.stat[0], self.stat[1]) >= self.seen_ns - RACY_NS
+
+    def files(self) -> Iterator[SourceFile]:
+        """Its files in key order."""
+        return _walk(self.path, self.rel, "", (), digest_dirs=False)
+
+
+def walk_shard(source: Path, shard: Shard, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
+    """Yield the shard's files in key order. Memory holds one directory listing per tree level.
+
+    With ``digest_dirs``, a digest-named directory is yielded as a ``DigestDir`` instead of its files:
+    the caller decides whether it needs listing.
+    """
     base_rel, _, name_start = shard.prefix.rpartition("/")
     base_rel += "/"
-    root = str(source)
-    stack = [iter(_sorted_entries(os.path.join(root, base_rel)))]
+    return _walk(os.path.join(str(source), base_rel), base_rel, name_start, shard.excludes, digest_dirs)
+
+
+def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...],
+          digest_dirs: bool) -> Iterator[Union[SourceFile, DigestDir]]:
+    stack = [iter(_sorted_entries(path))]
     rels = [base_rel]
     while stack:
         pair = next(stack[-1], None)
@@ -59,10 +93,18 @@ def walk_shard(source: Path, shard: Shard) -> Iterator[SourceFile]:
         rel = rels[-1] + sort_name
         if len(stack) == 1 and not sort_name.startswith(name_start):
             continue
-        if rel.startswith(shard.excludes):
+        if rel.startswith(excludes):
             continue
         if sort_name.endswith("/"):
             if entry.name == UPLOADS_DIR:
+                continue
+            if digest_dirs and is_digest_dir(rel):
+                seen_ns = time.time_ns()
+                try:
+                    st = os.stat(entry.path)
+                except FileNotFoundError:
+                    continue
+                yield DigestDir(rel, entry.path, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino), seen_ns)
                 continue
             stack.append(iter(_sorted_entries(entry.path)))
             rels.append(rel)

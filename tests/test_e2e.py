@@ -279,3 +279,34 @@ def test_report_changes_nothing_and_shows_the_config_diff(local_registry, s3, bu
     dry = run_cli("run", "--dry-run", plan)
     assert dry.returncode == 0 and "would upload" in dry.stdout
     assert hashlib.sha256(local_registry.config.read_bytes()).hexdigest() == before[1]
+
+
+@pytest.mark.parametrize("pushed_meanwhile", [True, False])
+def test_failed_write_probe_after_read_only_off_never_strands_pushes(local_registry, monkeypatch, pushed_meanwhile):
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 2, seed=11)
+    original = file_hash(local_registry.config)
+    real_probe = RegistryClient.write_probe
+
+    def failing_probe(self, repository):
+        status = real_probe(self, repository)
+        if status != 202:
+            return status
+        if pushed_meanwhile:  # read-write on s3 now: a user's push lands there before the probe "fails"
+            client.push_image("late/pusher", "v1", [b"pushed to s3 in the first seconds"])
+        return 500
+
+    monkeypatch.setattr(RegistryClient, "write_probe", failing_probe)
+    with migration(load_plan(local_registry.write_plan()), options=Options(yes=True)) as job:
+        with pytest.raises(StoppedSafely) as stopped:
+            job.run()
+    monkeypatch.undo()
+    if pushed_meanwhile:
+        assert "left on s3" in str(stopped.value) and "strand" in str(stopped.value)
+        assert "s3" in storage_of(local_registry.config)
+        assert client.manifest_digest("late/pusher", "v1") is not None
+    else:
+        assert "back on the filesystem" in str(stopped.value)
+        assert file_hash(local_registry.config) == original
+    assert client.write_probe("probe/after") == 202
+    assert_all_pull(client, pushed)

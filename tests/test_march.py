@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+from dataclasses import replace
 
-from migrator.journal import JournalRow
-from migrator.layout import Shard, shards
+from migrator.journal import Journal, JournalRow
+from migrator.layout import Shard, is_digest_dir, shards
 from migrator.march import Action, decide, march, md5_of
 from migrator.synthetic import RegistryTree
 from migrator.walker import SourceFile, walk_shard
@@ -111,3 +113,28 @@ def test_walk_tolerates_files_vanishing(tmp_path):
     walker = walk_shard(tmp_path, Shard("b", f"docker/registry/v2/blobs/sha256/{digest[7:9]}/"))
     os.remove(tmp_path / f"docker/registry/v2/blobs/sha256/{digest[7:9]}/{digest[7:]}/data")
     assert list(walker) == []
+
+
+def test_only_the_registrys_digest_directories_can_be_sealed():
+    hexdigest = "ab" * 32
+    v2 = "docker/registry/v2/"
+    for rel in [f"{v2}blobs/sha256/ab/{hexdigest}/", f"{v2}repositories/a/b/_layers/sha256/{hexdigest}/",
+                f"{v2}repositories/a/_manifests/revisions/sha256/{hexdigest}/",
+                f"{v2}repositories/a/_manifests/tags/v1/index/sha256/{hexdigest}/"]:
+        assert is_digest_dir(rel), rel
+    for rel in [f"{v2}repositories/a/sha256/{hexdigest}/",  # a repository may be named like that
+                f"{v2}repositories/a/_manifests/tags/v1/current/", f"{v2}blobs/sha256/ab/",
+                f"{v2}repositories/a/_uploads/sha256/{hexdigest}/"]:
+        assert not is_digest_dir(rel), rel
+
+
+def test_a_journal_written_before_seals_gains_their_columns(tmp_path):
+    db = tmp_path / "journal.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE objects (rel TEXT PRIMARY KEY, size INTEGER NOT NULL, md5 TEXT, mtime_ns INTEGER, "
+                     "ctime_ns INTEGER, ino INTEGER, recorded_ns INTEGER, confirmed INTEGER NOT NULL) WITHOUT ROWID")
+        conn.execute("INSERT INTO objects VALUES (?, 71, 'm', 1, 1, 7, 1, 1)", (LINK,))
+    journal = Journal(db)
+    assert [(r.rel, r.dir_stat) for r in journal.rows(Shard("all", "docker/"))] == [(LINK, None)]
+    journal.record([replace(row(LINK), dir_stat=(1, 2, 3))])
+    assert [r.dir_stat for r in journal.rows(Shard("all", "docker/"))] == [(1, 2, 3)]
