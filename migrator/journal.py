@@ -108,17 +108,22 @@ class Journal:
             conn.executemany(sql, rows)
 
     def rows(self, shard: Shard) -> Iterator[JournalRow]:
-        """The shard's rows in key order, streamed on a connection of their own."""
-        conn = self._connect()
+        """The shard's rows in key order, streamed on a reading connection of their own (kept for the next call)."""
+        idle = self._local.__dict__.setdefault("idle_readers", [])
+        conn = idle.pop() if idle else self._connect()
         try:
             for low, high in shard.ranges():
                 cursor = conn.execute(
                     f"SELECT {_COLUMNS} FROM objects WHERE rel >= ? AND rel < ? ORDER BY rel", (low, high)
                 )
-                for *fields, confirmed, dir_mtime, dir_ctime, dir_ino in cursor:
-                    yield JournalRow(*fields, bool(confirmed), None if dir_ino is None else (dir_mtime, dir_ctime, dir_ino))
+                try:
+                    for *fields, confirmed, dir_mtime, dir_ctime, dir_ino in cursor:
+                        yield JournalRow(*fields, bool(confirmed),
+                                         None if dir_ino is None else (dir_mtime, dir_ctime, dir_ino))
+                finally:
+                    cursor.close()  # ends the read snapshot: the next call sees every commit made since
         finally:
-            conn.close()
+            idle.append(conn)
 
     def mark_unconfirmed(self, rels: Iterable[str]) -> None:
         """Intent: these keys are about to change in the bucket. New keys get a placeholder row.

@@ -1,16 +1,15 @@
 """The sync engine: each shard is seeded, walked, diffed, copied and journaled on its own.
 
-A pass runs ``sync_shard`` for every shard on a small thread pool (the embedded default; the same
-function is the unit of work a cluster engine would schedule). The first pass lists the bucket once
-per shard to seed the journal; later passes compare a fresh walk with the journal only.
+A pass runs ``sync_shard`` for every shard (the unit of work a cluster engine would schedule); uploads
+run on the transfer pool while the walk goes on. The first pass lists the bucket once per shard to seed
+the journal; later passes compare a fresh walk with the journal only.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,7 @@ from migrator.walker import SourceFile, read_bytes, walk_shard
 log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK = 256
+UPLOADS_IN_FLIGHT = 2 * UPLOAD_CHUNK  # queued on the transfer pool while the walk goes on
 RECORD_CHUNK = 2000
 FIRST_KEYS = 20
 
@@ -111,11 +111,15 @@ class SyncEngine:
         self.progress.listed(len(batch))
         self.journal.mark_seeded(shard)
 
-    def sync_shard(self, shard: Shard) -> PassResult:
-        """Walk one shard, decide every key against the journal, upload what differs, seal what is settled."""
-        self.seed(shard)
+    def sync_shard(self, shard: Shard, in_flight: Optional[deque] = None) -> PassResult:
+        """Walk one seeded shard, decide every key against the journal, upload what differs, seal what is settled.
+
+        Upload batches still running when it returns are left in ``in_flight`` when the caller passes one (the
+        next shard's walk overlaps them); otherwise they are waited for."""
         result = PassResult()
         uploads: list[SourceFile] = []
+        own_uploads = in_flight is None
+        in_flight = deque() if own_uploads else in_flight
         settled: list[JournalRow] = []  # refreshed stats and new seals, recorded in batches
         reported = 0
 
@@ -153,7 +157,7 @@ class SyncEngine:
                     result.delete_candidates.append(decision.rel)
                     result.delete_candidate_bytes += max(decision.row.size, 0)
             if len(uploads) >= UPLOAD_CHUNK:
-                self._upload(uploads, result)
+                self._upload(uploads, in_flight, result)
                 uploads = []
             if len(settled) >= RECORD_CHUNK:
                 self._settle(settled)
@@ -161,7 +165,9 @@ class SyncEngine:
             if result.source_objects - reported >= 1000:
                 self.progress.walked(result.source_objects - reported)
                 reported = result.source_objects
-        self._upload(uploads, result)
+        self._upload(uploads, in_flight, result)
+        while own_uploads and in_flight:
+            self._finish_uploads(in_flight.popleft(), result)
         self._settle(settled)
         self.progress.walked(result.source_objects - reported)
         return result
@@ -178,10 +184,11 @@ class SyncEngine:
 
     def _settle(self, rows: list[JournalRow]) -> None:
         """Record refreshed stats and seals (the bucket is unchanged; only what we know of the source is new)."""
-        if not self.dry_run:
+        if rows and not self.dry_run:
             self.journal.record(rows)
 
-    def _upload(self, sources: list, result: PassResult) -> None:
+    def _upload(self, sources: list[SourceFile], in_flight: deque, result: PassResult) -> None:
+        """Start a batch of uploads (intent committed first); finish the oldest batches beyond the bound."""
         if not sources:
             return
         if self.dry_run:
@@ -191,7 +198,12 @@ class SyncEngine:
             return
         self.journal.mark_unconfirmed(s.rel for s in sources)
         failpoint("intent-committed")
-        futures = [self.transfer.submit(s, self.prove_changes) for s in sources]
+        in_flight.append([self.transfer.submit(s, self.prove_changes) for s in sources])
+        while sum(map(len, in_flight)) > UPLOADS_IN_FLIGHT:
+            self._finish_uploads(in_flight.popleft(), result)
+
+    def _finish_uploads(self, futures: list[Future], result: PassResult) -> None:
+        """Wait for a batch and record what the bucket now holds."""
         rows, proofs = [], []
         for future in futures:
             try:
@@ -208,18 +220,19 @@ class SyncEngine:
         result.first_uploads = (result.first_uploads + [r.rel for r in rows])[:FIRST_KEYS]
 
     def run_pass(self) -> PassResult:
-        """One copy pass: every shard on the shard pool (the unit a cluster engine would schedule)."""
-        total = PassResult()
-        lock = threading.Lock()
-
-        def run(shard: Shard) -> None:
-            result = self.sync_shard(shard)
-            with lock:
-                total.add(result)
-
-        with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
-            for future in [pool.submit(run, shard) for shard in shards()]:
+        """One copy pass: shards seeded on the shard pool (first pass only; listing waits on the network), then
+        walked one after another while their uploads run on the transfer pool. The walk is syscall-bound and
+        holds the GIL in between: a second walking thread makes it slower, not faster (bench: 8.3 s with one,
+        17.8 s with two, 400,000 objects). A cluster engine would run ``sync_shard`` per shard in processes."""
+        with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="seed") as pool:
+            for future in [pool.submit(self.seed, shard) for shard in shards()]:
                 future.result()
+        total = PassResult()
+        in_flight: deque = deque()
+        for shard in shards():
+            total.add(self.sync_shard(shard, in_flight))
+        while in_flight:
+            self._finish_uploads(in_flight.popleft(), total)
         return total
 
     def check_deletes(self, result: PassResult, max_fraction: float, allow_mass_delete: bool) -> None:
