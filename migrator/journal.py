@@ -11,9 +11,8 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 from migrator.layout import Shard
 
@@ -42,9 +41,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID
 """
 
 
-@dataclass(frozen=True)
-class JournalRow:
-    """One object the bucket holds: its size, md5 (non-blob files), and the source stat it came from."""
+class JournalRow(NamedTuple):
+    """One object the bucket holds: its size, md5 (non-blob files), and the source stat it came from.
+
+    A named tuple, not a dataclass: a pass builds one per object, and this is five times cheaper."""
 
     rel: str
     size: int

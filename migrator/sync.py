@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -152,7 +152,7 @@ class SyncEngine:
                     settled.append(JournalRow(s.rel, s.size, decision.md5, s.mtime_ns, s.ctime_ns, s.ino, s.seen_ns,
                                               dir_stat=seal))
                 elif decision.action is Action.KEEP and seal:
-                    settled.append(replace(decision.row, dir_stat=seal))
+                    settled.append(decision.row._replace(dir_stat=seal))
                 elif decision.action is Action.DELETE:
                     result.delete_candidates.append(decision.rel)
                     result.delete_candidate_bytes += max(decision.row.size, 0)

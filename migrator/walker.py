@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, NamedTuple, Union
 
 from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir
 
 RACY_NS = 3_000_000_000  # a stat this close to when it was taken is not trusted later (git's "racy" rule)
 
 
-@dataclass(frozen=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     """One regular file of the source tree and the stat it had when walked."""
 
     rel: str
@@ -44,8 +42,7 @@ def _first(pair: tuple) -> str:
     return pair[0]
 
 
-@dataclass(frozen=True)
-class DigestDir:
+class DigestDir(NamedTuple):
     """A digest-named directory (``.../sha256/<hex>/``), stat'ed before it is listed.
 
     The registry fixes its files' content by its name (a blob's ``data``, a ``link`` holding
@@ -98,7 +95,7 @@ def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...],
         if sort_name.endswith("/"):
             if entry.name == UPLOADS_DIR:
                 continue
-            if digest_dirs and is_digest_dir(rel):
+            if digest_dirs and len(sort_name) == 65 and is_digest_dir(rel):
                 seen_ns = time.time_ns()
                 try:
                     st = os.stat(entry.path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from dataclasses import replace
 
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, is_digest_dir, shards
@@ -136,5 +135,5 @@ def test_a_journal_written_before_seals_gains_their_columns(tmp_path):
         conn.execute("INSERT INTO objects VALUES (?, 71, 'm', 1, 1, 7, 1, 1)", (LINK,))
     journal = Journal(db)
     assert [(r.rel, r.dir_stat) for r in journal.rows(Shard("all", "docker/"))] == [(LINK, None)]
-    journal.record([replace(row(LINK), dir_stat=(1, 2, 3))])
+    journal.record([row(LINK)._replace(dir_stat=(1, 2, 3))])
     assert [r.dir_stat for r in journal.rows(Shard("all", "docker/"))] == [(1, 2, 3)]
