@@ -2,7 +2,8 @@
 
 Knobs (environment): BENCH_OBJECTS (default 40000), BENCH_MB (700), BENCH_SCALE_OBJECTS (1000000; 0 skips
 the scale run), BENCH_CHURN (changes, default 300), BENCH_DIR (work directory, default /tmp/migrator-bench),
-BENCH_S3_ENDPOINT (an S3 endpoint instead of a local moto_server; peers' request counts then read "n/a").
+BENCH_S3_ENDPOINT (an S3 endpoint instead of a local moto_server; peers' request counts then read "n/a"),
+BENCH_ONLY=initial (only the initial-sync table, written beside latest.md).
 Results: a markdown table printed and written to bench/results/<date>.md and bench/results/latest.md.
 """
 
@@ -117,6 +118,7 @@ def main() -> int:
     megabytes = int(os.environ.get("BENCH_MB", 700))
     scale_objects = int(os.environ.get("BENCH_SCALE_OBJECTS", 1_000_000))
     changes = int(os.environ.get("BENCH_CHURN", 300))
+    only_initial = os.environ.get("BENCH_ONLY") == "initial"  # just the initial-sync table (latest.md untouched)
     work = Path(os.environ.get("BENCH_DIR", "/tmp/migrator-bench"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -137,17 +139,19 @@ def main() -> int:
         source = Path(tree["root"])
         print(f"tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['seconds']:.0f}s to write)")
         results["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"])
-        results["window"] = read_only_window(source, endpoint, s3, log, work, changes)
-        results["growth"] = window_growth(endpoint, s3, log, work, objects, changes)
-        if scale_objects:
-            results["scale"] = scale_pass(endpoint, s3, log, work, scale_objects)
+        if not only_initial:
+            results["window"] = read_only_window(source, endpoint, s3, log, work, changes)
+            results["growth"] = window_growth(endpoint, s3, log, work, objects, changes)
+            if scale_objects:
+                results["scale"] = scale_pass(endpoint, s3, log, work, scale_objects)
     finally:
         if moto:
             moto.stop()
     RESULTS.mkdir(exist_ok=True)
     markdown = render(results)
     (RESULTS / f"{stamp}.md").write_text(markdown)
-    (RESULTS / "latest.md").write_text(markdown)
+    if not only_initial:
+        (RESULTS / "latest.md").write_text(markdown)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
     print(markdown)
     return 0
@@ -292,6 +296,8 @@ def render(results: dict) -> str:
             continue
         add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu_ms_per_object']:.2f} | "
             f"{row['rss_mb']:.0f} | {row['requests']} | {row['bucket']} |")
+    if "window" not in results:
+        return "\n".join(lines) + "\n"
     window = results["window"]
     add(f"\n## Read-only window (churn: {window['churn']})\n")
     add("| what | wall s | S3 requests |")

@@ -54,11 +54,13 @@ class DigestDir(NamedTuple):
     path: str
     stat: tuple[int, int, int]  # (mtime_ns, ctime_ns, inode)
     seen_ns: int
+    nlink: int  # 2 when it has no subdirectory (a change in one would not show in its own stat)
 
     @property
-    def racy(self) -> bool:
-        """Changed too close to when it was stat'ed for the stat to be trusted later."""
-        return max(self.stat[0], self.stat[1]) >= self.seen_ns - RACY_NS
+    def sealable(self) -> bool:
+        """Its stat can vouch for its files: no subdirectory (filesystems that do not count them never seal)
+        and not changed too close to when it was stat'ed (a change in that clock tick could leave it as it was)."""
+        return self.nlink == 2 and max(self.stat[0], self.stat[1]) < self.seen_ns - RACY_NS
 
     def files(self) -> Iterator[SourceFile]:
         """Its files in key order."""
@@ -101,7 +103,7 @@ def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...],
                     st = os.stat(entry.path)
                 except FileNotFoundError:
                     continue
-                yield DigestDir(rel, entry.path, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino), seen_ns)
+                yield DigestDir(rel, entry.path, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino), seen_ns, st.st_nlink)
                 continue
             stack.append(iter(_sorted_entries(entry.path)))
             rels.append(rel)
