@@ -282,7 +282,8 @@ def render(results: dict) -> str:
     tree, lines = results["tree"], []
     add = lines.append
     add(f"# migrator benchmark {results['date']}\n")
-    add(f"Command: `make bench` (BENCH_OBJECTS={os.environ.get('BENCH_OBJECTS', 40000)}, "
+    add(f"Command: `make bench` ({'BENCH_ONLY=initial, ' if 'window' not in results else ''}"
+        f"BENCH_OBJECTS={os.environ.get('BENCH_OBJECTS', 40000)}, "
         f"BENCH_MB={os.environ.get('BENCH_MB', 700)}, BENCH_SCALE_OBJECTS={os.environ.get('BENCH_SCALE_OBJECTS', 1000000)}). "
         f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}), Python {results['machine']['python']}; "
         f"S3: moto_server on loopback. Tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB "
