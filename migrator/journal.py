@@ -109,7 +109,9 @@ class Journal:
 
     def rows(self, shard: Shard) -> Iterator[JournalRow]:
         """The shard's rows in key order, streamed on a reading connection of their own (kept for the next call)."""
-        idle = self._local.__dict__.setdefault("idle_readers", [])
+        idle = getattr(self._local, "idle_readers", None)
+        if idle is None:
+            idle = self._local.idle_readers = []
         conn = idle.pop() if idle else self._connect()
         try:
             for low, high in shard.ranges():

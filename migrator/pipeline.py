@@ -499,6 +499,7 @@ class Migration:
         raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write; nothing was lost")
 
     def refuse_to_strand_writes(self, problem: str) -> None:
+        """Stop here, the registry left on s3, unless the bucket proves no push would be stranded by going back."""
         since = self.state.writes_on_s3_since
         if since is None:
             return
@@ -547,8 +548,7 @@ class Migration:
             if written:
                 raise Refused(
                     f"the bucket holds {written} objects written since the cut-over that the filesystem lacks; "
-                    "rolling back would strand "
-                    "those pushes in the bucket. Re-run with --force if you accept losing them"
+                    "rolling back would strand those pushes in the bucket. Re-run with --force if you accept losing them"
                 )
         self.config.write(self.config.original_text())
         problem = self.restart()
