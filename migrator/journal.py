@@ -108,13 +108,18 @@ class Journal:
             conn.executemany(sql, rows)
 
     def rows(self, shard: Shard) -> Iterator[JournalRow]:
-        """The shard's rows in key order, streamed on a reading connection of their own (kept for the next call)."""
+        """The shard's rows in key order."""
+        return self.rows_in(shard.ranges())
+
+    def rows_in(self, ranges: Iterable[tuple[str, str]]) -> Iterator[JournalRow]:
+        """Rows in these ordered [low, high) key ranges, in key order, streamed on a reading connection of their
+        own (kept for the next call)."""
         idle = getattr(self._local, "idle_readers", None)
         if idle is None:
             idle = self._local.idle_readers = []
         conn = idle.pop() if idle else self._connect()
         try:
-            for low, high in shard.ranges():
+            for low, high in ranges:
                 cursor = conn.execute(
                     f"SELECT {_COLUMNS} FROM objects WHERE rel >= ? AND rel < ? ORDER BY rel", (low, high)
                 )
@@ -200,6 +205,11 @@ class Journal:
     def count(self) -> int:
         """Objects the bucket holds as far as we know (unconfirmed placeholders excluded)."""
         return self._conn.execute("SELECT COUNT(*) FROM objects WHERE size >= 0").fetchone()[0]
+
+    def count_in(self, ranges: Iterable[tuple[str, str]]) -> int:
+        """Like ``count``, within these [low, high) key ranges."""
+        return sum(self._conn.execute("SELECT COUNT(*) FROM objects WHERE rel >= ? AND rel < ? AND size >= 0",
+                                      (low, high)).fetchone()[0] for low, high in ranges)
 
     def get_meta(self, key: str) -> Optional[str]:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 V2 = "docker/registry/v2/"
 BLOBS = V2 + "blobs/sha256/"
@@ -47,6 +47,21 @@ def is_digest_dir(rel: str) -> bool:
 def prefix_upper(prefix: str) -> str:
     """The smallest string greater than every string starting with ``prefix``."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def path_ranges(rel: str) -> list[tuple[str, str]]:
+    """The [low, high) key ranges of one path: the file itself, and everything under it as a directory."""
+    return [(rel, rel + "\0"), (rel + "/", rel + "0")]
+
+
+def outermost(rels: Iterable[str]) -> list[str]:
+    """The paths in key order, without any that lies under another of them."""
+    kept: set[str] = set()
+    for rel in sorted(set(rels)):
+        parts = rel.split("/")
+        if not any("/".join(parts[:depth]) in kept for depth in range(1, len(parts))):
+            kept.add(rel)
+    return sorted(kept, key=lambda rel: rel + "/")
 
 
 @dataclass(frozen=True)

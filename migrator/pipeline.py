@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from migrator.changefeed import PassTracker
 from migrator.errors import InvalidInput, Refused, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.journal import Journal
@@ -77,12 +78,14 @@ class Migration:
         self.journal: Optional[Journal] = None
         self.config: Optional[RegistryConfig] = None
         self.registry = RegistryClient(plan.registry.url) if plan.registry else None
+        self.tracker: Optional[PassTracker] = None  # set by ``run``: the change feed the final pass may use
 
     # --- the pipeline ----------------------------------------------------------------------
 
     def run(self) -> dict:
         """Everything, resumable. Returns the final report."""
         self.preflight(canary=True)
+        self.tracker = PassTracker(self.plan.source, self.plan.sync.change_feed)
         if self.state.readonly_on_at is None:  # still online: what was proven online may be stale
             self.state.done = [p for p in self.state.done if p not in ONLINE_PHASES]
         self.phase("initial_sync", self.initial_sync)
@@ -134,6 +137,8 @@ class Migration:
             self.config = open_config(reg.config, reg.format, self.plan.state_dir / "config-backup", reg.rendered_config)
 
     def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
         if self.engine is not None:
             self.engine.transfer.close()
         self.store.unlock()
@@ -238,13 +243,18 @@ class Migration:
         """The first online copy: the bucket is listed once per shard, then everything missing is copied."""
         return self.sync_pass()
 
-    def sync_pass(self) -> PassResult:
+    def sync_pass(self, paths: Optional[list[str]] = None) -> PassResult:
+        """A copy pass over the whole tree, or over just ``paths`` when the change feed vouches for the rest."""
         started = time.monotonic()
         self.state.last_pass_started_ns = time.time_ns()
+        if self.tracker and paths is None:
+            self.tracker.pass_started()
         try:
-            result = self.engine.run_pass()
+            result = self.engine.run_pass() if paths is None else self.engine.sync_paths(paths)
         except BUCKET_ERRORS as exc:
             raise InvalidInput(f"copy pass failed: {explain(exc, self.plan.bucket.name)}") from None
+        if self.tracker and paths is None:
+            self.tracker.pass_finished(result.source_changes, result.delete_candidates)
         self.state.passes += 1
         self.state.last_pass_seconds = round(time.monotonic() - started, 3)
         self.state.last_pass_changes = result.changes
@@ -280,6 +290,8 @@ class Migration:
                         result.journal_mismatched, attempt + 1,
                         ", ".join((result.missing_keys + result.extra_keys + result.mismatched_keys)[:3]))
             self.journal.unseed()  # the journal was wrong: list the bucket again
+            if self.tracker:
+                self.tracker.forget_baseline()
             result = self.sync_pass()
             result.deleted_objects = self.delete(result)
             repaired.add(result)
@@ -308,9 +320,13 @@ class Migration:
         self.prove_writes(expect=405)
 
     def final_sync_and_delete(self) -> PassResult:
-        """The source is frozen: copy what changed since the last pass, then delete what is gone."""
+        """The source is frozen: copy what changed since the last pass, then delete what is gone. With a change
+        feed that watched the last online pass, only the paths it saw change are walked."""
         self.engine.prove_changes = True
-        result = self.sync_pass()
+        paths = self.tracker.final_paths() if self.tracker else None
+        self.state.final_pass = ({"method": "change feed (fanotify)", "paths": len(paths)} if paths is not None else
+                                 {"method": "full walk", "why": self.tracker.why_not if self.tracker else "no feed"})
+        result = self.sync_pass(paths)
         self.state.final_source_objects = result.source_objects
         result.deleted_objects = self.delete(result)
         return result
@@ -624,6 +640,7 @@ class Migration:
             "read_only_window_seconds": window,
             "restart_seconds": self.state.restart_seconds,
             "passes": self.state.passes,
+            "final_pass": self.state.final_pass,
             "phases": self.state.phases,
             "verification": self.state.verification,
         }

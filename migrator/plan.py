@@ -46,6 +46,7 @@ class SyncSettings:
     max_delete_fraction: float = 0.05
     max_delta_passes: int = 5
     delta_stop_below: int = 100
+    change_feed: bool = True  # the final pass re-syncs only what the kernel saw change (fanotify; else full walk)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ _SYNC = {
     "max_delete_fraction": ((int, float), False),
     "max_delta_passes": (int, False),
     "delta_stop_below": (int, False),
+    "change_feed": (bool, False),
 }
 _PLAN = {
     "source": (str, True),

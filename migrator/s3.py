@@ -39,6 +39,12 @@ class RequestCounter:
         with self._lock:
             self.calls[self.phase] += 1
 
+    def count_direct(self, succeeded: bool) -> None:
+        """A request sent outside the client (``DirectPut``): an attempt, and a call when it needed no retry."""
+        with self._lock:
+            self.attempts[self.phase] += 1
+            self.calls[self.phase] += succeeded
+
     @contextlib.contextmanager
     def phase_scope(self, name: str) -> Iterator[None]:
         previous, self.phase = self.phase, name
@@ -59,6 +65,7 @@ class Bucket:
     key_prefix: str
     client: object
     counter: RequestCounter
+    credentials: object = None  # the session's (refreshable) credentials, for requests signed outside the client
 
     def key(self, rel: str) -> str:
         return self.key_prefix + rel
@@ -94,7 +101,11 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     _cache_endpoints(client)
     counter = RequestCounter()
     counter.attach(client)
-    return Bucket(settings, key_prefix, client, counter)
+    try:
+        credentials = session.get_credentials()
+    except botocore.exceptions.BotoCoreError:
+        credentials = None  # the client's own calls report the problem
+    return Bucket(settings, key_prefix, client, counter, credentials)
 
 
 def _cache_endpoints(client) -> None:

@@ -23,6 +23,7 @@ class RunState:
     passes: int = 0
     online_verified_objects: Optional[int] = None  # bucket objects proven by the last online listing
     final_source_objects: Optional[int] = None  # files in the frozen source (final pass walk)
+    final_pass: dict = field(default_factory=dict)  # how the final pass found the changes (change feed or walk)
     verification: dict = field(default_factory=dict)
     readonly_on_at: Optional[float] = None  # wall clock of the read-only config write
     readonly_off_at: Optional[float] = None  # wall clock when writes were accepted again

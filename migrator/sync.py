@@ -11,17 +11,18 @@ import logging
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 from migrator.errors import Refused
 from migrator.failpoints import failpoint
 from migrator.journal import Journal, JournalRow
-from migrator.layout import Shard, shards
+from migrator.layout import Shard, outermost, path_ranges, shards
 from migrator.march import Action, Decision, Unit, decide, march_units, md5_of
 from migrator.s3 import Bucket, list_shard
 from migrator.transfer import Transfer
-from migrator.walker import SourceFile, read_bytes, walk_shard
+from migrator.walker import SourceFile, read_bytes, walk_path, walk_shard
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ UPLOAD_CHUNK = 256
 UPLOADS_IN_FLIGHT = 2 * UPLOAD_CHUNK  # queued on the transfer pool while the walk goes on
 RECORD_CHUNK = 2000
 FIRST_KEYS = 20
+CHECKED_CHANGES = 100_000  # source changes a pass keeps by name, for checking the change feed
 
 
 @dataclass
@@ -45,6 +47,7 @@ class PassResult:
     delete_candidates: list = field(default_factory=list)
     delete_candidate_bytes: int = 0
     deleted_objects: int = 0
+    source_changes: list = field(default_factory=list)  # keys that changed in the source (not retries), capped
 
     def add(self, other: PassResult) -> None:
         self.source_objects += other.source_objects
@@ -57,6 +60,7 @@ class PassResult:
         self.delete_candidates.extend(other.delete_candidates)
         self.delete_candidate_bytes += other.delete_candidate_bytes
         self.deleted_objects += other.deleted_objects
+        self.source_changes = (self.source_changes + other.source_changes)[:CHECKED_CHANGES]
 
     @property
     def changes(self) -> int:
@@ -116,6 +120,25 @@ class SyncEngine:
 
         Upload batches still running when it returns are left in ``in_flight`` when the caller passes one (the
         next shard's walk overlaps them); otherwise they are waited for."""
+        units = march_units(walk_shard(self.source, shard, digest_dirs=True), self.journal.rows(shard))
+        return self._sync_units(units, in_flight)
+
+    def sync_paths(self, rels: Iterable[str]) -> PassResult:
+        """Like a pass, for just these paths (a file, or everything under a directory), when nothing else can have
+        changed since the last pass walked it. ``source_objects`` is still the whole source's count: the files
+        under these paths plus the journal's rows everywhere else."""
+        rels = outermost(rels)
+        unchanged = self.journal.count() - sum(self.journal.count_in(path_ranges(rel)) for rel in rels)
+        units = chain.from_iterable(
+            march_units(walk_path(self.source, rel, digest_dirs=True), self.journal.rows_in(path_ranges(rel)))
+            for rel in rels
+        )
+        result = self._sync_units(units)
+        result.source_objects += unchanged
+        return result
+
+    def _sync_units(self, units: Iterator[Unit], in_flight: Optional[deque] = None) -> PassResult:
+        """Decide every unit, upload what differs, seal what is settled (see ``sync_shard``)."""
         result = PassResult()
         uploads: list[SourceFile] = []
         own_uploads = in_flight is None
@@ -126,7 +149,7 @@ class SyncEngine:
         def content_md5(rel: str) -> str:
             return md5_of(read_bytes(self.source, rel))
 
-        for unit in march_units(walk_shard(self.source, shard, digest_dirs=True), self.journal.rows(shard)):
+        for unit in units:
             if unit.sealed:
                 result.source_objects += len(unit.sealed)
                 result.source_bytes += sum(row.size for row in unit.sealed)
@@ -143,6 +166,9 @@ class SyncEngine:
                     continue  # removed after the walk saw it: the next pass sees it gone
             seal = self._seal(unit, decisions)
             for decision in decisions:
+                if decision.action in (Action.UPLOAD, Action.DELETE) and decision.reason != "unconfirmed" \
+                        and len(result.source_changes) < CHECKED_CHANGES:
+                    result.source_changes.append(decision.rel)
                 if decision.action is Action.UPLOAD:
                     uploads.append(decision.source)
                     result.reasons[decision.reason] += 1

@@ -1,4 +1,5 @@
-"""Uploads and deletes: a bounded worker pool around the shared client, multipart above a threshold."""
+"""Uploads and deletes: a bounded worker pool around the shared client; small files by direct PUT, multipart above
+a threshold."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Optional, Sequence
 
 from boto3.s3.transfer import TransferConfig
 
+from migrator.direct_put import direct_put
 from migrator.errors import Refused
 from migrator.failpoints import failpoint
 from migrator.journal import JournalRow
@@ -57,6 +59,9 @@ class Transfer:
             use_threads=False,
         )
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
+        # adaptive retries rate-limit on the client: every request must go through it
+        self.direct = None if settings.retry_mode == "adaptive" else direct_put(
+            bucket.client, bucket.settings.name, bucket.credentials, extra_args)
 
     def submit(self, src: SourceFile, prove: bool = False) -> Future:
         return self.pool.submit(self.upload, src, prove)
@@ -74,13 +79,12 @@ class Transfer:
         if src.size < self.threshold:
             with open(path, "rb") as handle:
                 data = handle.read()
-            response = self.bucket.client.put_object(Bucket=self.bucket.settings.name, Key=key, Body=data,
-                                                     **self.extra_args)
+            etag = self.put(key, data)
             failpoint("uploaded")
             size, md5 = len(data), None if blob else md5_of(data)
             if prove:
                 sent = md5 or md5_of(data)
-                if response.get("ETag", "").strip('"') == sent:
+                if etag.strip('"') == sent:
                     proof = (src.rel, size, sent)
         else:
             md5 = None if blob else _file_md5(path)
@@ -90,6 +94,17 @@ class Transfer:
             )
             size = os.path.getsize(path)
         return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns), proof
+
+    def put(self, key: str, data: bytes) -> str:
+        """PutObject, sent directly when possible; a direct request that fails goes through the client (retries,
+        errors). Returns the ETag."""
+        if self.direct is not None:
+            etag = self.direct.put(key, data)
+            self.bucket.counter.count_direct(etag is not None)
+            if etag is not None:
+                return etag
+        return self.bucket.client.put_object(Bucket=self.bucket.settings.name, Key=key, Body=data,
+                                             **self.extra_args).get("ETag", "")
 
     def delete(self, rels: Sequence[str]) -> list[str]:
         """DeleteObjects in batches of 1000; refuses any key outside docker/ or inside _uploads.

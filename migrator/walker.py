@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Iterator, NamedTuple, Union
@@ -76,6 +77,21 @@ def walk_shard(source: Path, shard: Shard, digest_dirs: bool = False) -> Iterato
     base_rel, _, name_start = shard.prefix.rpartition("/")
     base_rel += "/"
     return _walk(os.path.join(str(source), base_rel), base_rel, name_start, shard.excludes, digest_dirs)
+
+
+def walk_path(source: Path, rel: str, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
+    """Like ``walk_shard`` for one path: the file itself, or everything under it if it is a directory."""
+    path = os.path.join(str(source), rel)
+    seen_ns = time.time_ns()
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return iter(())
+    if stat.S_ISDIR(st.st_mode):
+        return _walk(path, rel + "/", "", (), digest_dirs)
+    if stat.S_ISREG(st.st_mode):
+        return iter([SourceFile(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, seen_ns)])
+    return iter(())
 
 
 def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -181,6 +182,8 @@ def test_migration_under_live_traffic(local_registry):
     reader.join(30)
     assert code == 0, f"seed {seed}: {open(f'{plan}.stderr').read()}"
     assert "s3" in yaml.safe_load(local_registry.config.read_text())["storage"]
+    final_pass = json.loads((plan.parent / "plan.state" / "report.json").read_text())["final_pass"]
+    assert final_pass["method"] == "change feed (fanotify)", f"seed {seed}: {final_pass}"
 
     client = RegistryClient(local_registry.url)
     for digest in writer.ok_digests:  # every push that got 201 pulls by digest from the bucket

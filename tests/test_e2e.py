@@ -115,6 +115,7 @@ def test_run_migrates_a_live_registry(local_registry, s3, bucket):
                                                      "readonly_on", "final_sync", "verify_window", "cutover",
                                                      "readonly_off"]
     assert report["verification"]["source_objects"] == report["verification"]["bucket_objects"]
+    assert report["final_pass"]["method"] == "change feed (fanotify)", report["final_pass"]
     backup = plan.parent / "plan.state" / "config-backup" / "config.yml"
     assert backup.read_text() == original_config
 
