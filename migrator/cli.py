@@ -124,6 +124,10 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
             click.echo(f"  {phase['name']:<20} {phase['seconds']:>8.1f}s  {phase['uploaded_objects']:>8} up "
                        f"{human_bytes(phase['uploaded_bytes']):>10}  {phase['deleted_objects']:>6} del "
                        f"{phase['s3_requests']:>8} requests")
+        final = result["final_pass"]
+        if final:
+            click.echo(f"final pass: {final['method']}, " + (f"{final['paths']} paths re-synced" if "paths" in final
+                                                            else final["why"]))
         click.echo(f"report: {plan.state_dir / 'report.json'}")
         return EXIT_OK
 

@@ -116,6 +116,7 @@ def test_run_migrates_a_live_registry(local_registry, s3, bucket):
                                                      "readonly_off"]
     assert report["verification"]["source_objects"] == report["verification"]["bucket_objects"]
     assert report["final_pass"]["method"] == "change feed (fanotify)", report["final_pass"]
+    assert f"final pass: change feed (fanotify), {report['final_pass']['paths']} paths re-synced" in result.stdout
     backup = plan.parent / "plan.state" / "config-backup" / "config.yml"
     assert backup.read_text() == original_config
 
