@@ -60,7 +60,7 @@ class PassResult:
         self.delete_candidates.extend(other.delete_candidates)
         self.delete_candidate_bytes += other.delete_candidate_bytes
         self.deleted_objects += other.deleted_objects
-        self.source_changes = (self.source_changes + other.source_changes)[:CHECKED_CHANGES]
+        self.source_changes.extend(other.source_changes[: CHECKED_CHANGES - len(self.source_changes)])
 
     @property
     def changes(self) -> int:
