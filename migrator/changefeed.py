@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from migrator.layout import is_uploads, outermost
+from migrator.layout import covered, is_uploads, outermost
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +212,6 @@ class ChangeFeed:
                     self._events[(buffer[start:name_start], name)] = self.generation
                 info += info_len
             offset += event_len
-
-
-def covered(rel: str, paths: set[str]) -> bool:
-    """``rel`` or a directory above it is among ``paths``."""
-    parts = rel.split("/")
-    return any("/".join(parts[:depth]) in paths for depth in range(1, len(parts) + 1))
 
 
 class PassTracker:

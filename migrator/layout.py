@@ -54,12 +54,17 @@ def path_ranges(rel: str) -> list[tuple[str, str]]:
     return [(rel, rel + "\0"), (rel + "/", rel + "0")]
 
 
+def covered(rel: str, paths: set[str]) -> bool:
+    """``rel`` or a directory above it is among ``paths``."""
+    parts = rel.split("/")
+    return any("/".join(parts[:depth]) in paths for depth in range(1, len(parts) + 1))
+
+
 def outermost(rels: Iterable[str]) -> list[str]:
     """The paths in key order, without any that lies under another of them."""
     kept: set[str] = set()
     for rel in sorted(set(rels)):
-        parts = rel.split("/")
-        if not any("/".join(parts[:depth]) in kept for depth in range(1, len(parts))):
+        if not covered(rel, kept):
             kept.add(rel)
     return sorted(kept, key=lambda rel: rel + "/")
 
