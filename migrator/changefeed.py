@@ -14,6 +14,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import select
 import struct
 import threading
@@ -69,13 +70,24 @@ def filesystem_type(path: Path) -> int:
     return struct.unpack_from("l", buffer)[0]
 
 
-def mounts_under(root: str) -> list[str]:
-    """Mount points below ``root`` (from /proc/self/mountinfo): writes there never reach the root's filesystem."""
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def mount_point(mountinfo_line: bytes) -> str:
+    """The mount point field of a /proc/self/mountinfo line. The kernel escapes space, tab, newline and backslash
+    as octal (``\\040``) and passes every other byte, UTF-8 included, as is: unescape bytes, then decode as the
+    filesystem does."""
+    field = mountinfo_line.split()[4]
+    return os.fsdecode(_OCTAL_ESCAPE.sub(lambda match: bytes([int(match.group(1), 8)]), field))
+
+
+def mounts_under(root: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points below ``root``: writes there never reach the root's filesystem."""
     try:
-        with open("/proc/self/mountinfo") as mountinfo:
-            points = [line.split()[4].encode().decode("unicode_escape") for line in mountinfo]
+        with open(mountinfo, "rb") as handle:
+            points = [mount_point(line) for line in handle]
     except OSError as exc:
-        raise FeedUnavailable(f"cannot read /proc/self/mountinfo: {exc.strerror}") from None
+        raise FeedUnavailable(f"cannot read {mountinfo}: {exc.strerror}") from None
     return sorted(point for point in points if point.startswith(root.rstrip("/") + "/"))
 
 
@@ -237,10 +249,15 @@ class PassTracker:
     def pass_started(self) -> None:
         self._starting = self.feed.checkpoint() if self.feed else None
 
-    def pass_finished(self, changes: list[str], delete_candidates: list[str]) -> None:
+    def pass_finished(self, changes: list[str], delete_candidates: list[str], first_linked: Optional[str] = None) -> None:
         """Check the feed against the walk: every change this pass found happened after the previous pass looked,
-        so the feed must have reported it. One it missed means some writer is invisible to it: not used again."""
+        so the feed must have reported it. One it missed means some writer is invisible to it: not used again.
+        Nor is it used once the walk met a symbolic link: a write behind one is reported under the target's path."""
         if self.feed is None:
+            return
+        if first_linked is not None:
+            self.disable(f"the source has files reached through symbolic links ({first_linked}); the change feed "
+                         "reports writes under the link target's path")
             return
         if self.last_generation is not None:
             seen = self.feed.changed_since(self.last_generation)

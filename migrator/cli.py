@@ -14,7 +14,7 @@ import click
 from migrator import __version__
 from migrator.console import BarProgress, setup_logging
 from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorError
-from migrator.pipeline import Options, migration
+from migrator.pipeline import Migration, Options, migration
 from migrator.plan import Plan, load_plan
 from migrator.registry_config import is_readonly, open_config
 from migrator.state import StateStore
@@ -128,6 +128,11 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
         if final:
             click.echo(f"final pass: {final['method']}, " + (f"{final['paths']} paths re-synced" if "paths" in final
                                                             else final["why"]))
+        images = result["images"]
+        through = images.get("through_registry") or {}
+        click.echo(f"images: {images['tags']} tags, {images['manifests']} manifests, {images['blobs']} blobs in the "
+                   f"bucket, {images['missing']} missing; {through.get('tags', 0)} tags pulled through the registry on "
+                   f"s3, {through.get('failures', 0)} failed")
         click.echo(f"report: {plan.state_dir / 'report.json'}")
         return EXIT_OK
 
@@ -191,15 +196,20 @@ def sync(ctx: click.Context, plan_path: str) -> None:
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--deep", is_flag=True, help="Check the sha256 of every blob in the bucket against its path.")
 @click.option("--sample", type=click.IntRange(min=1), help="--deep on N random blobs only.")
+@click.option("--images", is_flag=True, help="The image-level proof instead: every tag's manifests and blobs are in the "
+              "bucket; with the registry on s3, every tag pulled through it.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result as JSON here.")
 @click.pass_context
-def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int], json_path: Optional[str]) -> None:
+def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int], images: bool,
+           json_path: Optional[str]) -> None:
     """Verification only: counts, key-by-key diff, and (--deep) blob digests. Changes nothing."""
 
     def work() -> int:
         plan = _load(ctx, plan_path)
         with migration(plan, _progress(ctx), lock=False) as job:
             job.check_bucket(canary=False)
+            if images:
+                return _verify_images(job, json_path)
             result = job.verify(deep=deep, sample=sample)
         rows = [("source objects (excl. _uploads)", result.source_objects),
                 ("bucket objects (excl. _uploads)", result.bucket_objects),
@@ -217,6 +227,28 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
         return EXIT_OK if result.ok else EXIT_DIFFERENCES
 
     _guarded(work)
+
+
+def _verify_images(job: Migration, json_path: Optional[str]) -> int:
+    graph, through = job.verify_images()
+    rows = [("tags", graph.tags), ("manifests (index children too)", graph.manifests), ("blobs", graph.blobs),
+            ("missing or different in bucket", graph.missing), ("broken in the source itself", graph.source_broken)]
+    if through is not None:
+        rows += [("tags pulled through the registry", through.tags), ("failed through the registry", len(through.failed))]
+    for label, value in rows:
+        click.echo(f"{label:<34}{value:>12}")
+    for key in graph.missing_keys[:10]:
+        click.echo(f"  missing: {key}")
+    for key in graph.source_broken_keys[:10]:
+        click.echo(f"  broken in source: {key}")
+    for failure in (through.failed if through else [])[:10]:
+        click.echo(f"  does not pull: {failure}")
+    ok = graph.ok and (through is None or through.ok)
+    click.echo("OK: every image's objects are in the bucket" + (" and pull through the registry" if through else "")
+               if ok else "DIFFERENCES FOUND")
+    _write_json(json_path, {"images": graph.to_json(), "through_registry": through.to_json() if through else None,
+                            "ok": ok})
+    return EXIT_OK if ok else EXIT_DIFFERENCES
 
 
 @main.command()
@@ -241,6 +273,10 @@ def status(ctx: click.Context, plan_path: str) -> None:
             if readonly and state.readonly_on_at:
                 since = " since " + datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
             click.echo(f"registry read-only now: {'yes' + since if readonly else 'no'}")
+            if state.restore_problem:
+                since = datetime.datetime.fromtimestamp(state.readonly_on_at or 0).isoformat(timespec="seconds")
+                click.echo(f"REGISTRY NOT PROVEN BACK: the original config was written back, but {state.restore_problem}; "
+                           f"pushes may be refused since {since}. Fix the registry, then run 'migrator rollback PLAN'")
         outcome = (state.outcome or "in progress") if state.done else "not started"
         click.echo(f"outcome: {outcome}")
         return EXIT_OK

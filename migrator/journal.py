@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS window_changes (
 CREATE TABLE IF NOT EXISTS window_proofs (
     rel TEXT PRIMARY KEY, present INTEGER NOT NULL, size INTEGER, md5 TEXT
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rechecks (rel TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
 
@@ -153,6 +154,27 @@ class Journal:
                 "ON CONFLICT(rel) DO UPDATE SET confirmed = 0",
                 ((rel,) for rel in rels),
             )
+
+    def row(self, rel: str) -> Optional[JournalRow]:
+        found = list(self.rows_in([(rel, rel + "\0")]))  # read to the end: the reader is returned, its snapshot ended
+        return found[0] if found else None
+
+    def unconfirmed(self) -> list[str]:
+        """Keys whose state in the bucket is not known: the next pass (the window's too) re-checks each of them."""
+        return [rel for (rel,) in self._conn.execute("SELECT rel FROM objects WHERE confirmed = 0 ORDER BY rel")]
+
+    def set_rechecks(self, rels: Iterable[str]) -> None:
+        """Keys the next pass must decide from their content, whatever their stat or seal says (what online
+        verification excused as in flight): their recorded stat and seal are dropped, what the bucket holds is kept."""
+        rels = list(rels)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM rechecks")
+            conn.executemany("INSERT OR IGNORE INTO rechecks (rel) VALUES (?)", ((rel,) for rel in rels))
+            conn.executemany("UPDATE objects SET mtime_ns = NULL, ctime_ns = NULL, ino = NULL, dir_mtime_ns = NULL, "
+                             "dir_ctime_ns = NULL, dir_ino = NULL WHERE rel = ?", ((rel,) for rel in rels))
+
+    def rechecks(self) -> list[str]:
+        return [rel for (rel,) in self._conn.execute("SELECT rel FROM rechecks ORDER BY rel")]
 
     def start_window(self) -> None:
         """From now on every change is logged (the bucket was just proven equal to the source)."""

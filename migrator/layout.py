@@ -24,8 +24,28 @@ _DIGEST_DIR = re.compile(
 
 
 def is_uploads(rel: str) -> bool:
-    """In-progress uploads: never copied, counted or deleted. Repository names cannot start with '_'."""
-    return f"/{UPLOADS_DIR}/" in f"/{rel}/"
+    """In-progress uploads (``repositories/<name>/_uploads/...``, or that directory itself): never copied,
+    counted or deleted.
+
+    A repository name's components never start with ``_``, so the first component under ``repositories/`` that
+    does is the repository's own ``_layers``, ``_manifests`` or ``_uploads``; a deeper ``_uploads`` (a tag may
+    be named so) is ordinary content."""
+    if not rel.startswith(REPOSITORIES):
+        return False
+    for part in rel[len(REPOSITORIES):].split("/"):
+        if part.startswith("_"):
+            return part == UPLOADS_DIR
+    return False
+
+
+_DIGEST_LINK = re.compile(r"^docker/registry/v2/repositories/.+/sha256/([0-9a-f]{64})/link$")
+
+
+def canonical_link(rel: str) -> bytes | None:
+    """What a link in a digest directory must hold (``sha256:<hex>``, the directory's name), or None for any other
+    path. The registry only ever writes that content there, so an in-place rewrite cannot change such a link."""
+    match = _DIGEST_LINK.match(rel)
+    return b"sha256:" + match.group(1).encode() if match and is_digest_dir(rel[: -len("link")]) else None
 
 
 def blob_digest(rel: str) -> str | None:

@@ -93,7 +93,8 @@ def stop_registry(pidfile: Path) -> None:
 class MotoServer:
     """``moto_server`` on a free loopback port."""
 
-    def __init__(self, port: Optional[int] = None, logfile: Optional[Path] = None):
+    def __init__(self, port: Optional[int] = None, logfile: Optional[Path] = None, command: Optional[list] = None):
+        self.command = command  # another way to start it (a wrapper); default: moto_server
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.logfile = logfile
@@ -102,7 +103,7 @@ class MotoServer:
     def start(self) -> MotoServer:
         out = open(self.logfile, "ab") if self.logfile else subprocess.DEVNULL
         executable = Path(sys.executable).with_name("moto_server")
-        command = [str(executable)] if executable.exists() else [sys.executable, "-m", "moto.server"]
+        command = self.command or ([str(executable)] if executable.exists() else [sys.executable, "-m", "moto.server"])
         self.process = subprocess.Popen(command + ["-H", "127.0.0.1", "-p", str(self.port)], stdout=out, stderr=out,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         if not _wait_http(self.endpoint + "/moto-api/", 30):

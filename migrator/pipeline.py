@@ -10,6 +10,7 @@ when it finishes, so after a crash the same command continues where it stopped.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import time
+import urllib.parse
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +26,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from migrator.changefeed import PassTracker
-from migrator.errors import InvalidInput, Refused, StoppedSafely
+from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
+from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry
 from migrator.journal import Journal
-from migrator.layout import REPOSITORIES, is_blob_data, is_uploads
+from migrator.layout import is_blob_data, is_uploads, outermost
 from migrator.march import md5_of
 from migrator.plan import Plan
 from migrator.registry_config import (
@@ -110,7 +113,7 @@ class Migration:
         read-write, so an outage of the bucket or a bug never leaves the registry read-only."""
         try:
             yield
-        except StoppedSafely:
+        except (StoppedSafely, RestoreFailed):
             raise
         except (Exception, KeyboardInterrupt) as exc:
             if self.state.readonly_off_at is not None:
@@ -157,6 +160,7 @@ class Migration:
         restart = shlex.split(self.plan.registry.restart)[0]
         if not shutil.which(restart) and not os.access(restart, os.X_OK):
             raise InvalidInput(f"registry.restart runs {restart!r}, which is not an executable on PATH; fix registry.restart")
+        self.warn_about_redirects()
         resuming = bool(self.state.done) and self.state.outcome is None
         wait = self.plan.registry.health_timeout_seconds if resuming else 5  # a crash may have left a restart running
         if not self.registry.wait_healthy(wait):
@@ -165,6 +169,27 @@ class Migration:
                 "check registry.url and that the registry is running"
             )
 
+    def warn_about_redirects(self) -> None:
+        """After the cut-over the registry answers blob pulls with a 307 to the bucket's endpoint, unless
+        ``registry.redirect.disable``: say so, loudly when clients elsewhere cannot reach that endpoint."""
+        if self.plan.registry.redirect.get("disable"):
+            return
+        endpoint = self.plan.bucket.endpoint
+        host = urllib.parse.urlparse(endpoint).hostname if endpoint else None
+        try:
+            private = host is not None and (host == "localhost" or ipaddress.ip_address(host).is_private
+                                            or ipaddress.ip_address(host).is_loopback)
+        except ValueError:
+            private = False
+        where = endpoint or f"S3 in {self.plan.bucket.region}"
+        if private:
+            log.warning("AFTER THE CUT-OVER, BLOB PULLS ARE REDIRECTED (307) TO %s, a loopback or private address that "
+                        "clients on other hosts may not reach. Set registry.redirect: {disable: true} to have the "
+                        "registry serve blobs itself, or use an endpoint clients reach", where)
+        else:
+            log.info("after the cut-over, blob pulls are redirected (307) to %s: clients must reach it "
+                     "(registry.redirect: {disable: true} makes the registry serve blobs itself)", where)
+
     def check_bucket(self, canary: bool) -> None:
         """The bucket answers with these credentials; the canary proves put/get/list/delete on the prefix."""
         client = open_bucket(self.plan.bucket, self.plan.sync, self.plan.key_prefix, max_attempts=2).client
@@ -172,11 +197,14 @@ class Migration:
         key = f"{self.plan.key_prefix}.migrator-canary/{uuid.uuid4()}"
         try:
             client.head_bucket(Bucket=name)
+            self.bucket.check_etags(self.engine.transfer.extra_args)
             if not canary:
                 client.list_objects_v2(Bucket=name, Prefix=self.plan.key_prefix + "docker/", MaxKeys=1)
                 return
             body = b"migrator canary " + key.encode()
-            client.put_object(Bucket=name, Key=key, Body=body)
+            put = client.put_object(Bucket=name, Key=key, Body=body, **self.engine.transfer.extra_args)
+            if put.get("ETag", "").strip('"') != md5_of(body):
+                self.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
             try:
                 if client.get_object(Bucket=name, Key=key)["Body"].read() != body:
                     raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object; check bucket.endpoint")
@@ -254,7 +282,7 @@ class Migration:
         except BUCKET_ERRORS as exc:
             raise InvalidInput(f"copy pass failed: {explain(exc, self.plan.bucket.name)}") from None
         if self.tracker and paths is None:
-            self.tracker.pass_finished(result.source_changes, result.delete_candidates)
+            self.tracker.pass_finished(result.source_changes, result.delete_candidates, result.first_linked)
         self.state.passes += 1
         self.state.last_pass_seconds = round(time.monotonic() - started, 3)
         self.state.last_pass_changes = result.changes
@@ -282,6 +310,12 @@ class Migration:
             result = self.verify(online=True)
             self.state.verification = verification_summary(result, "full listing (online)")
             if result.ok:
+                images = self.check_images(online=True)
+                if not images.ok:
+                    raise StoppedSafely(self.graph_bug(images) + ". Nothing was lost: the registry still serves from "
+                                        "the filesystem")
+                # what was excused as in flight is re-checked in the window, sealed or not, walked or fed
+                self.journal.set_rechecks(result.in_flight_keys + images.in_flight_keys)
                 self.state.online_verified_objects = result.bucket_objects
                 self.journal.start_window()
                 return repaired
@@ -296,6 +330,61 @@ class Migration:
             result.deleted_objects = self.delete(result)
             repaired.add(result)
         raise StoppedSafely("the bucket still differs from the source after 3 repairs; the registry was not touched")
+
+    def check_images(self, online: bool = False, window: bool = False) -> ImageResult:
+        """The image-level proof against the bucket: every image (the bucket's listing; ``online``: changes since
+        the last pass are in flight), or inside the window the tags, manifests and layers the window changed
+        (HEAD). Recorded in the state for the report."""
+        graph = ImageGraph(self.plan.source, self.plan.state_dir / "images.sqlite")
+        try:
+            if window:
+                changes = {rel: proof for rel, _, proof in self.journal.window_changes()}
+                graph.add_window_changes(changes)
+                result = graph.check_answers(self.bucket, lambda rel: self.bucket_answer(rel, changes))
+            else:
+                graph.add_everything()
+                result = graph.check_listing(self.bucket, self.state.last_pass_started_ns or 0 if online else None)
+        except BUCKET_ERRORS as exc:
+            raise InvalidInput(f"image check failed: {explain(exc, self.plan.bucket.name)}") from None
+        finally:
+            graph.close()
+        self.state.images = self.state.images | {("window" if window else "all"): result.to_json()}
+        self.store.save(self.state)
+        log.info("image check (%s): %d tags, %d manifests, %d blobs; %d missing, %d in flight, %d broken in the source",
+                 "window" if window else "online" if online else "frozen source", result.tags, result.manifests,
+                 result.blobs, result.missing, result.in_flight, result.source_broken)
+        if result.source_broken:
+            log.warning("the source itself lacks %d objects its images name (the registry cannot serve them either), "
+                        "first: %s", result.source_broken, ", ".join(result.source_broken_keys[:3]))
+        return result
+
+    def bucket_answer(self, rel: str, changes: dict) -> Optional[tuple[int, Optional[str]]]:
+        """(size, md5) the bucket already answered for ``rel``: its reply to the window's write (an ETag equal to the
+        MD5 of the bytes sent), or, for a key the window did not touch, the online listing that proved the journal."""
+        if rel in changes:
+            proof = changes[rel]
+            return (proof[1], proof[2]) if proof is not None and proof[0] else None
+        row = self.journal.row(rel)
+        return (row.size, row.md5) if row is not None and row.confirmed and row.size >= 0 else None
+
+    def graph_bug(self, result: ImageResult) -> str:
+        """A key the image graph needs is not in the bucket though the key-by-key proof passed: a bug in that proof,
+        said loudly rather than repaired quietly."""
+        return (f"BUG: the image graph needs {result.missing} objects the bucket lacks or holds otherwise, though the "
+                f"key-by-key proof passed (first: {', '.join(result.missing_keys[:3])}). Please report it with the log file")
+
+    def verify_images(self) -> tuple[ImageResult, Optional[RegistryResult]]:
+        """``verify --images``: the whole graph against the bucket; with the registry on s3, every tag through it."""
+        result = self.check_images()
+        through = None
+        if self.config is not None and storage_driver(self.config.effective_storage())[0] == "s3":
+            graph = ImageGraph(self.plan.source, self.plan.state_dir / "images.sqlite")
+            try:
+                tags = graph.sample_tags(2**62, 0)
+            finally:
+                graph.close()
+            through = check_through_registry(self.registry, tags)
+        return result, through
 
     def verify(self, online: bool = False, deep: bool = False, sample: Optional[int] = None) -> VerifyResult:
         """List the whole bucket against the source (online: and against the journal, changes in flight allowed)."""
@@ -324,6 +413,8 @@ class Migration:
         feed that watched the last online pass, only the paths it saw change are walked."""
         self.engine.prove_changes = True
         paths = self.tracker.final_paths() if self.tracker else None
+        if paths is not None:  # the changes online verification excused as in flight, and interrupted ones
+            paths = outermost(paths + self.journal.rechecks() + self.journal.unconfirmed())
         self.state.final_pass = ({"method": "change feed (fanotify)", "paths": len(paths)} if paths is not None else
                                  {"method": "full walk", "why": self.tracker.why_not if self.tracker else "no feed"})
         result = self.sync_pass(paths)
@@ -355,6 +446,9 @@ class Migration:
         self.store.save(self.state)
         if problems:
             self.stop_safely("verification of the read-only window failed: " + "; ".join(problems))
+        images = self.check_images(window=not self.options.full_verify and self.state.online_verified_objects is not None)
+        if not images.ok:
+            self.stop_safely(self.graph_bug(images))
 
     def check_window_changes(self) -> list[str]:
         """Each change proven by the bucket's own answer when it gave one (PutObject ETag, DeleteObjects), else
@@ -369,15 +463,9 @@ class Migration:
             if proof is not None and _proof_matches(proof, rel, path, in_source):
                 continue
             heads += 1
-            head = self.head(rel)
-            if in_source and head is None:
-                problems.append(f"{rel} missing from the bucket")
-            elif in_source and head["ContentLength"] != path.stat().st_size:
-                problems.append(f"{rel} has size {head['ContentLength']} in the bucket, {path.stat().st_size} in the source")
-            elif in_source and not is_blob_data(rel) and _etag_md5(head) not in (None, md5_of(path.read_bytes())):
-                problems.append(f"{rel} has other content in the bucket")
-            elif not in_source and head is not None:
-                problems.append(f"{rel} is still in the bucket but gone from the source")
+            problem = self.bucket_differs(rel, path, in_source)
+            if problem:
+                problems.append(problem)
         log.info("window changes checked: %d by the bucket's own answers, %d by HEAD", len(changes) - heads, heads)
         source_count = self.state.final_source_objects
         expected = self.state.online_verified_objects + delta
@@ -400,22 +488,59 @@ class Migration:
                 return None
             raise
 
+    def bucket_differs(self, rel: str, path: Path, in_source: bool) -> Optional[str]:
+        """What differs between the bucket's object (HEAD; its content read when the ETag is no MD5) and the frozen
+        source file, or None."""
+        head = self.head(rel)
+        if not in_source:
+            return None if head is None else f"{rel} is still in the bucket but gone from the source"
+        if head is None:
+            return f"{rel} missing from the bucket"
+        size = path.stat().st_size
+        if head["ContentLength"] != size:
+            return f"{rel} has size {head['ContentLength']} in the bucket, {size} in the source"
+        if is_blob_data(rel):
+            return None
+        held = self.bucket.content_md5(rel, head.get("ETag", ""), head.get("ServerSideEncryption", ""),
+                                       "SSECustomerAlgorithm" in head)
+        return None if held == md5_of(path.read_bytes()) else f"{rel} has other content in the bucket"
+
     def cutover(self) -> None:
-        """Rewrite the storage section to s3 (still read-only), restart, and prove reads come from the bucket."""
-        self.apply(TargetState(s3=self.s3_settings(), readonly=True), on_failure="rollback")
-        repository, tag, digest = self.sample_manifest()
-        if repository is None:
-            log.warning("read probe skipped: the source has no tagged manifest to pull")
-            return
-        served = self.registry.manifest_digest(repository, tag)
-        if served != digest:
-            self.stop_safely(f"read probe failed after cut-over: {repository}:{tag} served {served}, expected {digest}")
+        """Rewrite the storage section to s3 (still read-only), restart, and ask the registry itself: every tag the
+        window changed and a seeded sample of the others must pull (manifest by tag and digest, every blob)."""
+        self.apply(self.target_s3(readonly=True), on_failure="rollback")
+        tags = self.tags_to_pull()
+        result = check_through_registry(self.registry, tags)
+        self.state.images = self.state.images | {"through_registry": result.to_json()}
+        self.store.save(self.state)
+        log.info("asked the registry on s3: %d tags, %d manifests, %d blobs; %d failed", result.tags, result.manifests,
+                 result.blobs, len(result.failed))
+        if not tags:
+            log.warning("no tag to pull through the registry: the source has no tagged image")
+        if not result.ok:
+            self.stop_safely(f"{len(result.failed)} of {result.tags} tags do not pull from the registry on s3 "
+                             f"(first: {'; '.join(result.failed[:3])})")
+
+    def tags_to_pull(self) -> list[tuple[str, str, str]]:
+        """(repository, tag, digest): the tags the window changed, then a seeded random sample of all tags."""
+        graph = ImageGraph(self.plan.source, self.plan.state_dir / "images.sqlite")
+        try:
+            graph.add_window_changes(rel for rel, _, _ in self.journal.window_changes())
+            tags = {(repository, tag): digest for repository, tag, digest in graph.tags}
+            seed = self.state.image_sample_seed
+            for repository, tag, digest in graph.sample_tags(self.plan.registry.image_sample, seed):
+                tags.setdefault((repository, tag), digest)
+        finally:
+            graph.close()
+        log.info("tags to pull through the registry: %d (the window's changes and a sample of %d, seed %d)",
+                 len(tags), self.plan.registry.image_sample, seed)
+        return [(repository, tag, digest) for (repository, tag), digest in tags.items()]
 
     def readonly_off(self) -> None:
         """Accept writes again on s3; a write probe must get 202."""
         self.state.writes_on_s3_since = now()
         self.store.save(self.state)
-        self.apply(TargetState(s3=self.s3_settings(), readonly=False), on_failure="rollback")
+        self.apply(self.target_s3(readonly=False), on_failure="rollback")
         self.prove_writes(expect=202)
         self.state.readonly_off_at = now()
         self.store.save(self.state)
@@ -429,6 +554,10 @@ class Migration:
         return report
 
     # --- registry actions ------------------------------------------------------------------
+
+    def target_s3(self, readonly: bool) -> TargetState:
+        """The registry on the bucket, with the plan's redirect setting."""
+        return TargetState(s3=self.s3_settings(), readonly=readonly, redirect=self.plan.registry.redirect or None)
 
     def s3_settings(self) -> dict:
         """The s3 driver section the registry will run with."""
@@ -454,8 +583,8 @@ class Migration:
         if problem is None:
             return
         if on_failure == "restore":
-            self.restore_original()
-            raise InvalidInput(f"{problem}; the original config was restored")
+            self.restore_original(problem)
+            raise InvalidInput(f"{problem}; the original config was restored and the registry takes writes again")
         self.stop_safely(problem)
 
     def restart(self) -> Optional[str]:
@@ -491,18 +620,34 @@ class Migration:
                         "and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
             return
         if expect == 405:
-            self.restore_original()
-            raise StoppedSafely(f"write probe got HTTP {status}, not 405: the registry is not read-only; "
-                                "original config restored")
+            problem = f"write probe got HTTP {status}, not 405: the registry is not read-only"
+            self.restore_original(problem)
+            raise StoppedSafely(f"{problem}; original config restored, the registry takes writes")
         self.stop_safely(f"write probe got HTTP {status}, not 202, after read-only off")
 
-    def restore_original(self) -> None:
-        """The original config (filesystem, as it was) back in place, restarted."""
+    def restore_original(self, why: str) -> None:
+        """The original config (filesystem, as it was) back in place, restarted, and writes proven accepted; the
+        state then says the registry is online again. If any of that fails, ``RestoreFailed`` says what is true and
+        the state keeps what ``status`` and ``rollback`` need (read-only since when, why)."""
         self.config.write(self.config.original_text())
         problem = self.restart()
-        if problem:
-            log.error("RESTORING THE ORIGINAL CONFIG: %s. The file %s holds the original again; restart the registry "
-                      "by hand", problem, self.config.path)
+        if problem is None:
+            status = self.registry.write_probe(PROBE_REPOSITORY)
+            if status == 401:
+                log.warning("WRITE PROBE COULD NOT PROVE THE REGISTRY TAKES WRITES AGAIN: HTTP 401. Set "
+                            "MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
+            elif status != 202:
+                problem = f"a write probe still gets HTTP {status}, not 202"
+        if problem is None:
+            self.reset_to_online()
+            return
+        self.state.restore_problem = problem
+        self.store.save(self.state)
+        raise RestoreFailed(
+            f"{why}. The original config (filesystem, read-write) was written back to {self.config.path}, but {problem}: "
+            "the registry may still refuse pushes. Fix the registry (see its log), then run 'migrator rollback PLAN', "
+            "which restarts it and proves it takes writes"
+        )
 
     def stop_safely(self, problem: str) -> None:
         """Back to the filesystem, read-write (when the plan has a registry), and stop with exit 1.
@@ -510,9 +655,9 @@ class Migration:
         Once the registry may have taken writes on s3, it goes back only if the bucket proves it took none."""
         if self.config is not None:
             self.refuse_to_strand_writes(problem)
-            self.restore_original()
-            self.reset_to_online()
-        raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write; nothing was lost")
+            self.restore_original(problem)
+        raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write (a write probe was "
+                            "accepted); nothing was lost")
 
     def refuse_to_strand_writes(self, problem: str) -> None:
         """Stop here, the registry left on s3, unless the bucket proves no push would be stranded by going back."""
@@ -534,7 +679,10 @@ class Migration:
         )
 
     def reset_to_online(self) -> None:
+        """The registry is proven back on the filesystem, read-write: what the window proved no longer holds."""
         self.journal.close_window()
+        self.state.restore_problem = None
+        self.state.images = {}
         self.state.done = [p for p in self.state.done if p == "initial_sync"]
         self.state.readonly_on_at = None
         self.state.readonly_off_at = None
@@ -542,15 +690,6 @@ class Migration:
         self.state.restart_seconds = 0.0
         self.state.online_verified_objects = None
         self.store.save(self.state)
-
-    def sample_manifest(self) -> tuple[Optional[str], Optional[str], Optional[str]]:
-        """A tag the source has, for the read probe: (repository, tag, manifest digest)."""
-        root = self.plan.source / REPOSITORIES
-        for link in sorted(root.glob("**/_manifests/tags/*/current/link")):
-            parts = link.relative_to(root).parts
-            repository = "/".join(parts[: parts.index("_manifests")])
-            return repository, parts[-3], link.read_text().strip()
-        return None, None, None
 
     # --- rollback, status, report ----------------------------------------------------------
 
@@ -566,13 +705,9 @@ class Migration:
                     f"the bucket holds {written} objects written since the cut-over that the filesystem lacks; "
                     "rolling back would strand those pushes in the bucket. Re-run with --force if you accept losing them"
                 )
-        self.config.write(self.config.original_text())
-        problem = self.restart()
-        self.reset_to_online()
+        self.restore_original("rollback requested")
         self.state.outcome = "rolled back"
         self.store.save(self.state)
-        if problem:
-            raise StoppedSafely(f"original config restored but {problem}")
 
     def objects_written_since(self, since: float) -> int:
         """Objects written to the bucket since ``since`` that the filesystem does not hold: what returning the
@@ -587,7 +722,10 @@ class Migration:
                 if item["LastModified"].timestamp() < cutoff or is_uploads(rel):
                     continue
                 path = self.plan.source / rel
-                count += not _proof_matches((True, item["Size"], item["ETag"].strip('"')), rel, path, path.is_file())
+                if not path.is_file() or path.stat().st_size != item["Size"]:
+                    count += 1
+                elif not is_blob_data(rel):
+                    count += self.bucket.content_md5(rel, item["ETag"]) != md5_of(path.read_bytes())
         return count
 
     def dry_run_report(self) -> dict:
@@ -614,7 +752,7 @@ class Migration:
         report["estimated_read_only_window_seconds"] = self.estimate_window(result, pass_seconds)
         if self.config is not None:
             original = self.config.original_text()
-            s3 = TargetState(s3=self.s3_settings(), readonly=False)
+            s3 = self.target_s3(readonly=False)
             report["config_diff"] = {
                 "read_only": redact(unified_diff(original, self.config.render(TargetState(None, True)), self.config.path.name)),
                 "final": redact(unified_diff(original, self.config.render(s3), self.config.path.name)),
@@ -643,7 +781,19 @@ class Migration:
             "final_pass": self.state.final_pass,
             "phases": self.state.phases,
             "verification": self.state.verification,
+            "images": self.images_summary(),
         }
+
+    def images_summary(self) -> dict:
+        """The report's ``images``: the whole graph's figures (online), plus the window's and the registry's."""
+        images = self.state.images
+        whole = images.get("all", {})
+        summary = {name: whole.get(name, 0) for name in ("tags", "manifests", "blobs", "missing")}
+        summary["missing"] += images.get("window", {}).get("missing", 0)
+        summary["source_broken"] = whole.get("source_broken", 0)
+        summary["window"] = images.get("window")
+        summary["through_registry"] = images.get("through_registry")
+        return summary
 
 
 def verification_summary(result: VerifyResult, method: str) -> dict:
@@ -660,11 +810,6 @@ def _proof_matches(proof: tuple, rel: str, path: Path, in_source: bool) -> bool:
     if path.stat().st_size != size:
         return False
     return is_blob_data(rel) or md5_of(path.read_bytes()) == md5
-
-
-def _etag_md5(head: dict) -> Optional[str]:
-    etag = head.get("ETag", "").strip('"')
-    return etag if len(etag) == 32 else None
 
 
 @contextmanager

@@ -33,6 +33,8 @@ class RegistrySettings:
     write_credentials: bool = False
     rendered_config: Path = Path("/var/opt/gitlab/registry/config.yml")
     health_timeout_seconds: float = 120.0
+    redirect: dict = field(default_factory=dict)  # {disable: true}: the registry serves blobs itself after cut-over
+    image_sample: int = 200  # tags pulled through the registry on s3 before writes are turned on, besides the window's
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class SyncSettings:
     max_delta_passes: int = 5
     delta_stop_below: int = 100
     change_feed: bool = True  # the final pass re-syncs only what the kernel saw change (fanotify; else full walk)
+    max_memory_mb: int = 256  # file content held in memory by uploads at once (files are read whole below multipart)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ _REGISTRY = {
     "write_credentials": (bool, False),
     "rendered_config": (str, False),
     "health_timeout_seconds": ((int, float), False),
+    "redirect": ({"disable": (bool, False)}, False),
+    "image_sample": (int, False),
 }
 _SYNC = {
     "workers": (int, False),
@@ -99,6 +104,7 @@ _SYNC = {
     "max_delta_passes": (int, False),
     "delta_stop_below": (int, False),
     "change_feed": (bool, False),
+    "max_memory_mb": (int, False),
 }
 _PLAN = {
     "source": (str, True),
@@ -247,8 +253,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
     sync = SyncSettings(**(values.get("sync") or {}))
     if sync.retry_mode not in ("adaptive", "standard", "legacy"):
         raise InvalidInput(f"{plan_path}: sync.retry_mode must be adaptive, standard or legacy")
-    if sync.workers < 1 or sync.shard_workers < 1 or sync.max_attempts < 1:
-        raise InvalidInput(f"{plan_path}: sync.workers, sync.shard_workers and sync.max_attempts must be at least 1")
+    if sync.workers < 1 or sync.shard_workers < 1 or sync.max_attempts < 1 or sync.max_memory_mb < 1:
+        raise InvalidInput(f"{plan_path}: sync.workers, sync.shard_workers, sync.max_attempts and sync.max_memory_mb "
+                           "must be at least 1")
     if not 0 <= sync.max_delete_fraction <= 1:
         raise InvalidInput(f"{plan_path}: sync.max_delete_fraction must be between 0 and 1")
 

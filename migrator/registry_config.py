@@ -33,6 +33,7 @@ class TargetState:
 
     s3: Optional[dict]
     readonly: bool
+    redirect: Optional[dict] = None  # storage.redirect written with the s3 driver (e.g. {"disable": True})
 
 
 def storage_driver(storage: dict) -> tuple[str, dict]:
@@ -173,6 +174,12 @@ class YamlConfig(RegistryConfig):
             position = list(storage).index(driver)
             del storage[driver]
             storage.insert(position, "s3", CommentedMap(target.s3))
+            if target.redirect:
+                redirect = storage.get("redirect")
+                if isinstance(redirect, dict):
+                    redirect.update(target.redirect)
+                else:
+                    storage["redirect"] = CommentedMap(target.redirect)
         if target.readonly != is_readonly(storage):
             maintenance = storage.get("maintenance")
             if not isinstance(maintenance, dict):
@@ -270,6 +277,8 @@ class OmnibusConfig(RegistryConfig):
         if target.s3 is not None:
             driver, _ = storage_driver(storage)
             storage = {("s3" if k == driver else k): (target.s3 if k == driver else v) for k, v in storage.items()}
+            if target.redirect:
+                storage["redirect"] = dict(storage.get("redirect") or {}, **target.redirect)
         if target.readonly != is_readonly(storage):
             maintenance = dict(storage.get("maintenance") or {})
             maintenance["readonly"] = dict(maintenance.get("readonly") or {}, enabled=target.readonly)

@@ -1,7 +1,8 @@
 """The registry's HTTP API: health, read-only and read probes, and push/pull for drills and tests.
 
-Token auth: when the registry answers 401 with a Bearer challenge and MIGRATOR_PROBE_USER /
-MIGRATOR_PROBE_PASSWORD are set, a token is fetched from the realm for each request's scope.
+Auth: when the registry answers 401 and MIGRATOR_PROBE_USER / MIGRATOR_PROBE_PASSWORD are set, a Basic
+challenge (htpasswd) is answered with those credentials, and a Bearer challenge (token auth) with a token
+fetched from its realm for the challenge's service and scope.
 """
 
 from __future__ import annotations
@@ -44,30 +45,41 @@ class RegistryClient:
         self.password = os.environ.get("MIGRATOR_PROBE_PASSWORD")
 
     def request(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None) -> Response:
-        """One request; a 401 Bearer challenge is answered once when probe credentials are set."""
+        """One request; a 401 challenge (Basic or Bearer) is answered once when probe credentials are set."""
         response = self._send(method, path, body, headers or {})
         if response.status == 401 and self.user:
-            token = self._token(response.headers.get("www-authenticate", ""))
-            if token:
-                response = self._send(method, path, body, dict(headers or {}, Authorization=f"Bearer {token}"))
+            authorization = self._authorization(response.headers.get("www-authenticate", ""))
+            if authorization:
+                response = self._send(method, path, body, dict(headers or {}, Authorization=authorization))
         return response
 
-    def _send(self, method: str, path: str, body: Optional[bytes], headers: dict) -> Response:
+    def _basic(self) -> str:
+        return "Basic " + base64.b64encode(f"{self.user}:{self.password or ''}".encode()).decode()
+
+    def _authorization(self, challenge: str) -> Optional[str]:
+        """The Authorization header answering a WWW-Authenticate challenge, or None."""
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            return self._basic()
+        if scheme == "bearer":
+            token = self._token(challenge)
+            return f"Bearer {token}" if token else None
+        return None
+
+    def _send(self, method: str, path: str, body: Optional[bytes], headers: dict, follow: bool = True) -> Response:
         url = path if path.startswith("http") else self.url + path
         req = urllib.request.Request(url, data=body, method=method, headers=headers)
+        opener = urllib.request.urlopen if follow else _NO_REDIRECTS.open
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with opener(req, timeout=self.timeout) as resp:
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
         except urllib.error.HTTPError as err:
             return Response(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
 
     def _token(self, challenge: str) -> Optional[str]:
-        if not challenge.lower().startswith("bearer "):
-            return None
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-        credentials = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
-        req = urllib.request.Request(f"{params.get('realm', '')}?{query}", headers={"Authorization": f"Basic {credentials}"})
+        req = urllib.request.Request(f"{params.get('realm', '')}?{query}", headers={"Authorization": self._basic()})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 data = json.loads(resp.read())
@@ -106,6 +118,27 @@ class RegistryClient:
         if response.status != 200:
             return None
         return response.headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(response.body).hexdigest()
+
+    def manifest(self, repository: str, reference: str) -> Optional[bytes]:
+        """A manifest's bytes, or None when it is not served."""
+        response = self.request("GET", f"/v2/{repository}/manifests/{reference}", headers={"Accept": ACCEPT})
+        return response.body if response.status == 200 else None
+
+    def head_blob(self, repository: str, digest: str) -> int:
+        """HEAD a blob as a client would: a redirect (307 to the bucket, when the registry is on s3) is followed
+        with HEAD and without the registry's credentials; returns the final status."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        response = self._send("HEAD", path, None, {}, follow=False)
+        if response.status == 401 and self.user:
+            authorization = self._authorization(response.headers.get("www-authenticate", ""))
+            if authorization:
+                response = self._send("HEAD", path, None, {"Authorization": authorization}, follow=False)
+        for _ in range(5):
+            if response.status not in (301, 302, 303, 307, 308) or "location" not in response.headers:
+                break
+            location = urllib.parse.urljoin(self.url + path, response.headers["location"])
+            response = self._send("HEAD", location, None, {}, follow=False)
+        return response.status
 
     # --- push and pull (drills, demo, tests) ---------------------------------------------------
 
@@ -157,6 +190,16 @@ class RegistryClient:
             if "sha256:" + hashlib.sha256(blob.body).hexdigest() != descriptor["digest"]:
                 raise RegistryError(blob.status, f"blob {descriptor['digest']} has other bytes")
         return "sha256:" + hashlib.sha256(response.body).hexdigest()
+
+
+class _KeepRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects come back as responses (urllib would turn a HEAD into a GET and forward credentials)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_KeepRedirects)
 
 
 class RegistryError(Exception):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from botocore.config import Config
 from migrator.errors import InvalidInput
 from migrator.layout import Shard, is_uploads
 from migrator.plan import BucketSettings, SyncSettings
+
+log = logging.getLogger(__name__)
 
 
 class RequestCounter:
@@ -66,12 +70,56 @@ class Bucket:
     client: object
     counter: RequestCounter
     credentials: object = None  # the session's (refreshable) credentials, for requests signed outside the client
+    etags_are_md5: bool = True  # listed single-part ETags are content MD5s (no SSE-KMS by default); see check_etags
 
     def key(self, rel: str) -> str:
         return self.key_prefix + rel
 
     def rel(self, key: str) -> str:
         return key[len(self.key_prefix):]
+
+    def etag_md5(self, etag: str, encryption: Optional[str] = None, customer_key: bool = False) -> Optional[str]:
+        """The content's MD5 when this ETag is one: single-part and not SSE-KMS or SSE-C, whose ETags are not.
+        ``encryption`` is the object's ServerSideEncryption when known (a PUT or HEAD answer); without it the
+        bucket's default decides."""
+        etag = etag.strip('"')
+        if len(etag) != 32 or "-" in etag or customer_key:
+            return None
+        if encryption is None:
+            return etag if self.etags_are_md5 else None
+        return None if encryption.startswith("aws:kms") else etag
+
+    def content_md5(self, rel: str, etag: str, encryption: Optional[str] = None, customer_key: bool = False) -> str:
+        """The MD5 of what the bucket holds at ``rel``: from the ETag when it is one, else by reading the object."""
+        known = self.etag_md5(etag, encryption, customer_key)
+        if known is not None:
+            return known
+        body = self.client.get_object(Bucket=self.settings.name, Key=self.key(rel))["Body"]
+        digest = hashlib.md5(usedforsecurity=False)
+        for chunk in body.iter_chunks(1024 * 1024):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def check_etags(self, extra_args: dict) -> None:
+        """Decide whether listed ETags are MD5s: not when our uploads or the bucket's default use SSE-KMS (the only
+        way to know a listed object's encryption without a HEAD each). A bucket whose default cannot be read counts
+        as not: content is then read where an ETag would have proven it."""
+        if str(extra_args.get("ServerSideEncryption", "")).startswith("aws:kms"):
+            self.etags_are_md5 = False
+            return
+        try:
+            rules = self.client.get_bucket_encryption(Bucket=self.settings.name)["ServerSideEncryptionConfiguration"]
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            unsupported = code in ("ServerSideEncryptionConfigurationNotFoundError", "NotImplemented", "MethodNotAllowed")
+            if not unsupported:
+                log.info("cannot read bucket %r's default encryption (%s): ETags are not trusted as MD5s, link "
+                         "content is read instead (grant s3:GetEncryptionConfiguration to avoid that)", self.settings.name, code)
+            self.etags_are_md5 = unsupported
+            return
+        algorithms = [rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm", "")
+                      for rule in rules.get("Rules", [])]
+        self.etags_are_md5 = not any(algorithm.startswith("aws:kms") for algorithm in algorithms)
 
 
 def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, max_attempts: Optional[int] = None) -> Bucket:
@@ -164,12 +212,13 @@ class ListedObject:
     rel: str
     size: int
     etag: str
+    etag_is_md5: bool = True  # the bucket's listed ETags can be MD5s (``Bucket.etags_are_md5``)
 
     @property
     def md5(self) -> Optional[str]:
         """The content md5 when the ETag is one (single-part upload without KMS)."""
         etag = self.etag.strip('"')
-        return etag if len(etag) == 32 and "-" not in etag else None
+        return etag if self.etag_is_md5 and len(etag) == 32 and "-" not in etag else None
 
 
 def _pages(bucket: Bucket, prefix: str, delimiter: Optional[str] = None) -> Iterator[dict]:
@@ -187,7 +236,7 @@ def list_shard(bucket: Bucket, shard: Shard) -> Iterator[ListedObject]:
             for item in page.get("Contents", ()):
                 rel = bucket.rel(item["Key"])
                 if not is_uploads(rel):
-                    yield ListedObject(rel, item["Size"], item["ETag"])
+                    yield ListedObject(rel, item["Size"], item["ETag"], bucket.etags_are_md5)
         return
     found: list[ListedObject] = []
     pending = [shard.prefix]
@@ -197,7 +246,7 @@ def list_shard(bucket: Bucket, shard: Shard) -> Iterator[ListedObject]:
             for item in page.get("Contents", ()):
                 rel = bucket.rel(item["Key"])
                 if shard.contains(rel) and not is_uploads(rel):
-                    found.append(ListedObject(rel, item["Size"], item["ETag"]))
+                    found.append(ListedObject(rel, item["Size"], item["ETag"], bucket.etags_are_md5))
             for common in page.get("CommonPrefixes", ()):
                 rel = bucket.rel(common["Prefix"])
                 if not rel.startswith(shard.excludes) and not is_uploads(rel):

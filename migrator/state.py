@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ class RunState:
     last_pass_started_ns: Optional[int] = None
     last_pass_changes: Optional[int] = None
     outcome: Optional[str] = None
+    images: dict = field(default_factory=dict)  # the image-level proofs: "all" (online), "window", "through_registry"
+    image_sample_seed: int = field(default_factory=lambda: random.randrange(2**31))  # kept across a resume
+    restore_problem: Optional[str] = None  # the original config was written back but not proven to take writes
 
     def is_done(self, phase: str) -> bool:
         return phase in self.done

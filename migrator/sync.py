@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Optional
 from migrator.errors import Refused
 from migrator.failpoints import failpoint
 from migrator.journal import Journal, JournalRow
-from migrator.layout import Shard, outermost, path_ranges, shards
+from migrator.layout import Shard, canonical_link, is_blob_data, outermost, path_ranges, shards
 from migrator.march import Action, Decision, Unit, decide, march_units, md5_of
 from migrator.s3 import Bucket, list_shard
 from migrator.transfer import Transfer
@@ -48,6 +48,8 @@ class PassResult:
     delete_candidate_bytes: int = 0
     deleted_objects: int = 0
     source_changes: list = field(default_factory=list)  # keys that changed in the source (not retries), capped
+    linked: int = 0  # files reached through a symbolic link (followed; the change feed cannot vouch for them)
+    first_linked: Optional[str] = None
 
     def add(self, other: PassResult) -> None:
         self.source_objects += other.source_objects
@@ -61,10 +63,20 @@ class PassResult:
         self.delete_candidate_bytes += other.delete_candidate_bytes
         self.deleted_objects += other.deleted_objects
         self.source_changes.extend(other.source_changes[: CHECKED_CHANGES - len(self.source_changes)])
+        self.linked += other.linked
+        self.first_linked = self.first_linked or other.first_linked
 
     @property
     def changes(self) -> int:
         return self.uploaded_objects + len(self.delete_candidates)
+
+
+def _canonical(decision: Decision) -> bool:
+    """A blob's data, or a digest directory's link holding the digest the directory names."""
+    if is_blob_data(decision.rel):
+        return True
+    expected = canonical_link(decision.rel)
+    return expected is not None and (decision.md5 or decision.row.md5) == md5_of(expected)
 
 
 class Progress:
@@ -159,6 +171,9 @@ class SyncEngine:
                 if src is not None:
                     result.source_objects += 1
                     result.source_bytes += src.size
+                    if src.via_link:
+                        result.linked += 1
+                        result.first_linked = result.first_linked or src.rel
                     failpoint("walk")
                 try:
                     decisions.append(decide(src, row, content_md5))
@@ -199,11 +214,14 @@ class SyncEngine:
         return result
 
     def _seal(self, unit: Unit, decisions: list[Decision]) -> Optional[tuple[int, int, int]]:
-        """The stat to seal a listed digest directory's rows with, if all of it is settled; None otherwise."""
+        """The stat to seal a listed digest directory's rows with, if all of it is settled and canonical; None
+        otherwise. Canonical: a blob's ``data``, or a link holding the digest its directory names. The registry
+        rewrites links in place (the directory's stat unchanged), so only a link that already holds the one content
+        the registry can write there may go unlisted."""
         directory = unit.directory
         if directory is None or not directory.sealable or self.dry_run or len(decisions) != len(unit.pairs):
             return None
-        if all(decision.action in (Action.KEEP, Action.REFRESH) for decision in decisions):
+        if all(decision.action in (Action.KEEP, Action.REFRESH) and _canonical(decision) for decision in decisions):
             return directory.stat
         return None
 

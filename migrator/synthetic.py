@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
@@ -69,16 +68,6 @@ class RegistryTree:
         base.mkdir(parents=True, exist_ok=True)
         (base / "data").write_bytes(content)
         (base / "startedat").write_text("2026-01-01T00:00:00Z")
-
-    def files(self) -> dict[str, bytes]:
-        """Every file but uploads, by relative path: what the bucket must hold."""
-        found = {}
-        for dirpath, dirnames, filenames in os.walk(self.root / "docker"):
-            dirnames[:] = [d for d in dirnames if d != "_uploads"]
-            for name in filenames:
-                full = Path(dirpath) / name
-                found[str(full.relative_to(self.root))] = full.read_bytes()
-        return found
 
 
 def populate(tree: RegistryTree, images: int, seed: int = 0, max_layer: int = 4096) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from boto3.s3.transfer import TransferConfig
 
 from migrator.direct_put import direct_put
-from migrator.errors import Refused
+from migrator.errors import DeleteFailed, Refused
 from migrator.failpoints import failpoint
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, is_uploads
@@ -45,6 +47,30 @@ def s3_extra_args(storage: dict) -> dict:
     return extra
 
 
+class ByteBudget:
+    """Bytes of file content held in memory by uploads at once, like s3transfer's memory limits: a file waits
+    until its bytes fit; one larger than the whole budget waits until nothing else is held."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.limit)
+            self.held += size
+            self.peak = max(self.peak, self.held)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= size
+                self._changed.notify_all()
+
+
 class Transfer:
     """Copies source files to the bucket and deletes keys, on ``workers`` threads."""
 
@@ -59,6 +85,7 @@ class Transfer:
             use_threads=False,
         )
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
+        self.memory = ByteBudget(settings.max_memory_mb * MB)  # small files are read whole to be sent in one request
         # adaptive retries rate-limit on the client: every request must go through it
         self.direct = None if settings.retry_mode == "adaptive" else direct_put(
             bucket.client, bucket.settings.name, bucket.credentials, extra_args)
@@ -77,15 +104,16 @@ class Transfer:
         blob = is_blob_data(src.rel)
         proof = None
         if src.size < self.threshold:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            etag = self.put(key, data)
-            failpoint("uploaded")
-            size, md5 = len(data), None if blob else md5_of(data)
-            if prove:
-                sent = md5 or md5_of(data)
-                if etag.strip('"') == sent:
-                    proof = (src.rel, size, sent)
+            with self.memory.hold(src.size):
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                etag = self.put(key, data)
+                failpoint("uploaded")
+                size, md5 = len(data), None if blob else md5_of(data)
+                if prove:
+                    sent = md5 or md5_of(data)
+                    if etag.strip('"') == sent:  # a KMS ETag is no MD5: the window's check then reads the object
+                        proof = (src.rel, size, sent)
         else:
             md5 = None if blob else _file_md5(path)
             self.bucket.client.upload_file(
@@ -122,10 +150,7 @@ class Transfer:
             deleted += [self.bucket.rel(item["Key"]) for item in response.get("Deleted") or ()]
             errors = response.get("Errors") or []
             if errors:
-                first = errors[0]
-                raise RuntimeError(
-                    f"{len(errors)} deletes failed, first {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
-                )
+                raise DeleteFailed(self.bucket.settings.name, errors)
         return deleted
 
     def close(self) -> None:

@@ -37,6 +37,8 @@ class VerifyResult:
     extra_keys: list = field(default_factory=list)
     mismatched_keys: list = field(default_factory=list)
     deep_failed_keys: list = field(default_factory=list)
+    journal_mismatched_keys: list = field(default_factory=list)
+    in_flight_keys: list = field(default_factory=list)  # every one: the window must re-check each of them
 
     @property
     def ok(self) -> bool:
@@ -48,11 +50,14 @@ class VerifyResult:
         for name in ("source_objects", "bucket_objects", "missing", "extra", "mismatched", "deep_checked", "deep_failed",
                      "in_flight", "journal_mismatched"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("missing_keys", "extra_keys", "mismatched_keys", "deep_failed_keys"):
+        for name in ("missing_keys", "extra_keys", "mismatched_keys", "deep_failed_keys", "journal_mismatched_keys"):
             setattr(self, name, (getattr(self, name) + getattr(other, name))[:FIRST_KEYS])
+        self.in_flight_keys.extend(other.in_flight_keys)
 
     def to_json(self) -> dict:
-        return asdict(self) | {"ok": self.ok}
+        data = asdict(self)
+        data["in_flight_keys"] = self.in_flight_keys[:FIRST_KEYS]
+        return data | {"ok": self.ok}
 
 
 def _note(result: VerifyResult, kind: str, key: str) -> None:
@@ -118,6 +123,7 @@ class Verifier:
                 continue
             if self._in_flight(src, obj, known):
                 result.in_flight += 1
+                result.in_flight_keys.append((src or obj).rel)
             else:
                 _note(result, kind, (src or obj).rel)
         return result
@@ -161,11 +167,7 @@ class Verifier:
             local = md5_of(read_bytes(self.source, src.rel))
         except FileNotFoundError:
             return False
-        remote = obj.md5
-        if remote is None:  # multipart or KMS ETag: fetch the bytes
-            body = self.bucket.client.get_object(Bucket=self.bucket.settings.name, Key=self.bucket.key(obj.rel))["Body"]
-            remote = md5_of(body.read())
-        return local == remote
+        return local == self.bucket.content_md5(obj.rel, obj.etag)  # a multipart or KMS ETag: the bytes are read
 
     def _deep_or_sample(self, rel: str, result: VerifyResult) -> None:
         """Every blob is checked as it is listed; a sample is kept (N lowest random priorities) for later."""

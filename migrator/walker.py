@@ -1,14 +1,26 @@
-"""Walk one shard of the source tree as a stream of files in key order, skipping ``_uploads``."""
+"""Walk one shard of the source tree as a stream of files in key order, skipping ``_uploads``.
+
+Symbolic links are followed, as the registry's filesystem driver follows them (and ``aws s3 sync`` does): a
+repository directory or a blob's ``data`` that is a link is copied as what it points to, wherever that is.
+What is reached through a link is flagged ``via_link``: its directory is never sealed, and the change feed
+(which reports a write under the target's own path) cannot vouch for it. A link to a directory that contains
+it (a loop) stops the walk with ``SymlinkLoop`` naming the link; a link to nothing is reported and skipped,
+as the registry cannot serve it either.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
 from pathlib import Path
 from typing import Iterator, NamedTuple, Union
 
-from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir
+from migrator.errors import StoppedSafely
+from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir, is_uploads
+
+log = logging.getLogger(__name__)
 
 RACY_NS = 3_000_000_000  # a stat this close to when it was taken is not trusted later (git's "racy" rule)
 
@@ -22,6 +34,11 @@ class SourceFile(NamedTuple):
     ctime_ns: int
     ino: int
     seen_ns: int  # wall clock just before the stat: what a later stat is compared against
+    via_link: bool = False  # reached through a symbolic link (the file itself or a directory above it)
+
+
+class SymlinkLoop(StoppedSafely):
+    """A link to a directory that contains it: the walk would never end."""
 
 
 def _sorted_entries(directory: str) -> list[tuple[str, os.DirEntry]]:
@@ -31,7 +48,7 @@ def _sorted_entries(directory: str) -> list[tuple[str, os.DirEntry]]:
     """
     try:
         with os.scandir(directory) as it:
-            entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it]
+            entries = [(e.name + "/" if e.is_dir() else e.name, e) for e in it]
     except (FileNotFoundError, NotADirectoryError):
         return []
     if len(entries) > 1:  # most registry directories hold a single entry
@@ -56,16 +73,19 @@ class DigestDir(NamedTuple):
     stat: tuple[int, int, int]  # (mtime_ns, ctime_ns, inode)
     seen_ns: int
     nlink: int  # 2 when it has no subdirectory (a change in one would not show in its own stat)
+    via_link: bool = False  # reached through a symbolic link: its own stat cannot vouch for what it points to
+    real: str = ""  # its real path, for the loop guard of links inside it
 
     @property
     def sealable(self) -> bool:
-        """Its stat can vouch for its files: no subdirectory (filesystems that do not count them never seal)
-        and not changed too close to when it was stat'ed (a change in that clock tick could leave it as it was)."""
-        return self.nlink == 2 and max(self.stat[0], self.stat[1]) < self.seen_ns - RACY_NS
+        """Its stat can vouch for its files: not reached through a link, no subdirectory (filesystems that do not
+        count them never seal) and not changed too close to when it was stat'ed (a change in that clock tick
+        could leave it as it was)."""
+        return not self.via_link and self.nlink == 2 and max(self.stat[0], self.stat[1]) < self.seen_ns - RACY_NS
 
     def files(self) -> Iterator[SourceFile]:
         """Its files in key order."""
-        return _walk(self.path, self.rel, "", (), digest_dirs=False)
+        return _walk(self.path, self.rel, "", (), False, self.via_link, [self.real])
 
 
 def walk_shard(source: Path, shard: Shard, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
@@ -76,33 +96,54 @@ def walk_shard(source: Path, shard: Shard, digest_dirs: bool = False) -> Iterato
     """
     base_rel, _, name_start = shard.prefix.rpartition("/")
     base_rel += "/"
-    return _walk(os.path.join(str(source), base_rel), base_rel, name_start, shard.excludes, digest_dirs)
+    path = os.path.join(str(source), base_rel)
+    real = os.path.realpath(path)
+    via_link = real != os.path.join(os.path.realpath(source), base_rel).rstrip("/")  # e.g. blobs/ itself a link
+    return _walk(path, base_rel, name_start, shard.excludes, digest_dirs, via_link, [real])
 
 
 def walk_path(source: Path, rel: str, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
     """Like ``walk_shard`` for one path: the file itself, or everything under it if it is a directory."""
     path = os.path.join(str(source), rel)
+    if is_uploads(rel):
+        return iter(())
     seen_ns = time.time_ns()
     try:
-        st = os.lstat(path)
+        st = os.stat(path)
     except FileNotFoundError:
         return iter(())
+    via_link = os.path.realpath(path) != os.path.join(os.path.realpath(source), rel)
     if stat.S_ISDIR(st.st_mode):
-        return _walk(path, rel + "/", "", (), digest_dirs)
+        return _walk(path, rel + "/", "", (), digest_dirs, via_link, [os.path.realpath(path)])
     if stat.S_ISREG(st.st_mode):
-        return iter([SourceFile(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, seen_ns)])
+        return iter([SourceFile(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, seen_ns, via_link)])
     return iter(())
 
 
-def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...],
-          digest_dirs: bool) -> Iterator[Union[SourceFile, DigestDir]]:
+def _enter_link(entry: os.DirEntry, rel: str, reals: list[str]) -> str:
+    """The real path of a linked directory about to be walked; a loop (it contains a directory on the walk's
+    path) stops the run, naming the link."""
+    target = os.path.realpath(entry.path)
+    if any(real == target or real.startswith(target + "/") for real in reals):
+        raise SymlinkLoop(f"{entry.path} is a symbolic link to {target}, which contains it: the tree would never end. "
+                          f"Replace the link at {rel} with the directory it should hold, then re-run")
+    return target
+
+
+def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...], digest_dirs: bool,
+          via_link: bool, reals: list[str]) -> Iterator[Union[SourceFile, DigestDir]]:
+    """Depth-first in key order. ``reals`` holds the real path of each directory on the walk's path (for the loop
+    guard); ``via_link`` says whether the directory being walked was reached through a link."""
     stack = [iter(_sorted_entries(path))]
     rels = [base_rel]
+    linked = [via_link]
     while stack:
         pair = next(stack[-1], None)
         if pair is None:
             stack.pop()
             rels.pop()
+            linked.pop()
+            reals.pop()
             continue
         sort_name, entry = pair
         rel = rels[-1] + sort_name
@@ -110,28 +151,36 @@ def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...],
             continue
         if rel.startswith(excludes):
             continue
+        is_link = entry.is_symlink()
         if sort_name.endswith("/"):
-            if entry.name == UPLOADS_DIR:
+            if entry.name == UPLOADS_DIR and is_uploads(rel):
                 continue
+            real = _enter_link(entry, rel, reals) if is_link else f"{reals[-1]}/{entry.name}"
+            inside_link = linked[-1] or is_link
             if digest_dirs and len(sort_name) == 65 and is_digest_dir(rel):
                 seen_ns = time.time_ns()
                 try:
                     st = os.stat(entry.path)
                 except FileNotFoundError:
                     continue
-                yield DigestDir(rel, entry.path, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino), seen_ns, st.st_nlink)
+                yield DigestDir(rel, entry.path, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino), seen_ns, st.st_nlink,
+                                inside_link, real)
                 continue
             stack.append(iter(_sorted_entries(entry.path)))
             rels.append(rel)
+            linked.append(inside_link)
+            reals.append(real)
             continue
-        if not entry.is_file(follow_symlinks=False):
+        if not entry.is_file():
+            if is_link and not os.path.exists(entry.path):
+                log.warning("%s is a symbolic link to nothing: skipped (the registry cannot serve it either)", entry.path)
             continue
         seen_ns = time.time_ns()
         try:
-            st = entry.stat(follow_symlinks=False)
+            st = entry.stat()
         except FileNotFoundError:
             continue  # removed while we walked: it is simply not part of this pass
-        yield SourceFile(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, seen_ns)
+        yield SourceFile(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, seen_ns, linked[-1] or is_link)
 
 
 def read_bytes(source: Path, rel: str) -> bytes:

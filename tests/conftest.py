@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +30,15 @@ def aws_env(monkeypatch):
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
     server = MotoServer(logfile=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kms_moto_server(tmp_path_factory):
+    """A moto_server whose SSE-KMS objects have ETags that are not MD5s (tests/kms_moto.py), as on AWS."""
+    command = [sys.executable, str(Path(__file__).with_name("kms_moto.py"))]
+    server = MotoServer(logfile=tmp_path_factory.mktemp("kms-moto") / "moto.log", command=command).start()
     yield server
     server.stop()
 
@@ -68,6 +79,23 @@ def make_plan(tmp_path, moto_server, bucket):
         return path
 
     return make
+
+
+UPLOADS = re.compile(r"^docker/registry/v2/repositories/(?:[^_/][^/]*/)+_uploads(?:/|$)")
+
+
+def source_files(root: Path) -> dict[str, bytes]:
+    """The test oracle for what the bucket must hold: every file under ``docker/``, links followed as the registry
+    follows them, only ``repositories/<name>/_uploads/`` left out. Deliberately plain ``os.walk`` and its own
+    ``_uploads`` rule, sharing nothing with the walker or the layout module under test."""
+    found = {}
+    for dirpath, _, filenames in os.walk(Path(root) / "docker", followlinks=True):
+        for name in filenames:
+            full = Path(dirpath) / name
+            rel = str(full.relative_to(root))
+            if not UPLOADS.match(rel) and full.is_file():
+                found[rel] = full.read_bytes()
+    return found
 
 
 def bucket_contents(s3, bucket: str, prefix: str = "") -> dict[str, bytes]:

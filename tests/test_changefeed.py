@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-from conftest import bucket_contents
+from conftest import bucket_contents, source_files
 
 from migrator import changefeed
 from migrator.changefeed import ChangeFeed, PassTracker
@@ -23,7 +23,7 @@ def changed(feed: ChangeFeed, generation: int) -> set[str]:
 
 
 def test_the_feed_reports_every_way_the_registry_changes_files(tree):
-    files = tree.files()
+    files = source_files(tree.root)
     tag_link = next(p for p in files if p.endswith("current/link"))
     other = next(p for p in files if "/revisions/" in p and files[p] != files[tag_link])
     tag = tag_link.rsplit("/", 2)[0]
@@ -91,7 +91,7 @@ def window(plan_path, churn, blind=False):
 def test_the_window_syncs_only_what_the_feed_saw_and_leaves_the_bucket_equal_to_the_source(tree, make_plan, s3,
                                                                                            bucket):
     plan = make_plan(tree.root, sync={"workers": 4, "shard_workers": 4, "max_delete_fraction": 0.5})
-    files = tree.files()
+    files = source_files(tree.root)
     links = [p for p in files if p.endswith("current/link")]
     revisions = [p for p in files if "/revisions/" in p]
 
@@ -108,15 +108,15 @@ def test_the_window_syncs_only_what_the_feed_saw_and_leaves_the_bucket_equal_to_
     final_pass, result, verification = window(plan, (before_last_pass, after_last_pass))
     assert final_pass["method"] == "change feed (fanotify)"
     assert 0 < final_pass["paths"] < 20
-    assert bucket_contents(s3, bucket) == tree.files()
-    assert result.source_objects == len(tree.files()) == verification["source_objects"]
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+    assert result.source_objects == len(source_files(tree.root)) == verification["source_objects"]
     assert links[0] in result.delete_candidates
     assert result.reasons["content differs"] == 1
 
 
 def test_a_change_the_feed_missed_makes_the_window_walk_everything(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
-    link = next(p for p in tree.files() if p.endswith("current/link"))
+    link = next(p for p in source_files(tree.root) if p.endswith("current/link"))
 
     def before_last_pass():
         tree.image("library/unseen", "v1", [b"a write the feed did not report"])
@@ -127,7 +127,7 @@ def test_a_change_the_feed_missed_makes_the_window_walk_everything(tree, make_pl
     final_pass, result, _ = window(plan, (before_last_pass, after_last_pass), blind=True)
     assert final_pass["method"] == "full walk"
     assert "did not report a change the walk found (docker/registry/v2/" in final_pass["why"]
-    assert bucket_contents(s3, bucket) == tree.files()
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
     assert link in result.delete_candidates
 
 
@@ -135,4 +135,4 @@ def test_the_feed_can_be_turned_off(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root, sync={"change_feed": False})
     final_pass, _, _ = window(plan, (lambda: None, lambda: tree.image("library/late", "v1", [b"late"])))
     assert final_pass == {"method": "full walk", "why": "sync.change_feed is false"}
-    assert bucket_contents(s3, bucket) == tree.files()
+    assert bucket_contents(s3, bucket) == source_files(tree.root)

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import bucket_contents, listing, run_cli
+from conftest import bucket_contents, listing, run_cli, source_files
 
 from migrator.errors import Refused
 from migrator.pipeline import migration
@@ -39,7 +39,7 @@ def test_initial_sync_copies_everything_but_uploads(tree, make_plan, s3, bucket)
     result = run_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     copied = bucket_contents(s3, bucket, "registry/")
-    assert copied == tree.files()
+    assert copied == source_files(tree.root)
     assert not [k for k in copied if "_uploads" in k]
     assert not [k for k in listing(s3, bucket) if k.endswith("/")]  # no directory markers
 
@@ -47,19 +47,20 @@ def test_initial_sync_copies_everything_but_uploads(tree, make_plan, s3, bucket)
 def test_unchanged_tree_second_pass_makes_no_requests(tree, make_plan):
     plan = make_plan(tree.root)
     first, first_requests = one_pass(plan)
-    assert first.uploaded_objects == len(tree.files()) and first_requests > first.uploaded_objects
+    assert first.uploaded_objects == len(source_files(tree.root)) and first_requests > first.uploaded_objects
     age_journal(plan)
     second, second_requests = one_pass(plan)
     assert (second.uploaded_objects, second_requests, second.refreshed) == (0, 0, 0)
-    assert second.source_objects == len(tree.files())
+    assert second.source_objects == len(source_files(tree.root))
 
 
 def test_same_size_link_rewrite_is_caught_even_with_the_old_mtime(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
     one_pass(plan)
     age_journal(plan)
-    link = next(p for p in tree.files() if p.endswith("current/link"))
-    other = next(p for p in tree.files() if "/revisions/" in p and tree.files()[p] != tree.files()[link])
+    files = source_files(tree.root)
+    link = next(p for p in files if p.endswith("current/link"))
+    other = next(p for p in files if "/revisions/" in p and files[p] != files[link])
     before = os.stat(tree.path(link))
     tree.link(link, tree.path(other).read_text())  # truncate + write in place: 71 bytes either way
     os.utime(tree.path(link), ns=(before.st_atime_ns, before.st_mtime_ns))  # even the mtime is back
@@ -72,8 +73,9 @@ def test_same_size_link_rewrite_is_caught_even_with_the_old_mtime(tree, make_pla
 def test_link_rewritten_within_the_same_tick_is_caught(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
     one_pass(plan)  # no ageing: the recorded stat is racy, so content is compared
-    link = next(p for p in tree.files() if p.endswith("current/link"))
-    other = next(p for p in tree.files() if "/revisions/" in p and tree.files()[p] != tree.files()[link])
+    files = source_files(tree.root)
+    link = next(p for p in files if p.endswith("current/link"))
+    other = next(p for p in files if "/revisions/" in p and files[p] != files[link])
     tree.link(link, tree.path(other).read_text())
     result, _ = one_pass(plan)
     assert result.uploaded_objects == 1
@@ -101,7 +103,7 @@ def test_blob_renamed_into_place_with_an_old_mtime_is_copied(tree, make_plan, s3
 
 
 def test_first_pass_reuses_an_earlier_copy_and_catches_its_tampered_link(tree, make_plan, s3, bucket):
-    files = tree.files()
+    files = source_files(tree.root)
     for rel, data in files.items():  # what an earlier 'aws s3 sync' left
         s3.put_object(Bucket=bucket, Key=rel, Body=data)
     link = next(p for p in files if p.endswith("current/link"))
@@ -124,7 +126,7 @@ def test_delete_refused_when_the_source_walk_finds_nothing(tmp_path, tree, make_
 def test_mass_delete_refused_then_allowed(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
     assert run_cli("sync", plan).returncode == 0
-    links = [p for p in tree.files() if p.endswith("/link")]
+    links = [p for p in source_files(tree.root) if p.endswith("/link")]
     for rel in links[: len(links) // 3]:
         os.remove(tree.path(rel))
     before = listing(s3, bucket)
@@ -135,7 +137,7 @@ def test_mass_delete_refused_then_allowed(tree, make_plan, s3, bucket):
     assert report.returncode == 0 and "would refuse" in report.stdout
     allowed = run_cli("run", "--yes", "--allow-mass-delete", plan)
     assert allowed.returncode == 0, allowed.stderr
-    assert bucket_contents(s3, bucket) == tree.files()
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
 def test_deletes_never_touch_uploads_or_keys_outside_docker(tree, make_plan, s3, bucket):
@@ -145,13 +147,13 @@ def test_deletes_never_touch_uploads_or_keys_outside_docker(tree, make_plan, s3,
                "reg/docker/registry/v2/repositories/app0/service0/_uploads/abc/data"]
     for key in outside:
         s3.put_object(Bucket=bucket, Key=key, Body=b"keep me")
-    os.remove(tree.path(next(p for p in tree.files() if p.endswith("current/link"))))
+    os.remove(tree.path(next(p for p in source_files(tree.root) if p.endswith("current/link"))))
     result = run_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     remaining = listing(s3, bucket)
     assert all(key in remaining for key in outside)
     copied = bucket_contents(s3, bucket, "reg/")
-    assert {k: v for k, v in copied.items() if k.startswith("docker/") and "_uploads" not in k} == tree.files()
+    assert {k: v for k, v in copied.items() if k.startswith("docker/") and "_uploads" not in k} == source_files(tree.root)
 
 
 def test_delete_guard_refuses_keys_outside_docker(tree, make_plan):
@@ -182,7 +184,7 @@ def test_killed_passes_resume_to_a_byte_identical_bucket(tmp_path, make_plan, s3
     assert run_cli("sync", plan).returncode == 0
     assert kills >= 1, f"seed {seed}: no pass was killed mid-way"
     assert run_cli("verify", plan).returncode == 0, f"seed {seed}"
-    assert bucket_contents(s3, bucket) == tree.files(), f"seed {seed}"
+    assert bucket_contents(s3, bucket) == source_files(tree.root), f"seed {seed}"
 
 
 def test_canary_left_by_a_killed_preflight_is_swept(tree, make_plan, s3, bucket):
@@ -197,9 +199,9 @@ def test_window_changes_are_proven_by_the_buckets_own_answers(tree, make_plan, m
 
     plan = make_plan(tree.root)
     real_final_sync = Migration.final_sync_and_delete
-    files = sorted(tree.files())
+    files = sorted(source_files(tree.root))
     link = next(p for p in files if p.endswith("current/link"))
-    other = next(p for p in files if "/revisions/" in p and tree.files()[p] != tree.files()[link])
+    other = next(p for p in files if "/revisions/" in p and source_files(tree.root)[p] != source_files(tree.root)[link])
 
     def changes_just_before_the_flip(self):
         tree.link(link, tree.path(other).read_text())  # tag move in place
@@ -213,7 +215,7 @@ def test_window_changes_are_proven_by_the_buckets_own_answers(tree, make_plan, m
     phases = {p["name"]: p for p in report["phases"]}
     assert phases["final_sync"]["uploaded_objects"] >= 5 and phases["final_sync"]["deleted_objects"] == 1
     assert phases["verify_window"]["s3_requests"] == 0
-    assert report["verification"]["source_objects"] == report["verification"]["bucket_objects"] == len(tree.files())
+    assert report["verification"]["source_objects"] == report["verification"]["bucket_objects"] == len(source_files(tree.root))
 
 
 def sealed_rows(plan_path) -> int:
@@ -240,7 +242,7 @@ def test_sealed_digest_directories_are_not_listed_yet_every_change_inside_is_cau
     plan = make_plan(tree.root)
     one_pass(plan)
     age_journal(plan)
-    files = tree.files()
+    files = source_files(tree.root)
     digest_files = [rel for rel in files if "/sha256/" in rel]
     odd = tree.path(digest_files[0]).parent / "unexpected"  # not the registry's layout: its stat could not vouch
     odd.mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import listing, run_cli
+from conftest import listing, run_cli, source_files
 
 
 @pytest.fixture
@@ -26,14 +26,14 @@ def test_clean_bucket_verifies_and_uploads_are_not_counted(synced, tree, s3, buc
     before = listing(s3, bucket)
     result, report = verify_json(synced, tmp_path, "--deep")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert report["source_objects"] == report["bucket_objects"] == len(tree.files())
-    assert report["deep_checked"] == sum(1 for rel in tree.files() if rel.endswith("/data"))
+    assert report["source_objects"] == report["bucket_objects"] == len(source_files(tree.root))
+    assert report["deep_checked"] == sum(1 for rel in source_files(tree.root) if rel.endswith("/data"))
     assert (report["missing"], report["extra"], report["mismatched"], report["ok"]) == (0, 0, 0, True)
     assert listing(s3, bucket) == before  # verify changes nothing
 
 
 def test_tampered_link_same_size_other_bytes_exits_1(synced, tree, s3, bucket, tmp_path):
-    link = next(p for p in tree.files() if p.endswith("current/link"))
+    link = next(p for p in source_files(tree.root) if p.endswith("current/link"))
     s3.put_object(Bucket=bucket, Key=f"reg/{link}", Body=b"sha256:" + b"f" * 64)
     result, report = verify_json(synced, tmp_path)
     assert result.returncode == 1
@@ -41,7 +41,7 @@ def test_tampered_link_same_size_other_bytes_exits_1(synced, tree, s3, bucket, t
 
 
 def test_missing_object_exits_1(synced, tree, s3, bucket, tmp_path):
-    victim = sorted(tree.files())[3]
+    victim = sorted(source_files(tree.root))[3]
     s3.delete_object(Bucket=bucket, Key=f"reg/{victim}")
     result, report = verify_json(synced, tmp_path)
     assert result.returncode == 1
@@ -57,8 +57,8 @@ def test_extra_object_exits_1(synced, s3, bucket, tmp_path):
 
 
 def test_deep_catches_a_blob_whose_bytes_do_not_match_its_digest(synced, tree, s3, bucket, tmp_path):
-    blob = next(p for p in sorted(tree.files()) if p.endswith("/data"))
-    size = len(tree.files()[blob])
+    blob = next(p for p in sorted(source_files(tree.root)) if p.endswith("/data"))
+    size = len(source_files(tree.root)[blob])
     s3.put_object(Bucket=bucket, Key=f"reg/{blob}", Body=b"\0" * size)  # same size: only the digest tells
     shallow, _ = verify_json(synced, tmp_path)
     assert shallow.returncode == 0  # blobs are compared by size without --deep
