@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from migrator.march import md5_of
 from migrator.registry_http import RegistryClient
-from migrator.s3 import BUCKET_ERRORS, Bucket
+from migrator.s3 import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,16 @@ class ImageGraph:
         for repository, (tags, manifests, layers) in sorted(changed.items()):
             self.add_repository(repository, sorted(tags), sorted(manifests), sorted(layers))
 
+    def add_every_tag_link(self) -> None:
+        """Every tag's ``current/link`` as the frozen source holds it (not what it names): the cheap check, in the
+        window, that no tag move escaped the final pass (the change feed or the walk) that found the window's changes."""
+        for repository in self.repositories():
+            for tag in self._listdir(repository_rel(repository) + "_manifests/tags"):
+                rel = f"{repository_rel(repository)}_manifests/tags/{tag}/current/link"
+                digest = self._link(rel)
+                if digest is not None:
+                    self.db.execute("INSERT OR IGNORE INTO needs VALUES (?, ?, ?)", (rel, len(digest), digest))
+
     def sample_tags(self, size: int, seed: int) -> list[tuple[str, str, str]]:
         """A seeded random sample of every tag of the source (reservoir sampling: one pass, bounded memory)."""
         rng = random.Random(seed)
@@ -290,15 +300,9 @@ class ImageGraph:
                 self.result.answered += 1
                 continue
             self.result.heads += 1
-            try:
-                head = bucket.client.head_object(Bucket=bucket.settings.name, Key=bucket.key(rel))
-            except BUCKET_ERRORS as exc:
-                if getattr(exc, "response", {}).get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                    raise
-                head = None
-            if head is not None and head["ContentLength"] == size and (content is None or bucket.content_md5(
-                    rel, head.get("ETag", ""), head.get("ServerSideEncryption", ""),
-                    "SSECustomerAlgorithm" in head) == md5_of(content.encode())):
+            head = bucket.head(rel)
+            if head is not None and head["ContentLength"] == size and (
+                    content is None or bucket.head_md5(rel, head) == md5_of(content.encode())):
                 continue
             self._missing(rel, None)
         return self.result

@@ -333,13 +333,14 @@ class Migration:
 
     def check_images(self, online: bool = False, window: bool = False) -> ImageResult:
         """The image-level proof against the bucket: every image (the bucket's listing; ``online``: changes since
-        the last pass are in flight), or inside the window the tags, manifests and layers the window changed
-        (HEAD). Recorded in the state for the report."""
+        the last pass are in flight), or inside the window the tags, manifests and layers the window changed and
+        every tag's link, against the bucket's answers (HEAD where it gave none). Recorded in the state."""
         graph = ImageGraph(self.plan.source, self.plan.state_dir / "images.sqlite")
         try:
             if window:
                 changes = {rel: proof for rel, _, proof in self.journal.window_changes()}
                 graph.add_window_changes(changes)
+                graph.add_every_tag_link()
                 result = graph.check_answers(self.bucket, lambda rel: self.bucket_answer(rel, changes))
             else:
                 graph.add_everything()
@@ -480,18 +481,10 @@ class Migration:
                             f"but the frozen source has {source_count} files (excluding _uploads)")
         return problems[:20]
 
-    def head(self, rel: str) -> Optional[dict]:
-        try:
-            return self.bucket.client.head_object(Bucket=self.plan.bucket.name, Key=self.bucket.key(rel))
-        except BUCKET_ERRORS as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-
     def bucket_differs(self, rel: str, path: Path, in_source: bool) -> Optional[str]:
         """What differs between the bucket's object (HEAD; its content read when the ETag is no MD5) and the frozen
         source file, or None."""
-        head = self.head(rel)
+        head = self.bucket.head(rel)
         if not in_source:
             return None if head is None else f"{rel} is still in the bucket but gone from the source"
         if head is None:
@@ -501,8 +494,7 @@ class Migration:
             return f"{rel} has size {head['ContentLength']} in the bucket, {size} in the source"
         if is_blob_data(rel):
             return None
-        held = self.bucket.content_md5(rel, head.get("ETag", ""), head.get("ServerSideEncryption", ""),
-                                       "SSECustomerAlgorithm" in head)
+        held = self.bucket.head_md5(rel, head)
         return None if held == md5_of(path.read_bytes()) else f"{rel} has other content in the bucket"
 
     def cutover(self) -> None:
@@ -574,6 +566,9 @@ class Migration:
 
     def apply(self, target: TargetState, on_failure: str) -> None:
         """Write the config for ``target`` (atomic), restart, wait for health, check the effective config."""
+        if target.s3 is not None and not self.state.s3_config_written:
+            self.state.s3_config_written = True
+            self.store.save(self.state)
         self.config.write(self.config.render(target))
         failpoint("config-written")
         problem = self.restart()
@@ -631,13 +626,16 @@ class Migration:
         the state keeps what ``status`` and ``rollback`` need (read-only since when, why)."""
         self.config.write(self.config.original_text())
         problem = self.restart()
+        status = self.registry.write_probe(PROBE_REPOSITORY) if self.registry.health() in (200, 401) else None
         if problem is None:
-            status = self.registry.write_probe(PROBE_REPOSITORY)
             if status == 401:
                 log.warning("WRITE PROBE COULD NOT PROVE THE REGISTRY TAKES WRITES AGAIN: HTTP 401. Set "
                             "MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
             elif status != 202:
                 problem = f"a write probe still gets HTTP {status}, not 202"
+        elif status == 202 and not self.state.s3_config_written:
+            log.warning("%s; but the registry answers writes: it kept running its original (filesystem) config", problem)
+            problem = None
         if problem is None:
             self.reset_to_online()
             return
@@ -682,6 +680,7 @@ class Migration:
         """The registry is proven back on the filesystem, read-write: what the window proved no longer holds."""
         self.journal.close_window()
         self.state.restore_problem = None
+        self.state.s3_config_written = False
         self.state.images = {}
         self.state.done = [p for p in self.state.done if p == "initial_sync"]
         self.state.readonly_on_at = None

@@ -89,6 +89,20 @@ class Bucket:
             return etag if self.etags_are_md5 else None
         return None if encryption.startswith("aws:kms") else etag
 
+    def head(self, rel: str) -> Optional[dict]:
+        """HeadObject's answer, or None when the key is not there."""
+        try:
+            return self.client.head_object(Bucket=self.settings.name, Key=self.key(rel))
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def head_md5(self, rel: str, head: dict) -> str:
+        """The MD5 of the object a HEAD described: its ETag when that is one, else its bytes read."""
+        return self.content_md5(rel, head.get("ETag", ""), head.get("ServerSideEncryption", ""),
+                                "SSECustomerAlgorithm" in head)
+
     def content_md5(self, rel: str, etag: str, encryption: Optional[str] = None, customer_key: bool = False) -> str:
         """The MD5 of what the bucket holds at ``rel``: from the ETag when it is one, else by reading the object."""
         known = self.etag_md5(etag, encryption, customer_key)

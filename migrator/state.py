@@ -36,6 +36,7 @@ class RunState:
     outcome: Optional[str] = None
     images: dict = field(default_factory=dict)  # the image-level proofs: "all" (online), "window", "through_registry"
     image_sample_seed: int = field(default_factory=lambda: random.randrange(2**31))  # kept across a resume
+    s3_config_written: bool = False  # a config pointing the registry at the bucket was written since the last restore
     restore_problem: Optional[str] = None  # the original config was written back but not proven to take writes
 
     def is_done(self, phase: str) -> bool:

@@ -280,3 +280,24 @@ def test_sse_kms_etags_are_not_taken_for_md5s(tree, tmp_path, kms_moto_server, m
     s3.put_object(Bucket=bucket, Key=tag, Body=files[tag][:7] + b"0" * 64)  # same size, other content
     tampered = run_cli("verify", plan)
     assert tampered.returncode == 1 and f"mismatched: {tag}" in tampered.stdout
+
+
+def test_a_tag_move_the_final_pass_missed_is_caught_by_the_image_graph(tree, make_plan, s3, bucket, monkeypatch):
+    """The window's count comes from the final pass's own findings; the graph reads every tag of the frozen source."""
+    from migrator.changefeed import PassTracker
+
+    files = source_files(tree.root)
+    tag = next(rel for rel in files if rel.endswith("current/link"))
+    other = next(rel for rel in files if "/revisions/" in rel and files[rel] != files[tag])
+    real_final_paths = PassTracker.final_paths
+
+    def blind_feed(self):
+        tree.link(tag, files[other].decode())  # moved in place just before the flip...
+        paths = real_final_paths(self)
+        return None if paths is None else [path for path in paths if not tag.startswith(path)]  # ...and not reported
+
+    monkeypatch.setattr(PassTracker, "final_paths", blind_feed)
+    with migration(load_plan(make_plan(tree.root))) as job:
+        with pytest.raises(StoppedSafely, match="BUG: the image graph needs 1 objects .*" + tag):
+            job.run()
+        assert job.state.final_pass["method"] == "change feed (fanotify)"
