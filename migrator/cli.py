@@ -31,10 +31,33 @@ def human_bytes(count: float) -> str:
 
 
 class Context:
-    def __init__(self, quiet: bool, verbose: bool, log_file: Optional[str]):
-        self.quiet = quiet
-        self.verbose = verbose
-        self.log_file = Path(log_file) if log_file else None
+    """The global options, wherever they were typed: before or after the subcommand."""
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self.verbose = False
+        self.log_file: Optional[Path] = None
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value) -> None:
+    if value:
+        setattr(ctx.find_root().ensure_object(Context), param.name, Path(value) if param.name == "log_file" else value)
+
+
+_GLOBAL_OPTIONS = (
+    click.option("--quiet", is_flag=True, expose_value=False, callback=_set_global,
+                 help="No progress bars; warnings and errors only."),
+    click.option("--log-file", type=click.Path(dir_okay=False), expose_value=False, callback=_set_global,
+                 help="Log file (default: <state>/migrator.log)."),
+    click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_global, help="Debug output."),
+)
+
+
+def global_options(command: Callable) -> Callable:
+    """--quiet, --log-file and -v/--verbose: one set, on the group and on every subcommand."""
+    for option in reversed(_GLOBAL_OPTIONS):
+        command = option(command)
+    return command
 
 
 def _load(ctx: click.Context, plan_path: str) -> Plan:
@@ -76,13 +99,11 @@ def _write_json(path: Optional[str], data: dict) -> None:
 
 @click.group()
 @click.version_option(__version__)
-@click.option("--quiet", is_flag=True, help="No progress bars; warnings and errors only.")
-@click.option("--log-file", type=click.Path(dir_okay=False), help="Log file (default: <state>/migrator.log).")
-@click.option("-v", "--verbose", is_flag=True, help="Debug output.")
+@global_options
 @click.pass_context
-def main(ctx: click.Context, quiet: bool, log_file: Optional[str], verbose: bool) -> None:
+def main(ctx: click.Context) -> None:
     """Move a Docker Distribution / GitLab container registry from filesystem storage to S3 without downtime."""
-    ctx.obj = Context(quiet, verbose, log_file)
+    ctx.ensure_object(Context)
 
 
 def _confirm(question: str) -> bool:
@@ -98,6 +119,7 @@ def _progress(ctx: click.Context) -> BarProgress:
 
 
 @main.command()
+@global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask before the read-only flip.")
 @click.option("--dry-run", is_flag=True, help="Same as 'migrator report'.")
@@ -140,6 +162,7 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
 
 
 @main.command()
+@global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
 @click.option("--allow-mass-delete", is_flag=True, help="Report the delete guard as 'run --allow-mass-delete' would.")
@@ -171,6 +194,7 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
 
 
 @main.command()
+@global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.pass_context
 def sync(ctx: click.Context, plan_path: str) -> None:
@@ -193,6 +217,7 @@ def sync(ctx: click.Context, plan_path: str) -> None:
 
 
 @main.command()
+@global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--deep", is_flag=True, help="Check the sha256 of every blob in the bucket against its path.")
 @click.option("--sample", type=click.IntRange(min=1), help="--deep on N random blobs only.")
@@ -211,20 +236,26 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
             if images:
                 return _verify_images(job, json_path)
             result = job.verify(deep=deep, sample=sample)
+            graph = job.check_images()
         rows = [("source objects (excl. _uploads)", result.source_objects),
                 ("bucket objects (excl. _uploads)", result.bucket_objects),
                 ("missing from bucket", result.missing), ("extra in bucket", result.extra),
                 ("size or content mismatch", result.mismatched)]
         if deep or sample:
             rows += [("blobs re-hashed", result.deep_checked), ("blobs with wrong digest", result.deep_failed)]
+        rows += [("image tags / manifests / blobs", f"{graph.tags} / {graph.manifests} / {graph.blobs}"),
+                 ("image objects missing", graph.missing)]
         for label, value in rows:
             click.echo(f"{label:<34}{value:>12}")
         for kind in ("missing", "extra", "mismatched", "deep_failed"):
             for key in getattr(result, kind + "_keys")[:10]:
                 click.echo(f"  {kind}: {key}")
-        click.echo("OK: the bucket matches the source" if result.ok else "DIFFERENCES FOUND")
-        _write_json(json_path, result.to_json())
-        return EXIT_OK if result.ok else EXIT_DIFFERENCES
+        for key in graph.missing_keys[:10]:
+            click.echo(f"  image object missing: {key}")
+        ok = result.ok and graph.ok
+        click.echo("OK: the bucket matches the source" if ok else "DIFFERENCES FOUND")
+        _write_json(json_path, result.to_json() | {"images": graph.to_json(), "ok": ok})
+        return EXIT_OK if ok else EXIT_DIFFERENCES
 
     _guarded(work)
 
@@ -252,6 +283,7 @@ def _verify_images(job: Migration, json_path: Optional[str]) -> int:
 
 
 @main.command()
+@global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.pass_context
 def status(ctx: click.Context, plan_path: str) -> None:
@@ -285,6 +317,7 @@ def status(ctx: click.Context, plan_path: str) -> None:
 
 
 @main.command()
+@global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--force", is_flag=True, help="Roll back even though the registry wrote to the bucket since the cut-over.")

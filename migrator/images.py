@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import sqlite3
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -89,11 +90,12 @@ class ImageResult:
 class ImageGraph:
     """The objects pulling the source's images needs, kept sorted in a scratch sqlite file (bounded memory)."""
 
-    def __init__(self, source: Path, scratch: Path):
+    def __init__(self, source: Path, scratch_dir: Path):
         self.source = Path(source)
         self.root = os.path.join(self.source, V2, "repositories")
-        scratch.unlink(missing_ok=True)
-        self.db = sqlite3.connect(scratch, isolation_level=None)
+        handle, self.scratch = tempfile.mkstemp(prefix="images-", suffix=".sqlite", dir=scratch_dir)
+        os.close(handle)  # one file per check: a verify beside a run never shares it
+        self.db = sqlite3.connect(self.scratch, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("CREATE TABLE needs (rel TEXT PRIMARY KEY, size INTEGER, content TEXT) WITHOUT ROWID")
@@ -270,6 +272,7 @@ class ImageGraph:
 
     def close(self) -> None:
         self.db.close()
+        os.unlink(self.scratch)
 
     # --- checking the bucket ----------------------------------------------------------------
 

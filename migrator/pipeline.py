@@ -30,7 +30,7 @@ from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry
 from migrator.journal import Journal
-from migrator.layout import is_blob_data, is_uploads, outermost
+from migrator.layout import REPOSITORIES, is_blob_data, is_uploads, outermost
 from migrator.march import md5_of
 from migrator.plan import Plan
 from migrator.registry_config import (
@@ -311,6 +311,7 @@ class Migration:
             self.state.verification = verification_summary(result, "full listing (online)")
             if result.ok:
                 images = self.check_images(online=True)
+                self.record_images("all", images.to_json())
                 if not images.ok:
                     raise StoppedSafely(self.graph_bug(images) + ". Nothing was lost: the registry still serves from "
                                         "the filesystem")
@@ -334,8 +335,8 @@ class Migration:
     def check_images(self, online: bool = False, window: bool = False) -> ImageResult:
         """The image-level proof against the bucket: every image (the bucket's listing; ``online``: changes since
         the last pass are in flight), or inside the window the tags, manifests and layers the window changed and
-        every tag's link, against the bucket's answers (HEAD where it gave none). Recorded in the state."""
-        graph = ImageGraph(self.plan.source, self.plan.state_dir / "images.sqlite")
+        every tag's link, against the bucket's answers (HEAD where it gave none)."""
+        graph = ImageGraph(self.plan.source, self.plan.state_dir)
         try:
             if window:
                 changes = {rel: proof for rel, _, proof in self.journal.window_changes()}
@@ -349,8 +350,6 @@ class Migration:
             raise InvalidInput(f"image check failed: {explain(exc, self.plan.bucket.name)}") from None
         finally:
             graph.close()
-        self.state.images = self.state.images | {("window" if window else "all"): result.to_json()}
-        self.store.save(self.state)
         log.info("image check (%s): %d tags, %d manifests, %d blobs; %d missing, %d in flight, %d broken in the source",
                  "window" if window else "online" if online else "frozen source", result.tags, result.manifests,
                  result.blobs, result.missing, result.in_flight, result.source_broken)
@@ -368,6 +367,11 @@ class Migration:
         row = self.journal.row(rel)
         return (row.size, row.md5) if row is not None and row.confirmed and row.size >= 0 else None
 
+    def record_images(self, kind: str, figures: dict) -> None:
+        """Keep an image proof's figures for the report: ``all``, ``window`` or ``through_registry``."""
+        self.state.images = self.state.images | {kind: figures}
+        self.store.save(self.state)
+
     def graph_bug(self, result: ImageResult) -> str:
         """A key the image graph needs is not in the bucket though the key-by-key proof passed: a bug in that proof,
         said loudly rather than repaired quietly."""
@@ -379,7 +383,7 @@ class Migration:
         result = self.check_images()
         through = None
         if self.config is not None and storage_driver(self.config.effective_storage())[0] == "s3":
-            graph = ImageGraph(self.plan.source, self.plan.state_dir / "images.sqlite")
+            graph = ImageGraph(self.plan.source, self.plan.state_dir)
             try:
                 tags = graph.sample_tags(2**62, 0)
             finally:
@@ -447,7 +451,9 @@ class Migration:
         self.store.save(self.state)
         if problems:
             self.stop_safely("verification of the read-only window failed: " + "; ".join(problems))
-        images = self.check_images(window=not self.options.full_verify and self.state.online_verified_objects is not None)
+        window = not self.options.full_verify and self.state.online_verified_objects is not None
+        images = self.check_images(window=window)
+        self.record_images("window" if window else "all", images.to_json())
         if not images.ok:
             self.stop_safely(self.graph_bug(images))
 
@@ -503,8 +509,7 @@ class Migration:
         self.apply(self.target_s3(readonly=True), on_failure="rollback")
         tags = self.tags_to_pull()
         result = check_through_registry(self.registry, tags)
-        self.state.images = self.state.images | {"through_registry": result.to_json()}
-        self.store.save(self.state)
+        self.record_images("through_registry", result.to_json())
         log.info("asked the registry on s3: %d tags, %d manifests, %d blobs; %d failed", result.tags, result.manifests,
                  result.blobs, len(result.failed))
         if not tags:
@@ -515,7 +520,7 @@ class Migration:
 
     def tags_to_pull(self) -> list[tuple[str, str, str]]:
         """(repository, tag, digest): the tags the window changed, then a seeded random sample of all tags."""
-        graph = ImageGraph(self.plan.source, self.plan.state_dir / "images.sqlite")
+        graph = ImageGraph(self.plan.source, self.plan.state_dir)
         try:
             graph.add_window_changes(rel for rel, _, _ in self.journal.window_changes())
             tags = {(repository, tag): digest for repository, tag, digest in graph.tags}
@@ -534,6 +539,7 @@ class Migration:
         self.store.save(self.state)
         self.apply(self.target_s3(readonly=False), on_failure="rollback")
         self.prove_writes(expect=202)
+        self.sweep_probe_leftovers()
         self.state.readonly_off_at = now()
         self.store.save(self.state)
 
@@ -619,6 +625,19 @@ class Migration:
             self.restore_original(problem)
             raise StoppedSafely(f"{problem}; original config restored, the registry takes writes")
         self.stop_safely(f"write probe got HTTP {status}, not 202, after read-only off")
+
+    def sweep_probe_leftovers(self) -> None:
+        """Delete what the write probes left in the bucket: the registry's cancel of an upload on s3 keeps its hash
+        state under the probe repository's ``_uploads``. Only keys under that repository are touched."""
+        prefix = self.bucket.key(f"{REPOSITORIES}{PROBE_REPOSITORY}/")
+        paginator = self.bucket.client.get_paginator("list_objects_v2")
+        keys = [item["Key"] for page in paginator.paginate(Bucket=self.plan.bucket.name, Prefix=prefix)
+                for item in page.get("Contents", ())]
+        for start in range(0, len(keys), 1000):
+            self.bucket.client.delete_objects(Bucket=self.plan.bucket.name, Delete={
+                "Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True})
+        if keys:
+            log.info("removed %d objects the write probes left under %s", len(keys), prefix)
 
     def restore_original(self, why: str) -> None:
         """The original config (filesystem, as it was) back in place, restarted, and writes proven accepted; the

@@ -13,8 +13,8 @@ import time
 
 import pytest
 import yaml
-from conftest import bucket_contents
-from test_e2e import push_images, storage_of
+from conftest import UPLOADS, bucket_contents, source_files
+from test_e2e import assert_all_pull, push_images, storage_of
 
 from migrator.registry_http import RegistryClient, RegistryError
 
@@ -80,15 +80,9 @@ def test_crash_anywhere_then_resume(local_registry, s3, bucket):
     storage = storage_of(local_registry.config)
     assert "s3" in storage and not (storage.get("maintenance") or {}).get("readonly", {}).get("enabled"), seed
     assert (plan.parent / "plan.state/config-backup/config.yml").read_text() == original
-    source = {}
-    for path in local_registry.root.rglob("*"):
-        rel = str(path.relative_to(local_registry.root))
-        if path.is_file() and "/_uploads/" not in rel:
-            source[rel] = path.read_bytes()
-    copied = {k: v for k, v in bucket_contents(s3, bucket, "reg/").items() if "/_uploads/" not in k}
-    assert copied == source, f"seed {seed}: bucket differs from the source"
-    for (repository, tag), digest in pushed.items():
-        assert client.pull_image(repository, tag) == digest, f"seed {seed}: {repository}:{tag}"
+    copied = {k: v for k, v in bucket_contents(s3, bucket, "reg/").items() if not UPLOADS.match(k)}
+    assert copied == source_files(local_registry.root), f"seed {seed}: bucket differs from the source"
+    assert_all_pull(client, pushed)
     print(f"crash drill seed {seed}: {kills} kills: {log}")
 
 
