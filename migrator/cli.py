@@ -6,14 +6,19 @@ import datetime
 import json
 import logging
 import sys
+import textwrap
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import click
 
 from migrator import __version__
 from migrator.console import BarProgress, setup_logging
 from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorError
+from migrator.html_report import write_html
+from migrator.live import LiveStatus, read_live
 from migrator.pipeline import Migration, Options, migration
 from migrator.plan import Plan, load_plan
 from migrator.registry_config import is_readonly, open_config
@@ -118,6 +123,39 @@ def _progress(ctx: click.Context) -> BarProgress:
     return BarProgress(enabled=not ctx.obj.quiet)
 
 
+@contextmanager
+def _live(ctx: click.Context, plan: Plan) -> Iterator[LiveStatus]:
+    """Progress for a run that changes things: the terminal's bars, and live.json for 'status --watch'."""
+    live = LiveStatus(plan.state_dir, _progress(ctx))
+    logging.getLogger().addHandler(live.handler)
+    try:
+        yield live
+    finally:
+        logging.getLogger().removeHandler(live.handler)
+        live.close()
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The end of 'run', in 80 columns."""
+    window = result["read_only_window_seconds"]
+    lines = [f"done: {result['passes']} passes; read-only window {'n/a' if window is None else f'{window:.1f}s'} "
+             f"(restarts {result['restart_seconds']:.1f}s)",
+             f"  {'phase':<20}{'time':>8}{'up':>9}{'bytes':>11}{'del':>6}{'requests':>10}"]
+    for phase in result["phases"]:
+        lines.append(f"  {phase['name']:<20}{phase['seconds']:>7.1f}s{phase['uploaded_objects']:>9}"
+                     f"{human_bytes(phase['uploaded_bytes']):>11}{phase['deleted_objects']:>6}{phase['s3_requests']:>10}")
+    final = result["final_pass"]
+    if final:
+        how = f"{final['paths']} paths re-synced" if "paths" in final else final["why"]
+        lines += textwrap.wrap(f"final pass: {final['method']}, {how}", 80, subsequent_indent="  ")
+    images = result["images"]
+    through = images.get("through_registry") or {}
+    lines.append(f"images: {images['tags']} tags, {images['manifests']} manifests, {images['blobs']} blobs, "
+                 f"{images['missing']} missing in the bucket")
+    lines.append(f"pulled through the registry on s3: {through.get('tags', 0)} tags, {through.get('failures', 0)} failed")
+    return lines
+
+
 @main.command()
 @global_options
 @click.argument("plan_path", metavar="PLAN")
@@ -135,27 +173,13 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
     def work() -> int:
         plan = _load(ctx, plan_path)
         options = Options(yes=yes, allow_mass_delete=allow_mass_delete, full_verify=full_verify, confirm=_confirm)
-        progress = _progress(ctx)
-        with migration(plan, progress, options) as job:
-            result = job.run()
-        progress.close()
-        window = result["read_only_window_seconds"]
-        click.echo(f"done: {result['passes']} passes; read-only window "
-                   f"{'n/a' if window is None else f'{window:.1f}s'} (restarts {result['restart_seconds']:.1f}s)")
-        for phase in result["phases"]:
-            click.echo(f"  {phase['name']:<20} {phase['seconds']:>8.1f}s  {phase['uploaded_objects']:>8} up "
-                       f"{human_bytes(phase['uploaded_bytes']):>10}  {phase['deleted_objects']:>6} del "
-                       f"{phase['s3_requests']:>8} requests")
-        final = result["final_pass"]
-        if final:
-            click.echo(f"final pass: {final['method']}, " + (f"{final['paths']} paths re-synced" if "paths" in final
-                                                            else final["why"]))
-        images = result["images"]
-        through = images.get("through_registry") or {}
-        click.echo(f"images: {images['tags']} tags, {images['manifests']} manifests, {images['blobs']} blobs in the "
-                   f"bucket, {images['missing']} missing; {through.get('tags', 0)} tags pulled through the registry on "
-                   f"s3, {through.get('failures', 0)} failed")
+        with _live(ctx, plan) as progress:
+            with migration(plan, progress, options) as job:
+                result = job.run()
+        for line in summary_lines(result):
+            click.echo(line)
         click.echo(f"report: {plan.state_dir / 'report.json'}")
+        click.echo(f"page:   {plan.state_dir / 'report.html'}")
         return EXIT_OK
 
     _guarded(work)
@@ -166,12 +190,17 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
 @click.option("--allow-mass-delete", is_flag=True, help="Report the delete guard as 'run --allow-mass-delete' would.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Instead: write the last run's report.json as a self-contained page here (report.html).")
 @click.pass_context
-def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, allow_mass_delete: bool = False) -> None:
+def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, allow_mass_delete: bool = False,
+           html_path: Optional[str] = None) -> None:
     """Dry run: what 'run' would upload and delete, the config diff, the estimated read-only window."""
 
     def work() -> int:
         plan = _load(ctx, plan_path)
+        if html_path:
+            return _html_report(plan, Path(html_path))
         with migration(plan, _progress(ctx), Options(allow_mass_delete=allow_mass_delete), dry_run=True) as job:
             result = job.dry_run_report()
         up, down = result["would_upload"], result["would_delete"]
@@ -202,12 +231,11 @@ def sync(ctx: click.Context, plan_path: str) -> None:
 
     def work() -> int:
         plan = _load(ctx, plan_path)
-        progress = _progress(ctx)
-        with migration(plan, progress) as job:
-            job.preflight(canary=True)
-            with job.bucket.counter.phase_scope("sync"):
-                result = job.sync_pass()
-        progress.close()
+        with _live(ctx, plan) as progress:
+            with migration(plan, progress) as job:
+                job.preflight(canary=True)
+                with job.bucket.counter.phase_scope("sync"):
+                    result = job.sync_pass()
         click.echo(f"synced: {result.uploaded_objects} objects uploaded ({human_bytes(result.uploaded_bytes)}) of "
                    f"{result.source_objects} files; {len(result.delete_candidates)} delete candidates left for 'run'; "
                    f"{job.bucket.counter.attempts['sync']} S3 requests")
@@ -260,6 +288,16 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
     _guarded(work)
 
 
+def _html_report(plan: Plan, path: Path) -> int:
+    try:
+        data = json.loads((plan.state_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        raise InvalidInput(f"no report.json in {plan.state_dir}: 'migrator run' writes it when it finishes") from None
+    write_html(path, data)
+    click.echo(f"wrote {path}")
+    return EXIT_OK
+
+
 def _verify_images(job: Migration, json_path: Optional[str]) -> int:
     graph, through = job.verify_images()
     rows = [("tags", graph.tags), ("manifests (index children too)", graph.manifests), ("blobs", graph.blobs),
@@ -282,36 +320,91 @@ def _verify_images(job: Migration, json_path: Optional[str]) -> int:
     return EXIT_OK if ok else EXIT_DIFFERENCES
 
 
+PHASES = ["initial_sync", "delta_passes", "online_verification", "readonly_on", "final_sync", "verify_window",
+          "cutover", "readonly_off"]
+
+
+def status_snapshot(plan: Plan) -> dict:
+    """Everything `status` shows, from state.json, live.json and the registry config: read only, no lock."""
+    state = StateStore(plan.state_dir).load()
+    live = read_live(plan.state_dir) or {}
+    snapshot = {
+        "running": bool(live.get("running")),
+        "phase": live.get("phase") if live.get("running") else None,
+        "phases_done": state.done,
+        "phases_left": [p for p in PHASES if p not in state.done],
+        "passes": state.passes,
+        "last_pass_seconds": state.last_pass_seconds,
+        "last_pass_changes": state.last_pass_changes,
+        "progress": {name: live.get(name) for name in (
+            "pass", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes", "expected_objects",
+            "rate_objects_per_second", "rate_bytes_per_second", "eta_seconds")},
+        "last_problem": live.get("last_problem"),
+        "read_only": None,
+        "read_only_since": None,
+        "restore_problem": state.restore_problem,
+        "outcome": (state.outcome or "in progress") if state.done else "not started",
+    }
+    if plan.registry:
+        config = open_config(plan.registry.config, plan.registry.format, plan.state_dir / "config-backup",
+                             plan.registry.rendered_config)
+        snapshot["read_only"] = is_readonly(config.effective_storage()) or bool(state.restore_problem)
+        if snapshot["read_only"] and state.readonly_on_at:
+            snapshot["read_only_since"] = datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
+    return snapshot
+
+
+def _status_lines(snapshot: dict) -> list[str]:
+    lines = [f"phases done: {', '.join(snapshot['phases_done']) or 'none'}",
+             f"left: {', '.join(snapshot['phases_left']) or 'nothing'}"]
+    progress = snapshot["progress"]
+    if snapshot["running"]:
+        done = f"{progress['walked']} of {progress['expected_objects'] or '?'} files"
+        eta = f", ETA {progress['eta_seconds']:.0f}s" if progress["eta_seconds"] is not None else ""
+        lines.append(f"running: {snapshot['phase']} (pass {progress['pass'] or '-'}): {done}, "
+                     f"{progress['rate_objects_per_second'] or 0:.0f} files/s{eta}")
+        lines.append(f"  uploaded {progress['uploaded_objects']} objects, {human_bytes(progress['uploaded_bytes'] or 0)}; "
+                     f"listed {progress['listed']}, checked {progress['checked']}")
+    lines.append(f"passes: {snapshot['passes']}; last pass {snapshot['last_pass_seconds']}s with "
+                 f"{snapshot['last_pass_changes']} changes")
+    if snapshot["read_only"] is not None:
+        since = f" since {snapshot['read_only_since']}" if snapshot["read_only_since"] else ""
+        lines.append(f"registry read-only now: {'yes' + since if snapshot['read_only'] else 'no'}")
+    if snapshot["restore_problem"]:
+        lines.append(f"REGISTRY NOT PROVEN BACK: the original config was written back, but {snapshot['restore_problem']}; "
+                     f"pushes may be refused. Fix the registry, then run 'migrator rollback PLAN'")
+    if snapshot["last_problem"]:
+        lines.append(f"last problem: {snapshot['last_problem']['message'][:300]}")
+    lines.append(f"outcome: {snapshot['outcome']}")
+    return lines
+
+
 @main.command()
 @global_options
 @click.argument("plan_path", metavar="PLAN")
+@click.option("--watch", is_flag=True, help="Refresh every few seconds while a run goes on (Ctrl-C to stop).")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable: one JSON object (one a line with --watch).")
 @click.pass_context
-def status(ctx: click.Context, plan_path: str) -> None:
-    """Phase, progress, and whether the registry is read-only now and since when."""
+def status(ctx: click.Context, plan_path: str, watch: bool, interval: float, as_json: bool) -> None:
+    """Phase, progress, rate and ETA, whether the registry is read-only now and since when. Takes no lock."""
 
     def work() -> int:
         plan = _load(ctx, plan_path)
-        state = StateStore(plan.state_dir).load()
-        phases = ["initial_sync", "delta_passes", "online_verification", "readonly_on", "final_sync",
-                  "verify_window", "cutover", "readonly_off"]
-        click.echo(f"phases done: {', '.join(state.done) or 'none'}")
-        click.echo(f"left: {', '.join(p for p in phases if p not in state.done) or 'nothing'}")
-        click.echo(f"passes: {state.passes}; last pass {state.last_pass_seconds}s with {state.last_pass_changes} changes")
-        if plan.registry:
-            config = open_config(plan.registry.config, plan.registry.format, plan.state_dir / "config-backup",
-                                 plan.registry.rendered_config)
-            readonly = is_readonly(config.effective_storage())
-            since = ""
-            if readonly and state.readonly_on_at:
-                since = " since " + datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
-            click.echo(f"registry read-only now: {'yes' + since if readonly else 'no'}")
-            if state.restore_problem:
-                since = datetime.datetime.fromtimestamp(state.readonly_on_at or 0).isoformat(timespec="seconds")
-                click.echo(f"REGISTRY NOT PROVEN BACK: the original config was written back, but {state.restore_problem}; "
-                           f"pushes may be refused since {since}. Fix the registry, then run 'migrator rollback PLAN'")
-        outcome = (state.outcome or "in progress") if state.done else "not started"
-        click.echo(f"outcome: {outcome}")
-        return EXIT_OK
+        while True:
+            snapshot = status_snapshot(plan)
+            if as_json:
+                click.echo(json.dumps(snapshot, default=str))
+            else:
+                if watch and sys.stdout.isatty():
+                    click.clear()
+                click.echo("\n".join(_status_lines(snapshot)))
+            if not watch or not snapshot["running"]:
+                return EXIT_OK
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return EXIT_OK
 
     _guarded(work)
 

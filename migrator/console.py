@@ -60,12 +60,14 @@ class BarProgress(Progress):
         self.enabled = enabled and sys.stderr.isatty()
         self._lock = threading.Lock()
         self._bars: dict = {}
+        self.phase = ""
 
     def _bar(self, name: str, **kwargs) -> Optional[tqdm]:
         if not self.enabled:
             return None
         if name not in self._bars:
-            self._bars[name] = tqdm(desc=name, position=len(self._bars), leave=False, dynamic_ncols=True, **kwargs)
+            desc = f"{self.phase} {name}".strip()
+            self._bars[name] = tqdm(desc=desc, position=len(self._bars), leave=False, dynamic_ncols=True, **kwargs)
         return self._bars[name]
 
     def walked(self, count: int) -> None:
@@ -77,6 +79,17 @@ class BarProgress(Progress):
     def listed(self, count: int) -> None:
         with self._lock:
             bar = self._bar("listed", unit=" keys", unit_scale=True)
+            if bar:
+                bar.update(count)
+
+    def phase_started(self, name: str) -> None:
+        self.close()  # a phase's bars start from zero
+        with self._lock:
+            self.phase = name
+
+    def checked(self, count: int) -> None:
+        with self._lock:
+            bar = self._bar("checked", unit=" keys", unit_scale=True)
             if bar:
                 bar.update(count)
 

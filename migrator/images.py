@@ -16,6 +16,7 @@ import os
 import random
 import sqlite3
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -23,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Optional
 from migrator.march import md5_of
 from migrator.registry_http import RegistryClient
 from migrator.s3 import Bucket
+from migrator.sync import Progress
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ class ImageResult:
 class ImageGraph:
     """The objects pulling the source's images needs, kept sorted in a scratch sqlite file (bounded memory)."""
 
-    def __init__(self, source: Path, scratch_dir: Path):
+    def __init__(self, source: Path, scratch_dir: Path, progress: Optional[Progress] = None):
+        self.progress = progress or Progress()
         self.source = Path(source)
         self.root = os.path.join(self.source, V2, "repositories")
         handle, self.scratch = tempfile.mkstemp(prefix="images-", suffix=".sqlite", dir=scratch_dir)
@@ -266,9 +269,12 @@ class ImageGraph:
         return sample
 
     def needs(self) -> Iterator[tuple[str, int, Optional[str]]]:
-        """(rel, size, link content or None) in key order."""
+        """(rel, size, link content or None) in key order; progress counts them as checked."""
         self.db.execute("COMMIT")
-        return iter(self.db.execute("SELECT rel, size, content FROM needs ORDER BY rel").fetchall())
+        for count, need in enumerate(self.db.execute("SELECT rel, size, content FROM needs ORDER BY rel"), 1):
+            if count % 1000 == 0:
+                self.progress.checked(1000)
+            yield need
 
     def close(self) -> None:
         self.db.close()
@@ -347,35 +353,45 @@ class RegistryResult:
         return asdict(self) | {"failed": self.failed[:FIRST], "failures": len(self.failed), "ok": self.ok}
 
 
-def check_through_registry(client: RegistryClient, tags: Iterable[tuple[str, str, str]]) -> RegistryResult:
+def check_through_registry(client: RegistryClient, tags: Iterable[tuple[str, str, str]],
+                           workers: int = 16) -> RegistryResult:
     """Ask the registry, as a client pulls: each tag resolves to the source's digest, the manifest GETs by digest
-    (an index's children too), and every blob it names answers HEAD (following the redirect to the bucket)."""
+    (an index's children too), and every blob it names answers HEAD (following the redirect to the bucket). Tags
+    are asked ``workers`` at a time: this runs inside the read-only window."""
     result = RegistryResult()
-    for repository, tag, digest in tags:
-        result.tags += 1
-        served = client.manifest_digest(repository, tag)
-        if served != digest:
-            result.failed.append(f"{repository}:{tag}: served {served or 'nothing'}, the source has {digest}")
-            continue
-        problem = _pull_manifest(client, repository, digest, result)
-        if problem:
-            result.failed.append(f"{repository}:{tag}: {problem}")
+    with ThreadPoolExecutor(workers, thread_name_prefix="pull-check") as pool:
+        for counts, problem in pool.map(lambda tag: _pull_tag(client, *tag), tags):
+            result.tags += 1
+            result.manifests += counts[0]
+            result.blobs += counts[1]
+            if problem:
+                result.failed.append(problem)
     return result
 
 
-def _pull_manifest(client: RegistryClient, repository: str, digest: str, result: RegistryResult) -> Optional[str]:
+def _pull_tag(client: RegistryClient, repository: str, tag: str, digest: str) -> tuple[list[int], Optional[str]]:
+    """([manifests, blobs] checked, what failed or None) for one tag."""
+    counts = [0, 0]
+    served = client.manifest_digest(repository, tag)
+    if served != digest:
+        return counts, f"{repository}:{tag}: served {served or 'nothing'}, the source has {digest}"
+    problem = _pull_manifest(client, repository, digest, counts)
+    return counts, f"{repository}:{tag}: {problem}" if problem else None
+
+
+def _pull_manifest(client: RegistryClient, repository: str, digest: str, counts: list[int]) -> Optional[str]:
     content = client.manifest(repository, digest)
     if content is None:
         return f"manifest {digest} does not GET by digest"
-    result.manifests += 1
+    counts[0] += 1
     children, blobs = references(content)
     for child in children:
-        problem = _pull_manifest(client, repository, child, result)
+        problem = _pull_manifest(client, repository, child, counts)
         if problem:
             return problem
     for blob in blobs:
         status = client.head_blob(repository, blob)
         if status != 200:
             return f"blob {blob} answers HEAD with {status}"
-        result.blobs += 1
+        counts[1] += 1
     return None

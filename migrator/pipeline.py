@@ -10,6 +10,7 @@ when it finishes, so after a crash the same command continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -28,6 +29,7 @@ from typing import Callable, Iterator, Optional
 from migrator.changefeed import PassTracker
 from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
+from migrator.html_report import write_html
 from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry
 from migrator.journal import Journal
 from migrator.layout import REPOSITORIES, is_blob_data, is_uploads, outermost
@@ -55,6 +57,7 @@ PROBE_REPOSITORY = "migrator-probe/readonly-check"
 ESTIMATED_RESTART_SECONDS = 10.0
 CLOCK_SKEW_SECONDS = 30
 ONLINE_PHASES = ("delta_passes", "online_verification")
+PASS_HISTORY = 100  # passes kept for the report's timeline
 
 
 @dataclass
@@ -245,12 +248,15 @@ class Migration:
             log.info("phase %s: already done", name)
             return
         log.info("phase %s: starting", name)
+        self.progress.phase_started(name)
         started = time.monotonic()
+        started_at = now()
         with self.bucket.counter.phase_scope(name):
             result = work()
         failpoint(f"before-done:{name}")
         entry = {
             "name": name,
+            "started_at": started_at,
             "seconds": round(time.monotonic() - started, 3),
             "uploaded_objects": result.uploaded_objects if result else 0,
             "uploaded_bytes": result.uploaded_bytes if result else 0,
@@ -275,6 +281,7 @@ class Migration:
         """A copy pass over the whole tree, or over just ``paths`` when the change feed vouches for the rest."""
         started = time.monotonic()
         self.state.last_pass_started_ns = time.time_ns()
+        self.progress.pass_started(self.state.passes + 1, self.journal.count())
         if self.tracker and paths is None:
             self.tracker.pass_started()
         try:
@@ -285,6 +292,10 @@ class Migration:
             self.tracker.pass_finished(result.source_changes, result.delete_candidates, result.first_linked)
         self.state.passes += 1
         self.state.last_pass_seconds = round(time.monotonic() - started, 3)
+        self.state.pass_history = (self.state.pass_history + [{
+            "pass": self.state.passes, "phase": self.bucket.counter.phase, "started_at": self.state.last_pass_started_ns / 1e9,
+            "seconds": self.state.last_pass_seconds, "files": result.source_objects, "uploaded": result.uploaded_objects,
+            "delete_candidates": len(result.delete_candidates)}])[-PASS_HISTORY:]
         self.state.last_pass_changes = result.changes
         self.store.save(self.state)
         log.info("pass %d: %d files walked, %d uploaded (%s), %d delete candidates, %.1fs",
@@ -336,7 +347,7 @@ class Migration:
         """The image-level proof against the bucket: every image (the bucket's listing; ``online``: changes since
         the last pass are in flight), or inside the window the tags, manifests and layers the window changed and
         every tag's link, against the bucket's answers (HEAD where it gave none)."""
-        graph = ImageGraph(self.plan.source, self.plan.state_dir)
+        graph = ImageGraph(self.plan.source, self.plan.state_dir, self.progress)
         try:
             if window:
                 changes = {rel: proof for rel, _, proof in self.journal.window_changes()}
@@ -395,7 +406,7 @@ class Migration:
         """List the whole bucket against the source (online: and against the journal, changes in flight allowed)."""
         verifier = Verifier(self.plan.source, self.bucket, self.plan.sync.shard_workers, self.plan.sync.workers,
                             deep=deep, sample=sample, journal=self.journal if online else None,
-                            changed_since_ns=self.state.last_pass_started_ns or 0)
+                            changed_since_ns=self.state.last_pass_started_ns or 0, progress=self.progress)
         try:
             return verifier.run()
         except BUCKET_ERRORS as exc:
@@ -539,7 +550,7 @@ class Migration:
         self.store.save(self.state)
         self.apply(self.target_s3(readonly=False), on_failure="rollback")
         self.prove_writes(expect=202)
-        self.sweep_probe_leftovers()
+        self.sweep_probe_leftovers(on_s3=True)
         self.state.readonly_off_at = now()
         self.store.save(self.state)
 
@@ -549,6 +560,7 @@ class Migration:
         self.store.save(self.state)
         report = self.report()
         self.store.write_json("report.json", report)
+        write_html(self.plan.state_dir / "report.html", report)
         return report
 
     # --- registry actions ------------------------------------------------------------------
@@ -607,9 +619,13 @@ class Migration:
                         f"after the restart (GET {self.plan.registry.url}/v2/)")
             return None
         finally:
-            if self.state.readonly_on_at is not None and self.state.readonly_off_at is None:
-                self.state.restart_seconds = round(self.state.restart_seconds + time.monotonic() - started, 3)
-                self.store.save(self.state)
+            seconds = round(time.monotonic() - started, 3)
+            in_window = self.state.readonly_on_at is not None and self.state.readonly_off_at is None
+            self.state.restarts.append({"started_at": round(time.time() - seconds, 3), "seconds": seconds,
+                                        "in_window": in_window})
+            if in_window:
+                self.state.restart_seconds = round(self.state.restart_seconds + seconds, 3)
+            self.store.save(self.state)
 
     def prove_writes(self, expect: int) -> None:
         status = self.registry.write_probe(PROBE_REPOSITORY)
@@ -626,18 +642,24 @@ class Migration:
             raise StoppedSafely(f"{problem}; original config restored, the registry takes writes")
         self.stop_safely(f"write probe got HTTP {status}, not 202, after read-only off")
 
-    def sweep_probe_leftovers(self) -> None:
-        """Delete what the write probes left in the bucket: the registry's cancel of an upload on s3 keeps its hash
-        state under the probe repository's ``_uploads``. Only keys under that repository are touched."""
-        prefix = self.bucket.key(f"{REPOSITORIES}{PROBE_REPOSITORY}/")
+    def sweep_probe_leftovers(self, on_s3: bool) -> None:
+        """Delete what the write probes left: the registry's cancel of an upload keeps its hash state under the probe
+        repository's ``_uploads``, in the bucket or on the filesystem. Nothing outside that directory is touched."""
+        uploads = f"{REPOSITORIES}{PROBE_REPOSITORY}/_uploads"
+        if not on_s3:
+            shutil.rmtree(self.plan.source / uploads, ignore_errors=True)
+            for empty in (PROBE_REPOSITORY, PROBE_REPOSITORY.split("/")[0]):
+                with contextlib.suppress(OSError):  # left alone unless empty
+                    (self.plan.source / REPOSITORIES / empty).rmdir()
+            return
         paginator = self.bucket.client.get_paginator("list_objects_v2")
-        keys = [item["Key"] for page in paginator.paginate(Bucket=self.plan.bucket.name, Prefix=prefix)
+        keys = [item["Key"] for page in paginator.paginate(Bucket=self.plan.bucket.name, Prefix=self.bucket.key(uploads + "/"))
                 for item in page.get("Contents", ())]
         for start in range(0, len(keys), 1000):
             self.bucket.client.delete_objects(Bucket=self.plan.bucket.name, Delete={
                 "Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True})
         if keys:
-            log.info("removed %d objects the write probes left under %s", len(keys), prefix)
+            log.info("removed %d objects the write probes left in the bucket", len(keys))
 
     def restore_original(self, why: str) -> None:
         """The original config (filesystem, as it was) back in place, restarted, and writes proven accepted; the
@@ -656,6 +678,7 @@ class Migration:
             log.warning("%s; but the registry answers writes: it kept running its original (filesystem) config", problem)
             problem = None
         if problem is None:
+            self.sweep_probe_leftovers(on_s3=False)
             self.reset_to_online()
             return
         self.state.restore_problem = problem
@@ -800,6 +823,12 @@ class Migration:
             "phases": self.state.phases,
             "verification": self.state.verification,
             "images": self.images_summary(),
+            "readonly_on_at": self.state.readonly_on_at,
+            "readonly_off_at": self.state.readonly_off_at,
+            "restarts": self.state.restarts,
+            "pass_history": self.state.pass_history,
+            "config_diff": redact(unified_diff(self.config.original_text(), self.config.current_text(),
+                                               self.config.path.name)) if self.config is not None else None,
         }
 
     def images_summary(self) -> dict:

@@ -30,6 +30,8 @@ class RunState:
     readonly_off_at: Optional[float] = None  # wall clock when writes were accepted again
     writes_on_s3_since: Optional[float] = None  # wall clock of the config write letting the registry write to s3
     restart_seconds: float = 0.0  # restarts inside the read-only window
+    restarts: list = field(default_factory=list)  # {started_at, seconds, in_window} of each restart this run
+    pass_history: list = field(default_factory=list)  # {pass, phase, started_at, seconds, files, uploaded, ...}
     last_pass_seconds: Optional[float] = None
     last_pass_started_ns: Optional[int] = None
     last_pass_changes: Optional[int] = None

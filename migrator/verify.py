@@ -15,6 +15,7 @@ from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, blob_digest, is_blob_data, shards
 from migrator.march import march, md5_of
 from migrator.s3 import Bucket, ListedObject, list_shard
+from migrator.sync import Progress
 from migrator.walker import SourceFile, read_bytes, walk_shard
 
 FIRST_KEYS = 50
@@ -77,7 +78,8 @@ class Verifier:
 
     def __init__(self, source: Path, bucket: Bucket, shard_workers: int, workers: int,
                  deep: bool = False, sample: Optional[int] = None, seed: Optional[int] = None,
-                 journal: Optional[Journal] = None, changed_since_ns: int = 0):
+                 journal: Optional[Journal] = None, changed_since_ns: int = 0, progress: Optional[Progress] = None):
+        self.progress = progress or Progress()
         self.journal = journal
         self.changed_since_ns = changed_since_ns
         self.source = source
@@ -105,6 +107,7 @@ class Verifier:
         known: set = set()
         if self.journal is not None:
             listed = list(listed)
+            self.progress.listed(len(listed))
             known = self._check_journal(shard, listed, result)
         for src, obj in march(walk_shard(self.source, shard), iter(listed)):
             if src is not None:
@@ -126,6 +129,7 @@ class Verifier:
                 result.in_flight_keys.append((src or obj).rel)
             else:
                 _note(result, kind, (src or obj).rel)
+        self.progress.checked(result.source_objects + result.bucket_objects)
         return result
 
     def _check_journal(self, shard: Shard, listed: list, result: VerifyResult) -> set:
