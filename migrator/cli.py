@@ -212,8 +212,13 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
         for key in down["first_keys"][:10]:
             click.echo(f"  - {key}")
         estimate = result["estimated_read_only_window_seconds"]
-        click.echo(f"estimated read-only window: {estimate['total']}s (final pass {estimate['final_pass']}s, "
-                   f"copy {estimate['copy']}s, restarts {estimate['restarts']}s)")
+        assumed = estimate["assumed"]
+        click.echo(f"estimated read-only window, restarts included: {estimate['total']}s (final pass "
+                   f"{estimate['final_pass']}s, proofs {estimate['proofs']}s, tag pulls {estimate['tag_pulls']}s, "
+                   f"restarts {estimate['restarts']}s)")
+        click.echo(f"  assuming {assumed['changes_left_for_the_window']} changes left for the window, "
+                   f"{'the change feed' if assumed['change_feed'] else 'a full walk'}, {assumed['seconds_per_restart']}s "
+                   f"a restart ({'measured by the last run' if assumed['restart_measured'] else 'registry.restart_seconds'})")
         for name, diff in result.get("config_diff", {}).items():
             click.echo(f"config change ({name}):\n{diff}")
         _write_json(json_path, result)

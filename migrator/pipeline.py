@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import logging
 import math
 import os
@@ -54,10 +55,10 @@ from migrator.verify import Verifier, VerifyResult
 log = logging.getLogger("migrator")
 
 PROBE_REPOSITORY = "migrator-probe/readonly-check"
-ESTIMATED_RESTART_SECONDS = 10.0
 CLOCK_SKEW_SECONDS = 30
 ONLINE_PHASES = ("delta_passes", "online_verification")
 PASS_HISTORY = 100  # passes kept for the report's timeline
+S3_READS_PER_REGISTRY_REQUEST = 3  # a manifest GET or blob HEAD on the s3 driver: link, then blob stat or read
 
 
 @dataclass
@@ -801,14 +802,55 @@ class Migration:
         return report
 
     def estimate_window(self, result: PassResult, pass_seconds: float) -> dict:
-        """The read-only window from the last pass: one delta pass, the pending copy, and the restarts."""
+        """What ``run``'s read-only window will take, restarts included, from what can be measured without changing
+        anything: the final pass (with the change feed, the change left after the delta passes, at most
+        ``sync.delta_stop_below`` objects, at the cost per object the initial sync measured; without it, a walk of
+        the whole tree, as this dry run's pass took), the window's proofs, the registry's answers to the tag pulls
+        asked after the cut-over (timed now against the registry as it is), and three restarts (as measured by an
+        earlier run, else ``registry.restart_seconds``)."""
+        initial = next((p for p in self.state.phases if p["name"] == "initial_sync" and p["uploaded_objects"]), None)
+        per_object = initial["seconds"] / initial["uploaded_objects"] if initial else 0.005
+        changes = min(result.changes, self.plan.sync.delta_stop_below)
+        probe = PassTracker(self.plan.source, self.plan.sync.change_feed)
+        feed = probe.feed is not None and result.first_linked is None
+        probe.close()
         walk = self.state.last_pass_seconds if self.state.last_pass_seconds is not None else pass_seconds
-        initial = next((p for p in self.state.phases if p["name"] == "initial_sync" and p["seconds"] > 0), None)
-        rate = initial["uploaded_bytes"] / initial["seconds"] if initial and initial["uploaded_bytes"] else 50 * 2**20
-        restarts = (self.state.restart_seconds / 3) if self.state.restart_seconds else ESTIMATED_RESTART_SECONDS
-        copy = result.uploaded_bytes / rate
-        return {"total": round(walk + copy + 3 * restarts, 1), "final_pass": round(walk, 1), "copy": round(copy, 1),
-                "restarts": round(3 * restarts, 1), "assumed_bytes_per_second": round(rate)}
+        final_pass = changes * per_object if feed else walk + changes * per_object
+        measured = [r["seconds"] for r in self.state.restarts]
+        restart = sum(measured) / len(measured) if measured else self.plan.registry.restart_seconds if self.plan.registry \
+            else 0.0
+        restarts = 3 * restart if self.plan.registry else 0.0
+        pulls, pull_seconds = self.time_tag_pulls() if self.plan.registry else (0, 0.0)
+        total = final_pass + changes * per_object + pull_seconds + restarts
+        return {"total": round(total, 1), "final_pass": round(final_pass, 1), "proofs": round(changes * per_object, 1),
+                "tag_pulls": round(pull_seconds, 1), "restarts": round(restarts, 1),
+                "assumed": {"changes_left_for_the_window": changes, "seconds_per_object": round(per_object, 4),
+                            "change_feed": feed, "seconds_per_restart": round(restart, 2),
+                            "restart_measured": bool(measured), "tags_pulled": pulls}}
+
+    def time_tag_pulls(self) -> tuple[int, float]:
+        """How long the cut-over's tag pulls will take: timed now through the registry as it is (reads change
+        nothing), plus what each of its requests will cost once it reads from the bucket (about
+        ``S3_READS_PER_REGISTRY_REQUEST`` bucket reads each, at the latency of a HEAD timed now)."""
+        graph = ImageGraph(self.plan.source, self.plan.state_dir)
+        try:
+            tags = graph.sample_tags(self.plan.registry.image_sample, self.state.image_sample_seed)
+        finally:
+            graph.close()
+        started = time.monotonic()
+        pulled = check_through_registry(self.registry, tags)
+        on_filesystem = time.monotonic() - started
+        requests = pulled.tags + pulled.manifests + pulled.blobs
+        return len(tags), on_filesystem + requests * S3_READS_PER_REGISTRY_REQUEST * self.bucket_latency()
+
+    def bucket_latency(self, samples: int = 16) -> float:
+        """Seconds one small read from the bucket takes (HEAD of keys the journal knows, or of the prefix)."""
+        rels = [row.rel for row in itertools.islice(self.journal.rows_in([("docker/", "docker0")]), samples)]
+        started = time.monotonic()
+        for rel in rels or ["docker/"] * 4:
+            with contextlib.suppress(*BUCKET_ERRORS):
+                self.bucket.head(rel)
+        return (time.monotonic() - started) / max(len(rels), 4)
 
     def report(self) -> dict:
         window = None

@@ -35,6 +35,7 @@ class RegistrySettings:
     health_timeout_seconds: float = 120.0
     redirect: dict = field(default_factory=dict)  # {disable: true}: the registry serves blobs itself after cut-over
     image_sample: int = 200  # tags pulled through the registry on s3 before writes are turned on, besides the window's
+    restart_seconds: float = 10.0  # how long a restart takes, for 'report' until a run has measured one
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ _REGISTRY = {
     "health_timeout_seconds": ((int, float), False),
     "redirect": ({"disable": (bool, False)}, False),
     "image_sample": (int, False),
+    "restart_seconds": ((int, float), False),
 }
 _SYNC = {
     "workers": (int, False),

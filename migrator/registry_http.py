@@ -160,7 +160,8 @@ class RegistryClient:
     def push_image(self, repository: str, tag: str, layers: list[bytes]) -> str:
         """Push layers, a config and a schema-2 manifest under ``tag``; returns the manifest digest."""
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"},
-                             "created": f"{repository}:{tag}"}).encode()
+                             "created": "2026-01-01T00:00:00Z", "config": {"Labels": {"ref": f"{repository}:{tag}"}}}
+                            ).encode()
         config_digest = self.push_blob(repository, config)
         layer_digests = [self.push_blob(repository, layer) for layer in layers]
         manifest = json.dumps({

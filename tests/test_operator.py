@@ -78,3 +78,21 @@ def screenshot_of(page: Path, tmp_path: Path) -> Path:
                     "--window-size=1280,1000", f"--screenshot={target}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     return target
+
+
+def test_report_estimates_the_window_run_then_has(local_registry, tmp_path):
+    """Restarts included: the estimate's restart comes from one timed restart (what an operator knows of theirs)."""
+    push_images(RegistryClient(local_registry.url), 8, seed=23)
+    started = time.monotonic()
+    subprocess.run(local_registry.restart_command, shell=True, check=True)
+    restart = time.monotonic() - started
+    plan = local_registry.write_plan(registry={"config": str(local_registry.config), "url": local_registry.url,
+                                               "restart": local_registry.restart_command, "restart_seconds": restart})
+    assert run_cli("sync", plan).returncode == 0  # pre-seeded days ahead, as operators do
+    out = tmp_path / "estimate.json"
+    assert run_cli("report", plan, "--json", out).returncode == 0
+    estimate = json.loads(out.read_text())["estimated_read_only_window_seconds"]
+    assert run_cli("run", "--yes", plan).returncode == 0
+    measured = json.loads((plan.parent / "plan.state" / "report.json").read_text())["read_only_window_seconds"]
+    print(f"estimated {estimate}, measured {measured:.2f}s")
+    assert measured / 2 <= estimate["total"] <= measured * 2, (estimate, measured)
