@@ -108,8 +108,9 @@ def render(report: dict, title: str = "migrator report") -> str:
     phases = [[p["name"], f'{p["seconds"]:.1f} s', p.get("uploaded_objects", 0), _size(p.get("uploaded_bytes", 0)),
                p.get("deleted_objects", 0), p.get("s3_requests", 0)] for p in report.get("phases", [])]
     diff = report.get("config_diff") or ""
-    legend = (f'<p class="legend"><span><i class="swatch" style="background:{WINDOW_COLOUR}"></i>read-only window'
-              f'</span><span><i class="swatch" style="background:{RESTART_COLOUR}"></i>registry restart</span></p>')
+    legend = (f'<p class="legend"><span><i class="swatch" style="background:{WINDOW_COLOUR}"></i>read-only window: '
+              f'pushes refused (405)</span><span><i class="swatch" style="background:{RESTART_COLOUR}"></i>registry '
+              'restart: requests in flight cut, pushes and reads refused</span></p>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>

@@ -134,10 +134,11 @@ class ImageGraph:
     def _link(self, rel: str) -> Optional[str]:
         """The digest a link file holds, or None when it is missing or not a digest."""
         try:
-            text = (self.source / rel).read_text().strip()
-        except (OSError, UnicodeDecodeError):
+            with open(os.path.join(self.source, rel), "rb") as handle:
+                text = handle.read(72)
+        except OSError:
             return None
-        return text if text.startswith("sha256:") and len(text) == 71 else None
+        return text.decode() if len(text) == 71 and text.startswith(b"sha256:") and text[7:].isalnum() else None
 
     def _listdir(self, rel: str) -> list[str]:
         try:

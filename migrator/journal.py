@@ -155,9 +155,11 @@ class Journal:
                 ((rel,) for rel in rels),
             )
 
-    def row(self, rel: str) -> Optional[JournalRow]:
-        found = list(self.rows_in([(rel, rel + "\0")]))  # read to the end: the reader is returned, its snapshot ended
-        return found[0] if found else None
+    def confirmed_facts(self, rel: str) -> Optional[tuple[int, Optional[str]]]:
+        """(size, md5) of a confirmed object, or None: one indexed lookup."""
+        found = self._conn.execute("SELECT size, md5 FROM objects WHERE rel = ? AND confirmed = 1 AND size >= 0",
+                                   (rel,)).fetchone()
+        return (found[0], found[1]) if found else None
 
     def unconfirmed(self) -> list[str]:
         """Keys whose state in the bucket is not known: the next pass (the window's too) re-checks each of them."""

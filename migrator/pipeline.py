@@ -376,8 +376,7 @@ class Migration:
         if rel in changes:
             proof = changes[rel]
             return (proof[1], proof[2]) if proof is not None and proof[0] else None
-        row = self.journal.row(rel)
-        return (row.size, row.md5) if row is not None and row.confirmed and row.size >= 0 else None
+        return self.journal.confirmed_facts(rel)
 
     def record_images(self, kind: str, figures: dict) -> None:
         """Keep an image proof's figures for the report: ``all``, ``window`` or ``through_registry``."""

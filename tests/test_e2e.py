@@ -183,6 +183,7 @@ def test_mismatch_found_in_the_window_returns_the_registry_to_the_filesystem(loc
     assert result.returncode == 1, result.stderr
     assert "back on the filesystem, read-write" in result.stderr
     assert file_hash(local_registry.config) == original
+    assert not (local_registry.root / "docker/registry/v2/repositories/migrator-probe").exists(), "probe leftovers"
     assert client.write_probe("probe/after") == 202
     assert_all_pull(client, pushed)
     state = StateStore(plan.parent / "plan.state").load()
