@@ -172,6 +172,13 @@ class Migration:
                 f"the registry at {self.plan.registry.url} does not answer GET /v2/ with 200 or 401; "
                 "check registry.url and that the registry is running"
             )
+        if self.registry.health() == 401:
+            given = "rejects MIGRATOR_PROBE_USER's credentials" if self.registry.user else "asks for credentials"
+            raise InvalidInput(
+                f"the registry at {self.plan.registry.url} {given} (HTTP 401), so its read-only state and the image "
+                "pulls after the cut-over cannot be proven: set MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a "
+                "user allowed to push and pull"
+            )
 
     def warn_about_redirects(self) -> None:
         """After the cut-over the registry answers blob pulls with a 307 to the bucket's endpoint, unless

@@ -70,13 +70,17 @@ def test_a_registry_with_htpasswd_auth_is_migrated_and_redirects_can_be_disabled
                                      + f"auth:\n  htpasswd:\n    realm: registry\n    path: {htpasswd}\n")
     local_registry.stop()
     local_registry.start()
+    plan = local_registry.write_plan(registry={"config": str(local_registry.config), "url": local_registry.url,
+                                               "restart": local_registry.restart_command, "redirect": {"disable": True}})
+    config_before = local_registry.config.read_text()
+    refused = run_cli("run", "--yes", plan)  # no probe credentials: nothing could be proven, so nothing starts
+    assert refused.returncode == 2 and "MIGRATOR_PROBE_USER" in refused.stderr, refused.stderr
+    assert local_registry.config.read_text() == config_before
     monkeypatch.setenv("MIGRATOR_PROBE_USER", "prober")
     monkeypatch.setenv("MIGRATOR_PROBE_PASSWORD", "probe-secret")
     client = RegistryClient(local_registry.url)
     assert client.request("GET", "/v2/").status == 200
     digest = client.push_image("team/app", "v1", [b"layer one", b"layer two"])
-    plan = local_registry.write_plan(registry={"config": str(local_registry.config), "url": local_registry.url,
-                                               "restart": local_registry.restart_command, "redirect": {"disable": True}})
     result = run_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     assert "COULD NOT PROVE" not in result.stderr and "REDIRECTED" not in result.stderr
