@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from migrator.march import md5_of
 from migrator.registry_http import RegistryClient
-from migrator.s3 import Bucket
+from migrator.s3 import Bucket, list_pages
 from migrator.sync import Progress
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class ImageGraph:
                 self.result.note("source_broken", rel)
                 continue
             self.tags.append((repository, tag, digest))
-            self._need(rel, digest)
+            self._add_need(rel, len(digest), digest)  # just read from the source
             self.add_manifest(repository, digest)
         for digest in manifests:
             self.add_manifest(repository, digest)
@@ -208,7 +208,7 @@ class ImageGraph:
             return None
         if self.db.execute("INSERT OR IGNORE INTO blobs VALUES (?)", (digest,)).rowcount:
             self.result.blobs += 1
-            self.db.execute("INSERT OR IGNORE INTO needs VALUES (?, ?, NULL)", (rel, size))
+            self._add_need(rel, size, None)
         return content
 
     def _need(self, rel: str, content: str) -> None:
@@ -216,7 +216,7 @@ class ImageGraph:
         if self._link(rel) != content:
             self.result.note("source_broken", rel)
             return
-        self.db.execute("INSERT OR IGNORE INTO needs VALUES (?, ?, ?)", (rel, len(content), content))
+        self._add_need(rel, len(content), content)
 
     def add_everything(self) -> None:
         for repository in self.repositories():
@@ -242,31 +242,33 @@ class ImageGraph:
         for repository, (tags, manifests, layers) in sorted(changed.items()):
             self.add_repository(repository, sorted(tags), sorted(manifests), sorted(layers))
 
-    def add_every_tag_link(self) -> None:
-        """Every tag's ``current/link`` as the frozen source holds it (not what it names): the cheap check, in the
-        window, that no tag move escaped the final pass (the change feed or the walk) that found the window's changes."""
+    def tag_links(self) -> Iterator[tuple[str, str, str, str]]:
+        """(repository, tag, rel of its ``current/link``, digest) for every tag of the source whose link holds one."""
         for repository in self.repositories():
             for tag in self._listdir(repository_rel(repository) + "_manifests/tags"):
                 rel = f"{repository_rel(repository)}_manifests/tags/{tag}/current/link"
                 digest = self._link(rel)
                 if digest is not None:
-                    self.db.execute("INSERT OR IGNORE INTO needs VALUES (?, ?, ?)", (rel, len(digest), digest))
+                    yield repository, tag, rel, digest
+
+    def _add_need(self, rel: str, size: int, content: Optional[str]) -> None:
+        self.db.execute("INSERT OR IGNORE INTO needs VALUES (?, ?, ?)", (rel, size, content))
+
+    def add_every_tag_link(self) -> None:
+        """Every tag's ``current/link`` as the frozen source holds it (not what it names): the cheap check, in the
+        window, that no tag move escaped the final pass (the change feed or the walk) that found the window's changes."""
+        for _, _, rel, digest in self.tag_links():
+            self._add_need(rel, len(digest), digest)
 
     def sample_tags(self, size: int, seed: int) -> list[tuple[str, str, str]]:
         """A seeded random sample of every tag of the source (reservoir sampling: one pass, bounded memory)."""
         rng = random.Random(seed)
         sample: list[tuple[str, str, str]] = []
-        seen = 0
-        for repository in self.repositories():
-            for tag in self._listdir(repository_rel(repository) + "_manifests/tags"):
-                digest = self._link(f"{repository_rel(repository)}_manifests/tags/{tag}/current/link")
-                if digest is None:
-                    continue
-                seen += 1
-                if len(sample) < size:
-                    sample.append((repository, tag, digest))
-                elif (slot := rng.randrange(seen)) < size:
-                    sample[slot] = (repository, tag, digest)
+        for seen, (repository, tag, _, digest) in enumerate(self.tag_links(), 1):
+            if len(sample) < size:
+                sample.append((repository, tag, digest))
+            elif (slot := rng.randrange(seen)) < size:
+                sample[slot] = (repository, tag, digest)
         return sample
 
     def needs(self) -> Iterator[tuple[str, int, Optional[str]]]:
@@ -331,8 +333,7 @@ class ImageGraph:
 
 def _listing(bucket: Bucket) -> Iterator[tuple[str, int, str]]:
     """(rel, size, ETag) of every object under ``docker/registry/v2/``, in key order, as the bucket lists them."""
-    paginator = bucket.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket.settings.name, Prefix=bucket.key(V2)):
+    for page in list_pages(bucket, V2):
         for item in page.get("Contents", ()):
             yield bucket.rel(item["Key"]), item["Size"], item["ETag"]
 

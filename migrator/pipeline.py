@@ -46,7 +46,7 @@ from migrator.registry_config import (
     unified_diff,
 )
 from migrator.registry_http import RegistryClient
-from migrator.s3 import BUCKET_ERRORS, Bucket, explain, open_bucket
+from migrator.s3 import BUCKET_ERRORS, Bucket, explain, list_pages, open_bucket
 from migrator.state import RunState, StateStore, now
 from migrator.sync import PassResult, Progress, SyncEngine
 from migrator.transfer import Transfer, s3_extra_args
@@ -403,7 +403,7 @@ class Migration:
         if self.config is not None and storage_driver(self.config.effective_storage())[0] == "s3":
             graph = ImageGraph(self.plan.source, self.plan.state_dir)
             try:
-                tags = graph.sample_tags(2**62, 0)
+                tags = [(repository, tag, digest) for repository, tag, _, digest in graph.tag_links()]
             finally:
                 graph.close()
             through = check_through_registry(self.registry, tags)
@@ -659,9 +659,7 @@ class Migration:
                 with contextlib.suppress(OSError):  # left alone unless empty
                     (self.plan.source / REPOSITORIES / empty).rmdir()
             return
-        paginator = self.bucket.client.get_paginator("list_objects_v2")
-        keys = [item["Key"] for page in paginator.paginate(Bucket=self.plan.bucket.name, Prefix=self.bucket.key(uploads + "/"))
-                for item in page.get("Contents", ())]
+        keys = [item["Key"] for page in list_pages(self.bucket, uploads + "/") for item in page.get("Contents", ())]
         for start in range(0, len(keys), 1000):
             self.bucket.client.delete_objects(Bucket=self.plan.bucket.name, Delete={
                 "Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True})

@@ -44,13 +44,15 @@ class RegistryClient:
         self.user = os.environ.get("MIGRATOR_PROBE_USER")
         self.password = os.environ.get("MIGRATOR_PROBE_PASSWORD")
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None) -> Response:
-        """One request; a 401 challenge (Basic or Bearer) is answered once when probe credentials are set."""
-        response = self._send(method, path, body, headers or {})
+    def request(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None,
+                follow: bool = True) -> Response:
+        """One request; a 401 challenge (Basic or Bearer) is answered once when probe credentials are set. Without
+        ``follow``, a redirect comes back as the response."""
+        response = self._send(method, path, body, headers or {}, follow)
         if response.status == 401 and self.user:
             authorization = self._authorization(response.headers.get("www-authenticate", ""))
             if authorization:
-                response = self._send(method, path, body, dict(headers or {}, Authorization=authorization))
+                response = self._send(method, path, body, dict(headers or {}, Authorization=authorization), follow)
         return response
 
     def _basic(self) -> str:
@@ -128,11 +130,7 @@ class RegistryClient:
         """HEAD a blob as a client would: a redirect (307 to the bucket, when the registry is on s3) is followed
         with HEAD and without the registry's credentials; returns the final status."""
         path = f"/v2/{repository}/blobs/{digest}"
-        response = self._send("HEAD", path, None, {}, follow=False)
-        if response.status == 401 and self.user:
-            authorization = self._authorization(response.headers.get("www-authenticate", ""))
-            if authorization:
-                response = self._send("HEAD", path, None, {"Authorization": authorization}, follow=False)
+        response = self.request("HEAD", path, follow=False)
         for _ in range(5):
             if response.status not in (301, 302, 303, 307, 308) or "location" not in response.headers:
                 break

@@ -235,7 +235,8 @@ class ListedObject:
         return etag if self.etag_is_md5 and len(etag) == 32 and "-" not in etag else None
 
 
-def _pages(bucket: Bucket, prefix: str, delimiter: Optional[str] = None) -> Iterator[dict]:
+def list_pages(bucket: Bucket, prefix: str, delimiter: Optional[str] = None) -> Iterator[dict]:
+    """ListObjectsV2 pages of the keys under ``prefix`` (a path below the bucket prefix), in key order."""
     paginator = bucket.client.get_paginator("list_objects_v2")
     kwargs = {"Bucket": bucket.settings.name, "Prefix": bucket.key(prefix)}
     if delimiter:
@@ -246,7 +247,7 @@ def _pages(bucket: Bucket, prefix: str, delimiter: Optional[str] = None) -> Iter
 def list_shard(bucket: Bucket, shard: Shard) -> Iterator[ListedObject]:
     """The shard's objects in key order, ``_uploads`` skipped. Shards with excludes walk by delimiter."""
     if not shard.excludes:
-        for page in _pages(bucket, shard.prefix):
+        for page in list_pages(bucket, shard.prefix):
             for item in page.get("Contents", ()):
                 rel = bucket.rel(item["Key"])
                 if not is_uploads(rel):
@@ -256,7 +257,7 @@ def list_shard(bucket: Bucket, shard: Shard) -> Iterator[ListedObject]:
     pending = [shard.prefix]
     while pending:
         prefix = pending.pop()
-        for page in _pages(bucket, prefix, "/"):
+        for page in list_pages(bucket, prefix, "/"):
             for item in page.get("Contents", ()):
                 rel = bucket.rel(item["Key"])
                 if shard.contains(rel) and not is_uploads(rel):

@@ -48,8 +48,7 @@ class PassResult:
     delete_candidate_bytes: int = 0
     deleted_objects: int = 0
     source_changes: list = field(default_factory=list)  # keys that changed in the source (not retries), capped
-    linked: int = 0  # files reached through a symbolic link (followed; the change feed cannot vouch for them)
-    first_linked: Optional[str] = None
+    first_linked: Optional[str] = None  # a file reached through a symbolic link: the change feed cannot vouch for it
 
     def add(self, other: PassResult) -> None:
         self.source_objects += other.source_objects
@@ -63,7 +62,6 @@ class PassResult:
         self.delete_candidate_bytes += other.delete_candidate_bytes
         self.deleted_objects += other.deleted_objects
         self.source_changes.extend(other.source_changes[: CHECKED_CHANGES - len(self.source_changes)])
-        self.linked += other.linked
         self.first_linked = self.first_linked or other.first_linked
 
     @property
@@ -175,9 +173,8 @@ class SyncEngine:
                 if src is not None:
                     result.source_objects += 1
                     result.source_bytes += src.size
-                    if src.via_link:
-                        result.linked += 1
-                        result.first_linked = result.first_linked or src.rel
+                    if src.via_link and result.first_linked is None:
+                        result.first_linked = src.rel
                     failpoint("walk")
                 try:
                     decisions.append(decide(src, row, content_md5))
