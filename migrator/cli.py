@@ -17,9 +17,10 @@ import click
 from migrator import __version__
 from migrator.console import BarProgress, setup_logging
 from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorError
+from migrator.gc import collect_garbage, would_free
 from migrator.html_report import write_html
 from migrator.live import LiveStatus, read_live
-from migrator.pipeline import Migration, Options, migration
+from migrator.pipeline import Migration, Options, migration, planned_phases
 from migrator.plan import Plan, load_plan
 from migrator.registry_config import is_readonly, open_config
 from migrator.state import StateStore
@@ -135,11 +136,17 @@ def _live(ctx: click.Context, plan: Plan) -> Iterator[LiveStatus]:
         live.close()
 
 
+def _seconds(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.1f}s"
+
+
 def summary_lines(result: dict) -> list[str]:
     """The end of 'run', in 80 columns."""
     window = result["read_only_window_seconds"]
-    lines = [f"done: {result['passes']} passes; read-only window {'n/a' if window is None else f'{window:.1f}s'} "
+    lines = [f"done: {result['passes']} passes; read-only window {_seconds(window)} "
              f"(restarts {result['restart_seconds']:.1f}s)",
+             f"clients saw: pushes refused {_seconds(result.get('pushes_refused_seconds'))}, "
+             f"reads unanswered {_seconds(result.get('reads_refused_seconds'))}",
              f"  {'phase':<20}{'time':>8}{'up':>9}{'bytes':>11}{'del':>6}{'requests':>10}"]
     for phase in result["phases"]:
         lines.append(f"  {phase['name']:<20}{phase['seconds']:>7.1f}s{phase['uploaded_objects']:>9}"
@@ -221,6 +228,8 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
                    f"a restart ({'measured by the last run' if assumed['restart_measured'] else 'registry.restart_seconds'})")
         for name, diff in result.get("config_diff", {}).items():
             click.echo(f"config change ({name}):\n{diff}")
+        if plan.registry is not None:
+            result["garbage_collection"] = _would_free(plan)
         _write_json(json_path, result)
         return EXIT_OK
 
@@ -325,10 +334,6 @@ def _verify_images(job: Migration, json_path: Optional[str]) -> int:
     return EXIT_OK if ok else EXIT_DIFFERENCES
 
 
-PHASES = ["initial_sync", "delta_passes", "online_verification", "readonly_on", "final_sync", "verify_window",
-          "cutover", "readonly_off"]
-
-
 def status_snapshot(plan: Plan) -> dict:
     """Everything `status` shows, from state.json, live.json and the registry config: read only, no lock."""
     state = StateStore(plan.state_dir).load()
@@ -337,7 +342,7 @@ def status_snapshot(plan: Plan) -> dict:
         "running": bool(live.get("running")),
         "phase": live.get("phase") if live.get("running") else None,
         "phases_done": state.done,
-        "phases_left": [p for p in PHASES if p not in state.done],
+        "phases_left": [p for p in planned_phases(plan) if p not in state.done],
         "passes": state.passes,
         "last_pass_seconds": state.last_pass_seconds,
         "last_pass_changes": state.last_pass_changes,
@@ -410,6 +415,51 @@ def status(ctx: click.Context, plan_path: str, watch: bool, interval: float, as_
                 time.sleep(interval)
             except KeyboardInterrupt:
                 return EXIT_OK
+
+    _guarded(work)
+
+
+def _would_free(plan: Plan) -> dict:
+    """What the registry's garbage-collect --dry-run would free (or why it could not say)."""
+    with migration(plan, lock=False, dry_run=True) as job:
+        if not job.registry.binary():
+            return {"skipped": "registry.binary is not on this host"}
+        try:
+            collection = would_free(job)
+        except InvalidInput as exc:
+            return {"error": str(exc)}
+    click.echo(f"garbage-collect would free {collection.blobs} blobs, {human_bytes(collection.bytes)} "
+               f"({collection.manifests} manifests): see 'migrator gc'")
+    return collection.to_json()
+
+
+@main.command()
+@global_options
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--yes", is_flag=True, help="Do not ask before the read-only flip.")
+@click.option("--delete-untagged", is_flag=True, help="Also remove manifests no tag points to (and their blobs).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed; the registry stays as it is.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON here.")
+@click.pass_context
+def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry_run: bool,
+       json_path: Optional[str]) -> None:
+    """The registry's own garbage collection, read-only meanwhile (pulls keep working), then read-write again."""
+
+    def work() -> int:
+        plan = _load(ctx, plan_path)
+        if plan.registry is None:
+            raise InvalidInput("the plan has no 'registry' section: gc needs the registry's config and restart command")
+        with migration(plan, _progress(ctx), Options(yes=yes, confirm=_confirm), lock=not dry_run) as job:
+            job.check_registry()
+            collection = would_free(job, delete_untagged) if dry_run else collect_garbage(job, delete_untagged)
+        verb = "would free" if dry_run else "freed"
+        click.echo(f"garbage collection {verb}: {collection.blobs} blobs, {human_bytes(collection.bytes)}, "
+                   f"{collection.manifests} manifests ({collection.seconds:.1f}s"
+                   + ("" if dry_run else f", read-only {collection.read_only_seconds:.1f}s") + ")")
+        for digest in collection.first_blobs[:10]:
+            click.echo(f"  {'-' if not dry_run else '?'} sha256:{digest}")
+        _write_json(json_path, collection.to_json())
+        return EXIT_OK
 
     _guarded(work)
 

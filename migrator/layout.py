@@ -15,6 +15,7 @@ V2 = "docker/registry/v2/"
 BLOBS = V2 + "blobs/sha256/"
 REPOSITORIES = V2 + "repositories/"
 UPLOADS_DIR = "_uploads"
+FILESYSTEM_IN_USE = "docker/registry/lockfiles/filesystem-in-use"  # GitLab's fork: storage holds metadata
 
 _BLOB_DATA = re.compile(r"^docker/registry/v2/blobs/sha256/[0-9a-f]{2}/([0-9a-f]{64})/data$")
 _DIGEST_DIR = re.compile(

@@ -16,9 +16,7 @@ import itertools
 import logging
 import math
 import os
-import shlex
 import shutil
-import subprocess
 import time
 import urllib.parse
 import uuid
@@ -33,19 +31,12 @@ from migrator.failpoints import failpoint
 from migrator.html_report import write_html
 from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry
 from migrator.journal import Journal
-from migrator.layout import REPOSITORIES, is_blob_data, is_uploads, outermost
+from migrator.layout import FILESYSTEM_IN_USE, REPOSITORIES, is_blob_data, is_uploads, outermost
+from migrator.local import free_port
+from migrator.managed import ManagedRegistry, Restart, command_exists, open_registry
 from migrator.march import md5_of
 from migrator.plan import Plan
-from migrator.registry_config import (
-    RegistryConfig,
-    TargetState,
-    filesystem_root,
-    open_config,
-    redact,
-    storage_driver,
-    unified_diff,
-)
-from migrator.registry_http import RegistryClient
+from migrator.registry_config import S3_DRIVERS, TargetState, filesystem_root, storage_driver
 from migrator.s3 import BUCKET_ERRORS, Bucket, explain, list_pages, open_bucket
 from migrator.state import RunState, StateStore, now
 from migrator.sync import PassResult, Progress, SyncEngine
@@ -59,6 +50,7 @@ CLOCK_SKEW_SECONDS = 30
 ONLINE_PHASES = ("delta_passes", "online_verification")
 PASS_HISTORY = 100  # passes kept for the report's timeline
 S3_READS_PER_REGISTRY_REQUEST = 3  # a manifest GET or blob HEAD on the s3 driver: link, then blob stat or read
+PRODUCTION_TAGS = 10  # tags production must pull on s3 before the window ends (the cut-over check asked for all)
 
 
 @dataclass
@@ -83,14 +75,16 @@ class Migration:
         self.bucket: Optional[Bucket] = None
         self.engine: Optional[SyncEngine] = None
         self.journal: Optional[Journal] = None
-        self.config: Optional[RegistryConfig] = None
-        self.registry = RegistryClient(plan.registry.url) if plan.registry else None
+        self.registry: Optional[ManagedRegistry] = None
         self.tracker: Optional[PassTracker] = None  # set by ``run``: the change feed the final pass may use
 
     # --- the pipeline ----------------------------------------------------------------------
 
     def run(self) -> dict:
         """Everything, resumable. Returns the final report."""
+        if self.state.gc_started_at is not None:
+            raise InvalidInput("'migrator gc' did not finish (the registry may be read-only): re-run 'migrator gc' "
+                               "to finish it first")
         self.preflight(canary=True)
         self.tracker = PassTracker(self.plan.source, self.plan.sync.change_feed)
         if self.state.readonly_on_at is None:  # still online: what was proven online may be stale
@@ -109,6 +103,8 @@ class Migration:
             self.phase("verify_window", self.verify_window)
             self.phase("cutover", self.cutover)
             self.phase("readonly_off", self.readonly_off)
+        if self.registry.reconfigures_after_window:
+            self.phase("reconfigure", self.reconfigure)
         return self.finish()
 
     @contextmanager
@@ -140,8 +136,8 @@ class Migration:
         self.engine = SyncEngine(self.plan.source, self.bucket, self.journal, transfer,
                                  self.plan.sync.shard_workers, self.progress, dry_run=self.dry_run)
         if self.plan.registry:
-            reg = self.plan.registry
-            self.config = open_config(reg.config, reg.format, self.plan.state_dir / "config-backup", reg.rendered_config)
+            self.registry = open_registry(self.plan.registry, self.plan.bucket, self.plan.key_prefix,
+                                          self.plan.state_dir / "config-backup")
 
     def close(self) -> None:
         if self.tracker is not None:
@@ -154,31 +150,64 @@ class Migration:
         """Everything checked before anything changes; any failure is exit 2 with nothing changed."""
         with self.bucket.counter.phase_scope("preflight"):
             self.check_bucket(canary)
-        if self.plan.registry is None:
-            return
+        if self.plan.registry is not None:
+            self.check_registry()
+
+    def check_registry(self) -> None:
+        """The registry's config, restart command, credentials and answers: what every registry change relies on."""
         self.check_registry_config()
         if self.plan.registry.write_credentials and not (
             os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
         ):
             raise InvalidInput("registry.write_credentials is true but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
-        restart = shlex.split(self.plan.registry.restart)[0]
-        if not shutil.which(restart) and not os.access(restart, os.X_OK):
-            raise InvalidInput(f"registry.restart runs {restart!r}, which is not an executable on PATH; fix registry.restart")
+        command = self.registry.restart_command
+        if not command_exists(command):
+            key = "registry.restart" if self.plan.registry.restart else "registry.gitlab_ctl"
+            raise InvalidInput(f"the restart command {command!r} does not name an executable on PATH; fix {key}")
         self.warn_about_redirects()
+        self.advise_on_registry_settings()
         resuming = bool(self.state.done) and self.state.outcome is None
         wait = self.plan.registry.health_timeout_seconds if resuming else 5  # a crash may have left a restart running
-        if not self.registry.wait_healthy(wait):
+        if not self.registry.client.wait_healthy(wait):
             raise InvalidInput(
                 f"the registry at {self.plan.registry.url} does not answer GET /v2/ with 200 or 401; "
                 "check registry.url and that the registry is running"
             )
-        if self.registry.health() == 401:
-            given = "rejects MIGRATOR_PROBE_USER's credentials" if self.registry.user else "asks for credentials"
+        if self.state.uses_database is None:
+            self.state.uses_database = self.source_uses_database()
+        if self.registry.client.health() == 401:
+            given = "rejects MIGRATOR_PROBE_USER's credentials" if self.registry.client.user else "asks for credentials"
             raise InvalidInput(
                 f"the registry at {self.plan.registry.url} {given} (HTTP 401), so its read-only state and the image "
                 "pulls after the cut-over cannot be proven: set MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a "
                 "user allowed to push and pull"
             )
+
+    def source_uses_database(self) -> bool:
+        """Whether GitLab's registry runs with its metadata database now: its answer to GET /v2/ when it gives one,
+        else the original config's ``database.enabled`` (true only; 'prefer' without the database is off)."""
+        header = self.registry.database_header()
+        if header is not None:
+            return header.lower() == "true"
+        database = self.registry.config.original_running().get("database") or {}
+        return database.get("enabled") in (True, "true")
+
+    def advise_on_registry_settings(self) -> None:
+        """Hints for settings that make restarts or the bucket harder on clients than they need to be."""
+        if self.registry.draintimeout() is None:
+            log.info("hint: http.draintimeout is unset (0) in the registry config, so each restart cuts requests in "
+                     "flight; e.g. 'draintimeout: 10s' under http lets them finish (it lengthens a restart)")
+        storage = self.plan.registry.storage
+        gitlab = self.plan.registry.format == "omnibus" or self.plan.bucket.driver == "s3_v2"
+        if gitlab and self.plan.bucket.endpoint:
+            missing = [key for key in ("pathstyle", "checksum_disabled") if key not in storage]
+            if missing:
+                log.warning("hint: an S3-compatible endpoint with GitLab's registry: its s3_v2 driver (GitLab 19 runs s3 "
+                            "as s3_v2) sends CRC64NVME checksums and path-style requests unless told; set %s under "
+                            "registry.storage if the store needs it", " and ".join(f"{k}: true" for k in missing))
+        if gitlab and storage.get("v4auth") is False:
+            raise InvalidInput("registry.storage.v4auth is false, but GitLab's registry removed SigV2 in 18.0: remove "
+                               "v4auth from registry.storage")
 
     def warn_about_redirects(self) -> None:
         """After the cut-over the registry answers blob pulls with a 307 to the bucket's endpoint, unless
@@ -231,16 +260,17 @@ class Migration:
             raise InvalidInput(explain(exc, name)) from None
 
     def check_registry_config(self) -> None:
-        storage = self.config.effective_storage()
+        storage = self.registry.config.effective_storage()
         driver, _ = storage_driver(storage)
         if self.state.is_done("cutover"):
             return  # resuming after the cut-over: the registry is on s3 by our hand
         if self.state.readonly_on_at is not None:  # mid-migration: the file holds our edit, judge the original
-            storage = self.config.original_storage()
+            storage = self.registry.config.original_storage()
             driver, _ = storage_driver(storage)
         if driver != "filesystem":
-            hint = "already migrated? see 'migrator status'" if driver == "s3" else "only filesystem storage is migrated"
-            raise InvalidInput(f"the registry config {self.config.path} uses the {driver} driver, not filesystem ({hint})")
+            hint = "already migrated? see 'migrator status'" if driver in S3_DRIVERS else "only filesystem storage is migrated"
+            raise InvalidInput(f"the registry config {self.registry.config.path} uses the {driver} driver, not "
+                               f"filesystem ({hint})")
         root = Path(filesystem_root(storage)).resolve()
         if root != self.plan.source:
             raise InvalidInput(
@@ -400,13 +430,13 @@ class Migration:
         """``verify --images``: the whole graph against the bucket; with the registry on s3, every tag through it."""
         result = self.check_images()
         through = None
-        if self.config is not None and storage_driver(self.config.effective_storage())[0] == "s3":
+        if self.registry is not None and storage_driver(self.registry.config.effective_storage())[0] in S3_DRIVERS:
             graph = ImageGraph(self.plan.source, self.plan.state_dir)
             try:
                 tags = [(repository, tag, digest) for repository, tag, _, digest in graph.tag_links()]
             finally:
                 graph.close()
-            through = check_through_registry(self.registry, tags)
+            through = check_through_registry(self.registry.client, tags)
         return result, through
 
     def verify(self, online: bool = False, deep: bool = False, sample: Optional[int] = None) -> VerifyResult:
@@ -420,16 +450,20 @@ class Migration:
             raise InvalidInput(f"verification failed: {explain(exc, self.plan.bucket.name)}") from None
 
     def readonly_on(self) -> None:
-        """Back up the config, flip to read-only, restart, and prove it: a write must get 405."""
+        """Back up the config, flip to read-only, restart, and prove it: a write must get 405. Pushes are refused
+        from the first moment the restart left the registry without an answer (or, if none was seen, the 405)."""
         if self.state.readonly_on_at is None and not self.options.yes:
             if not self.options.confirm(f"Put the registry at {self.plan.registry.url} in read-only mode now?"):
                 raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
-        self.config.take_backup()
+        self.registry.take_backup()
         if self.state.readonly_on_at is None:
             self.state.readonly_on_at = now()
             self.store.save(self.state)
-        self.apply(TargetState(s3=None, readonly=True), on_failure="restore")
+        restart = self.apply(self.registry.target(on_s3=False, readonly=True), on_failure="restore")
         self.prove_writes(expect=405)
+        if self.state.pushes_refused_from is None:
+            self.state.pushes_refused_from = restart.unanswered[0][0] if restart.unanswered else now()
+            self.store.save(self.state)
 
     def final_sync_and_delete(self) -> PassResult:
         """The source is frozen: copy what changed since the last pass, then delete what is gone. With a change
@@ -522,19 +556,46 @@ class Migration:
         return None if held == md5_of(path.read_bytes()) else f"{rel} has other content in the bucket"
 
     def cutover(self) -> None:
-        """Rewrite the storage section to s3 (still read-only), restart, and ask the registry itself: every tag the
-        window changed and a seeded sample of the others must pull (manifest by tag and digest, every blob)."""
-        self.apply(self.target_s3(readonly=True), on_failure="rollback")
+        """Ask the registry on s3 before any client does: GitLab's filesystem-in-use marker must be in the bucket,
+        then every tag the window changed and a seeded sample of the others must pull (manifest by tag and digest,
+        every blob). The registry's own binary serves the s3 config read-only on a loopback port for that, so
+        production restarts once more only (read-write on s3); without the binary, production is restarted
+        read-only on s3 and asked (a third restart)."""
+        self.prove_lockfile()
         tags = self.tags_to_pull()
-        result = check_through_registry(self.registry, tags)
-        self.record_images("through_registry", result.to_json())
-        log.info("asked the registry on s3: %d tags, %d manifests, %d blobs; %d failed", result.tags, result.manifests,
+        target = self.target_s3(readonly=True)
+        if self.registry.binary():
+            where = f"{self.registry.binary()} serving the s3 config read-only on loopback"
+            try:
+                with self.registry.shadow(target, self.plan.state_dir / "shadow", free_port()) as client:
+                    failpoint("shadow-started")
+                    result = check_through_registry(client, tags)
+            except InvalidInput as exc:
+                self.stop_safely(str(exc))
+        else:
+            where = "the registry restarted read-only on s3 (no registry.binary on this host)"
+            self.apply(target, on_failure="rollback")
+            result = check_through_registry(self.registry.client, tags)
+        self.record_images("through_registry", result.to_json() | {"where": where})
+        log.info("asked %s: %d tags, %d manifests, %d blobs; %d failed", where, result.tags, result.manifests,
                  result.blobs, len(result.failed))
         if not tags:
             log.warning("no tag to pull through the registry: the source has no tagged image")
         if not result.ok:
             self.stop_safely(f"{len(result.failed)} of {result.tags} tags do not pull from the registry on s3 "
                              f"(first: {'; '.join(result.failed[:3])})")
+
+    def prove_lockfile(self) -> None:
+        """GitLab's registry starts on an empty metadata database when the bucket lacks the filesystem-in-use
+        marker the source has: it must be in the bucket, as in the source, before the registry runs on s3."""
+        path = self.plan.source / FILESYSTEM_IN_USE
+        if not path.is_file():
+            return
+        problem = self.bucket_differs(FILESYSTEM_IN_USE, path, in_source=True)
+        if problem:
+            self.stop_safely(f"GitLab's metadata marker is not in the bucket as in the source ({problem}); on s3 the "
+                             "registry would start on an empty database")
+        log.info("GitLab's filesystem-in-use marker is in the bucket")
 
     def tags_to_pull(self) -> list[tuple[str, str, str]]:
         """(repository, tag, digest): the tags the window changed, then a seeded random sample of all tags."""
@@ -552,14 +613,50 @@ class Migration:
         return [(repository, tag, digest) for (repository, tag), digest in tags.items()]
 
     def readonly_off(self) -> None:
-        """Accept writes again on s3; a write probe must get 202."""
-        self.state.writes_on_s3_since = now()
-        self.store.save(self.state)
-        self.apply(self.target_s3(readonly=False), on_failure="rollback")
+        """Production on s3, read-write, in one restart: the window ends when a write probe gets 202. Before that
+        moment is recorded, production must answer a few tags as the cut-over check did and say it runs with or
+        without GitLab's metadata database as before; otherwise it goes back (unless a push reached the bucket)."""
+        if self.state.writes_on_s3_since is None:  # a resumed run keeps the first moment pushes could reach s3
+            self.state.writes_on_s3_since = now()
+            self.store.save(self.state)
+        target = self.target_s3(readonly=False)
+        self.apply(target, on_failure="rollback")
         self.prove_writes(expect=202)
+        accepted_at = now()
+        failpoint("writes-accepted")
+        self.check_database_header()
+        tags = self.tags_to_pull()[:PRODUCTION_TAGS]
+        result = check_through_registry(self.registry.client, tags)
+        if not result.ok:
+            self.stop_safely(f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
+                             f"s3 (first: {'; '.join(result.failed[:3])})")
         self.sweep_probe_leftovers(on_s3=True)
-        self.state.readonly_off_at = now()
+        self.state.readonly_off_at = accepted_at
         self.store.save(self.state)
+
+    def reconfigure(self) -> None:
+        """Omnibus, after the window: one ``gitlab-ctl reconfigure`` must keep s3, read-write, and a healthy
+        registry that takes writes."""
+        restart = self.registry.after_window(self.target_s3(readonly=False))
+        self.record_restart(restart)
+        if restart.problem:
+            raise StoppedSafely(f"the registry runs on s3, read-write, and takes pushes; but {restart.problem}. Keep "
+                                "the migrator block in gitlab.rb, fix what the message says, then re-run the same "
+                                "command to finish")
+        self.prove_writes(expect=202)
+        self.check_database_header()
+        self.sweep_probe_leftovers(on_s3=True)
+
+    def check_database_header(self) -> None:
+        """GitLab's fork says on GET /v2/ whether it runs with its metadata database: it must say what it said
+        before the migration (on a bucket without the marker, 'true' would mean an empty database)."""
+        header = self.registry.database_header()
+        if header is None:
+            return
+        expected = "true" if self.state.uses_database else "false"
+        if header.lower() != expected:
+            self.stop_safely(f"the registry on s3 answers Gitlab-Container-Registry-Database-Enabled: {header}, "
+                             f"expected {expected}: its metadata database does not hold the migrated images")
 
     def finish(self) -> dict:
         self.journal.close_window()
@@ -573,69 +670,35 @@ class Migration:
     # --- registry actions ------------------------------------------------------------------
 
     def target_s3(self, readonly: bool) -> TargetState:
-        """The registry on the bucket, with the plan's redirect setting."""
-        return TargetState(s3=self.s3_settings(), readonly=readonly, redirect=self.plan.registry.redirect or None)
+        """The registry on the bucket with the plan's settings (and GitLab's database as it was)."""
+        return self.registry.target(on_s3=True, readonly=readonly, uses_database=bool(self.state.uses_database))
 
-    def s3_settings(self) -> dict:
-        """The s3 driver section the registry will run with."""
-        reg, bucket = self.plan.registry, self.plan.bucket
-        settings = {"region": bucket.region, "bucket": bucket.name}
-        if bucket.endpoint:
-            settings["regionendpoint"] = bucket.endpoint
-        settings["rootdirectory"] = "/" + self.plan.key_prefix.rstrip("/")
-        settings.update(reg.storage)
-        if reg.write_credentials:
-            settings["accesskey"] = os.environ["AWS_ACCESS_KEY_ID"]
-            settings["secretkey"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-        return settings
-
-    def apply(self, target: TargetState, on_failure: str) -> None:
+    def apply(self, target: TargetState, on_failure: str) -> Restart:
         """Write the config for ``target`` (atomic), restart, wait for health, check the effective config."""
         if target.s3 is not None and not self.state.s3_config_written:
             self.state.s3_config_written = True
             self.store.save(self.state)
-        self.config.write(self.config.render(target))
-        failpoint("config-written")
-        problem = self.restart()
-        failpoint("restarted")
-        if problem is None:
-            problem = self.config.check_applied(target)
-        if problem is None:
-            return
+        restart = self.registry.apply(target)
+        self.record_restart(restart)
+        if restart.problem is None:
+            return restart
         if on_failure == "restore":
-            self.restore_original(problem)
-            raise InvalidInput(f"{problem}; the original config was restored and the registry takes writes again")
-        self.stop_safely(problem)
+            self.restore_original(restart.problem)
+            raise InvalidInput(f"{restart.problem}; the original config was restored and the registry takes writes again")
+        self.stop_safely(restart.problem)
 
-    def restart(self) -> Optional[str]:
-        """Run the plan's restart command and wait for health; returns what went wrong, if anything."""
-        command = self.plan.registry.restart
-        started = time.monotonic()
-        log.info("restarting the registry: %s", command)
-        try:
-            completed = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=600,
-                                       stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return f"restart command {command!r} did not finish in 600s"
-        try:
-            if completed.returncode != 0:
-                return (f"restart command {command!r} failed with exit code {completed.returncode}: "
-                        f"{redact(completed.stderr.strip())[-500:]}; fix registry.restart")
-            if not self.registry.wait_healthy(self.plan.registry.health_timeout_seconds):
-                return (f"the registry did not become healthy within {self.plan.registry.health_timeout_seconds:.0f}s "
-                        f"after the restart (GET {self.plan.registry.url}/v2/)")
-            return None
-        finally:
-            seconds = round(time.monotonic() - started, 3)
-            in_window = self.state.readonly_on_at is not None and self.state.readonly_off_at is None
-            self.state.restarts.append({"started_at": round(time.time() - seconds, 3), "seconds": seconds,
-                                        "in_window": in_window})
-            if in_window:
-                self.state.restart_seconds = round(self.state.restart_seconds + seconds, 3)
-            self.store.save(self.state)
+    def record_restart(self, restart: Restart) -> None:
+        """Keep a restart as clients saw it (and its time inside the window) for the report."""
+        in_window = self.state.readonly_on_at is not None and self.state.readonly_off_at is None
+        self.state.restarts.append(restart.to_json(in_window))
+        if in_window:
+            self.state.restart_seconds = round(self.state.restart_seconds + restart.seconds, 3)
+        self.store.save(self.state)
+        log.info("%s took %.1fs; reads got no answer for %.1fs", restart.command, restart.seconds,
+                 restart.unanswered_seconds)
 
     def prove_writes(self, expect: int) -> None:
-        status = self.registry.write_probe(PROBE_REPOSITORY)
+        status = self.registry.client.write_probe(PROBE_REPOSITORY)
         if status == expect:
             log.info("write probe: HTTP %d as expected", status)
             return
@@ -670,9 +733,10 @@ class Migration:
         """The original config (filesystem, as it was) back in place, restarted, and writes proven accepted; the
         state then says the registry is online again. If any of that fails, ``RestoreFailed`` says what is true and
         the state keeps what ``status`` and ``rollback`` need (read-only since when, why)."""
-        self.config.write(self.config.original_text())
-        problem = self.restart()
-        status = self.registry.write_probe(PROBE_REPOSITORY) if self.registry.health() in (200, 401) else None
+        restart = self.registry.restore()
+        self.record_restart(restart)
+        problem = restart.problem
+        status = self.registry.client.write_probe(PROBE_REPOSITORY) if self.registry.client.health() in (200, 401) else None
         if problem is None:
             if status == 401:
                 log.warning("WRITE PROBE COULD NOT PROVE THE REGISTRY TAKES WRITES AGAIN: HTTP 401. Set "
@@ -689,7 +753,8 @@ class Migration:
         self.state.restore_problem = problem
         self.store.save(self.state)
         raise RestoreFailed(
-            f"{why}. The original config (filesystem, read-write) was written back to {self.config.path}, but {problem}: "
+            f"{why}. The original config (filesystem, read-write) was written back to {self.registry.config.path}, "
+            f"but {problem}: "
             "the registry may still refuse pushes. Fix the registry (see its log), then run 'migrator rollback PLAN', "
             "which restarts it and proves it takes writes"
         )
@@ -698,7 +763,7 @@ class Migration:
         """Back to the filesystem, read-write (when the plan has a registry), and stop with exit 1.
 
         Once the registry may have taken writes on s3, it goes back only if the bucket proves it took none."""
-        if self.config is not None:
+        if self.registry is not None:
             self.refuse_to_strand_writes(problem)
             self.restore_original(problem)
         raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write (a write probe was "
@@ -734,6 +799,7 @@ class Migration:
         self.state.readonly_off_at = None
         self.state.writes_on_s3_since = None
         self.state.restart_seconds = 0.0
+        self.state.pushes_refused_from = None
         self.state.online_verified_objects = None
         self.store.save(self.state)
 
@@ -741,8 +807,8 @@ class Migration:
 
     def rollback(self, force: bool) -> None:
         """Restore the original config; refused after the registry took writes on s3 unless forced."""
-        if not self.config.backup.exists():
-            raise InvalidInput(f"no backup of the original config in {self.config.backup_dir}: nothing to roll back to")
+        if not self.registry.config.backup.exists():
+            raise InvalidInput(f"no backup of the original config in {self.registry.config.backup_dir}: nothing to roll back to")
         since = self.state.writes_on_s3_since or self.state.readonly_off_at
         if since is not None and not force:
             written = self.objects_written_since(since)
@@ -796,13 +862,9 @@ class Migration:
             "s3_requests": sum(self.bucket.counter.attempts.values()),
         }
         report["estimated_read_only_window_seconds"] = self.estimate_window(result, pass_seconds)
-        if self.config is not None:
-            original = self.config.original_text()
-            s3 = self.target_s3(readonly=False)
-            report["config_diff"] = {
-                "read_only": redact(unified_diff(original, self.config.render(TargetState(None, True)), self.config.path.name)),
-                "final": redact(unified_diff(original, self.config.render(s3), self.config.path.name)),
-            }
+        if self.registry is not None:
+            report["config_diff"] = {"read_only": self.registry.diff(self.registry.target(on_s3=False, readonly=True)),
+                                     "final": self.registry.diff(self.target_s3(readonly=False))}
         return report
 
     def estimate_window(self, result: PassResult, pass_seconds: float) -> dict:
@@ -810,7 +872,7 @@ class Migration:
         anything: the final pass (with the change feed, the change left after the delta passes, at most
         ``sync.delta_stop_below`` objects, at the cost per object the initial sync measured; without it, a walk of
         the whole tree, as this dry run's pass took), the window's proofs, the registry's answers to the tag pulls
-        asked after the cut-over (timed now against the registry as it is), and three restarts (as measured by an
+        asked at the cut-over (timed now against the registry as it is), and the window's restarts (as measured by an
         earlier run, else ``registry.restart_seconds``)."""
         initial = next((p for p in self.state.phases if p["name"] == "initial_sync" and p["uploaded_objects"]), None)
         per_object = initial["seconds"] / initial["uploaded_objects"] if initial else 0.005
@@ -820,10 +882,13 @@ class Migration:
         probe.close()
         walk = self.state.last_pass_seconds if self.state.last_pass_seconds is not None else pass_seconds
         final_pass = changes * per_object if feed else walk + changes * per_object
-        measured = [r["seconds"] for r in self.state.restarts]
-        restart = sum(measured) / len(measured) if measured else self.plan.registry.restart_seconds if self.plan.registry \
-            else 0.0
-        restarts = 3 * restart if self.plan.registry else 0.0
+        restart = restarts = 0.0
+        measured = []
+        if self.plan.registry:
+            command = self.registry.restart_command
+            measured = [r["seconds"] for r in self.state.restarts if r.get("command", command) == command]
+            restart = sum(measured) / len(measured) if measured else self.plan.registry.restart_seconds
+            restarts = self.window_restarts() * restart
         pulls, pull_seconds = self.time_tag_pulls() if self.plan.registry else (0, 0.0)
         total = final_pass + changes * per_object + pull_seconds + restarts
         return {"total": round(total, 1), "final_pass": round(final_pass, 1), "proofs": round(changes * per_object, 1),
@@ -831,6 +896,11 @@ class Migration:
                 "assumed": {"changes_left_for_the_window": changes, "seconds_per_object": round(per_object, 4),
                             "change_feed": feed, "seconds_per_restart": round(restart, 2),
                             "restart_measured": bool(measured), "tags_pulled": pulls}}
+
+    def window_restarts(self) -> int:
+        """Restarts inside the window: read-only on, and s3 read-write; a third (s3 read-only, for the cut-over
+        check) when the registry's binary cannot serve that check on loopback."""
+        return 2 if self.registry.binary() else 3
 
     def time_tag_pulls(self) -> tuple[int, float]:
         """How long the cut-over's tag pulls will take: timed now through the registry as it is (reads change
@@ -842,7 +912,7 @@ class Migration:
         finally:
             graph.close()
         started = time.monotonic()
-        pulled = check_through_registry(self.registry, tags)
+        pulled = check_through_registry(self.registry.client, tags)
         on_filesystem = time.monotonic() - started
         requests = pulled.tags + pulled.manifests + pulled.blobs
         return len(tags), on_filesystem + requests * S3_READS_PER_REGISTRY_REQUEST * self.bucket_latency()
@@ -871,11 +941,27 @@ class Migration:
             "images": self.images_summary(),
             "readonly_on_at": self.state.readonly_on_at,
             "readonly_off_at": self.state.readonly_off_at,
+            "pushes_refused_seconds": self.pushes_refused_seconds(),
+            "reads_refused_seconds": self.reads_refused_seconds(),
+            "pushes_refused_from": self.state.pushes_refused_from,
             "restarts": self.state.restarts,
             "pass_history": self.state.pass_history,
-            "config_diff": redact(unified_diff(self.config.original_text(), self.config.current_text(),
-                                               self.config.path.name)) if self.config is not None else None,
+            "config_diff": self.registry.diff() if self.registry is not None else None,
         }
+
+    def reads_refused_seconds(self) -> Optional[float]:
+        """How long ``GET /v2/`` got no answer during this migration's restarts (the window's and the reconfigure
+        after it), as sampled every 50 ms."""
+        if self.state.readonly_on_at is None:
+            return None
+        return round(sum(r.get("unanswered_seconds", 0.0) for r in self.state.restarts
+                         if r["started_at"] >= self.state.readonly_on_at), 3)
+
+    def pushes_refused_seconds(self) -> Optional[float]:
+        """From the first push the read-only restart refused to the write probe accepted on s3."""
+        if self.state.pushes_refused_from is None or self.state.readonly_off_at is None:
+            return None
+        return round(self.state.readonly_off_at - self.state.pushes_refused_from, 3)
 
     def images_summary(self) -> dict:
         """The report's ``images``: the whole graph's figures (online), plus the window's and the registry's."""
@@ -887,6 +973,16 @@ class Migration:
         summary["window"] = images.get("window")
         summary["through_registry"] = images.get("through_registry")
         return summary
+
+
+ALL_PHASES = ("initial_sync", "delta_passes", "online_verification", "readonly_on", "final_sync", "verify_window",
+              "cutover", "readonly_off", "reconfigure")
+
+
+def planned_phases(plan: Plan) -> list[str]:
+    """The phases ``run`` goes through for this plan, in order (``reconfigure``: the Omnibus fast path only)."""
+    omnibus_fast = plan.registry is not None and plan.registry.format == "omnibus" and not plan.registry.restart
+    return [p for p in ALL_PHASES if p != "reconfigure" or omnibus_fast]
 
 
 def verification_summary(result: VerifyResult, method: str) -> dict:

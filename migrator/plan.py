@@ -21,12 +21,13 @@ class BucketSettings:
     region: str = "us-east-1"
     endpoint: Optional[str] = None
     profile: Optional[str] = None
+    driver: str = "s3"  # the registry's driver name: s3, or s3_v2 (GitLab's fork)
 
 
 @dataclass(frozen=True)
 class RegistrySettings:
     config: Path
-    restart: str
+    restart: Optional[str]  # None on Omnibus: the fast path (gitlab-ctl restart registry, one reconfigure after)
     url: str
     format: str = "yaml"
     storage: dict = field(default_factory=dict)
@@ -36,6 +37,8 @@ class RegistrySettings:
     redirect: dict = field(default_factory=dict)  # {disable: true}: the registry serves blobs itself after cut-over
     image_sample: int = 200  # tags pulled through the registry on s3 before writes are turned on, besides the window's
     restart_seconds: float = 10.0  # how long a restart takes, for 'report' until a run has measured one
+    gitlab_ctl: str = "gitlab-ctl"  # Omnibus' control command (fast path: restart registry; reconfigure after)
+    binary: Optional[str] = None  # the registry executable (default docker-registry, Omnibus: embedded registry)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ _BUCKET = {
     "region": (str, False),
     "endpoint": ((str, type(None)), False),
     "profile": ((str, type(None)), False),
+    "driver": (str, False),
 }
 _REGISTRY = {
     "config": (str, True),
@@ -94,6 +98,8 @@ _REGISTRY = {
     "redirect": ({"disable": (bool, False)}, False),
     "image_sample": (int, False),
     "restart_seconds": ((int, float), False),
+    "gitlab_ctl": (str, False),
+    "binary": ((str, type(None)), False),
 }
 _SYNC = {
     "workers": (int, False),
@@ -236,6 +242,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if bucket_values.get("prefix") is None:
         bucket_values["prefix"] = ""
     _check_prefix(bucket_values["prefix"], plan_path)
+    if bucket_values.get("driver", "s3") not in ("s3", "s3_v2"):
+        raise InvalidInput(f"{plan_path}: bucket.driver must be s3 or s3_v2 (GitLab's fork), "
+                           f"not {bucket_values['driver']!r}")
     bucket = BucketSettings(**bucket_values)
 
     registry = None
@@ -245,8 +254,8 @@ def load_plan(path: str | os.PathLike) -> Plan:
         fmt = reg.pop("format", None) or ("omnibus" if config.name.endswith(".rb") else "yaml")
         if fmt not in ("yaml", "omnibus"):
             raise InvalidInput(f"{plan_path}: registry.format must be 'yaml' or 'omnibus', not {fmt!r}")
-        restart = reg.pop("restart", None) or ("gitlab-ctl reconfigure" if fmt == "omnibus" else None)
-        if not restart:
+        restart = reg.pop("restart", None)
+        if not restart and fmt != "omnibus":
             raise InvalidInput(f"{plan_path}: registry.restart is required (the shell command that restarts the registry)")
         if "rendered_config" in reg:
             reg["rendered_config"] = _resolve(base, reg["rendered_config"])

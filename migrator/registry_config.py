@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,8 @@ from ruamel.yaml.comments import CommentedMap
 
 from migrator.errors import InvalidInput
 
-DRIVERS = ("filesystem", "s3", "azure", "gcs", "swift", "oss", "inmemory")
+DRIVERS = ("filesystem", "s3", "s3_v2", "azure", "gcs", "swift", "oss", "inmemory")
+S3_DRIVERS = ("s3", "s3_v2")  # GitLab's fork runs s3 as s3_v2 from 19.0; s3_v2 can be named directly
 DEFAULT_FILESYSTEM_ROOT = "/var/lib/registry"
 
 
@@ -34,6 +36,8 @@ class TargetState:
     s3: Optional[dict]
     readonly: bool
     redirect: Optional[dict] = None  # storage.redirect written with the s3 driver (e.g. {"disable": True})
+    driver: str = "s3"  # the driver's name in the storage section: s3, or s3_v2 (GitLab's fork)
+    database: Optional[dict] = None  # Omnibus: registry['database'] written with the s3 driver ({"enabled": False})
 
 
 def storage_driver(storage: dict) -> tuple[str, dict]:
@@ -98,6 +102,10 @@ class RegistryConfig:
     def original_text(self) -> str:
         return self.backup.read_text() if self.backup.exists() else _read(self.path)
 
+    def drop_backup(self) -> None:
+        """Forget the original once it is proven back in place, so a later change of the file is not undone."""
+        self.backup.unlink(missing_ok=True)
+
     def current_text(self) -> str:
         return _read(self.path)
 
@@ -113,16 +121,34 @@ class RegistryConfig:
         """The file text for ``target``, derived from the original."""
         raise NotImplementedError
 
+    @property
+    def running_path(self) -> Path:
+        """The file the registry process reads (Omnibus: the config.yml rendered from gitlab.rb)."""
+        return self.path
+
+    def running_text(self, target: TargetState) -> str:
+        """What ``running_path`` holds once ``target`` is in effect."""
+        return self.render(target)
+
+    def original_running(self) -> dict:
+        """The whole original config the registry ran with, parsed."""
+        return _parse_yaml(self.original_text(), self.backup)
+
     def check_applied(self, target: TargetState) -> Optional[str]:
         """After a restart: None if the registry's effective config shows ``target``, else what differs."""
         return _applied_difference(self.effective_storage(), target)
 
     def write(self, text: str) -> bool:
         """Write ``text`` atomically unless the file already holds it; True if it changed."""
-        if self.current_text() == text:
-            return False
-        atomic_write(self.path, text)
-        return True
+        return write_if_changed(self.path, text)
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically unless it already holds it; True if it changed."""
+    if _read(path) == text:
+        return False
+    atomic_write(path, text)
+    return True
 
 
 def _read(path: Path) -> str:
@@ -144,7 +170,7 @@ def _parse_yaml(text: str, path: Path) -> dict:
 
 def _applied_difference(storage: dict, target: TargetState) -> Optional[str]:
     driver, params = storage_driver(storage)
-    want = "s3" if target.s3 is not None else "filesystem"
+    want = target.driver if target.s3 is not None else "filesystem"
     if driver != want:
         return f"driver is {driver}, expected {want}"
     if target.s3 is not None and params.get("bucket") != target.s3.get("bucket"):
@@ -173,7 +199,7 @@ class YamlConfig(RegistryConfig):
             driver, _ = storage_driver(storage)
             position = list(storage).index(driver)
             del storage[driver]
-            storage.insert(position, "s3", CommentedMap(target.s3))
+            storage.insert(position, target.driver, CommentedMap(target.s3))
             if target.redirect:
                 redirect = storage.get("redirect")
                 if isinstance(redirect, dict):
@@ -265,26 +291,94 @@ class OmnibusConfig(RegistryConfig):
         backup_once(self.rendered, self.rendered_backup)
         super().take_backup()
 
+    def drop_backup(self) -> None:
+        super().drop_backup()
+        self.rendered_backup.unlink(missing_ok=True)
+
     def effective_storage(self) -> dict:
         strip_managed_block(self.current_text(), self.path)  # validates the block
         return _parse_yaml(_read(self.rendered), self.rendered)["storage"]
 
-    def render(self, target: TargetState) -> str:
-        base = strip_managed_block(self.original_text(), self.path)
-        if target.s3 is None and not target.readonly:
-            return base
+    @property
+    def running_path(self) -> Path:
+        return self.rendered
+
+    def original_running_text(self) -> str:
+        return _read(self.rendered_backup if self.rendered_backup.exists() else self.rendered)
+
+    def original_running(self) -> dict:
+        return _parse_yaml(self.original_running_text(), self.rendered)
+
+    def target_storage(self, target: TargetState) -> dict:
+        """The original rendered storage section with the target's changes, as plain data."""
         storage = dict(self.original_storage())
         if target.s3 is not None:
             driver, _ = storage_driver(storage)
-            storage = {("s3" if k == driver else k): (target.s3 if k == driver else v) for k, v in storage.items()}
+            storage = {(target.driver if k == driver else k): (target.s3 if k == driver else v)
+                       for k, v in storage.items()}
             if target.redirect:
                 storage["redirect"] = dict(storage.get("redirect") or {}, **target.redirect)
         if target.readonly != is_readonly(storage):
             maintenance = dict(storage.get("maintenance") or {})
             maintenance["readonly"] = dict(maintenance.get("readonly") or {}, enabled=target.readonly)
             storage["maintenance"] = maintenance
-        block = f"{BEGIN}\nregistry['storage'] = {ruby_literal(storage)}\n{END}\n"
+        return storage
+
+    def target_database(self, target: TargetState) -> Optional[dict]:
+        """The original rendered database section with the target's changes, or None to leave it alone."""
+        if target.s3 is None or target.database is None:
+            return None
+        return dict(self.original_running().get("database") or {}, **target.database)
+
+    def render(self, target: TargetState) -> str:
+        base = strip_managed_block(self.original_text(), self.path)
+        if target.s3 is None and not target.readonly:
+            return base
+        lines = [f"registry['storage'] = {ruby_literal(self.target_storage(target))}"]
+        database = self.target_database(target)
+        if database is not None:
+            lines.append(f"registry['database'] = {ruby_literal(database)}")
+        block = "\n".join([BEGIN, *lines, END]) + "\n"
         return base + ("" if base.endswith("\n") or not base else "\n") + block
+
+    def running_text(self, target: TargetState) -> str:
+        """config.yml as Omnibus renders it from ``render(target)``: its template writes ``storage:`` (and
+        ``database:``) as one line of JSON; every other line of the original rendering is kept."""
+        text = self.original_running_text()
+        if target.s3 is None and not target.readonly:
+            return text
+        text = replace_top_level(text, "storage", _json_line(self.target_storage(target)))
+        database = self.target_database(target)
+        if database is not None:
+            text = replace_top_level(text, "database", _json_line(database), before=("gc", "redis"))
+        return text
+
+    def write_running(self, text: str) -> bool:
+        """The fast path's second write: the rendered config.yml, as Omnibus would render it."""
+        return write_if_changed(self.rendered, text)
+
+
+def _json_line(value: dict) -> str:
+    """Ruby's ``to_json`` of a hash: compact, UTF-8 as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def replace_top_level(text: str, key: str, value: str, before: tuple = ()) -> str:
+    """``text`` with the top-level YAML entry ``key`` (its line and the indented lines under it) replaced by
+    ``key: value``; when absent, inserted before the first top-level key of ``before``, else appended."""
+    lines = text.splitlines(True)
+    entry = f"{key}: {value}\n"
+    top = [i for i, line in enumerate(lines) if line[:1] not in (" ", "\t", "#", "\n", "")]
+    at = next((i for i in top if lines[i].split(":", 1)[0] == key), None)
+    if at is None:
+        at = next((i for i in top if lines[i].split(":", 1)[0] in before), len(lines))
+        if at == len(lines) and lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        return "".join(lines[:at] + [entry] + lines[at:])
+    end = next((i for i in top if i > at), len(lines))
+    while end - 1 > at and not lines[end - 1].strip():  # blank lines before the next key stay
+        end -= 1
+    return "".join(lines[:at] + [entry] + lines[end:])
 
 
 def open_config(path: Path, fmt: str, backup_dir: Path, rendered: Path) -> RegistryConfig:

@@ -40,6 +40,9 @@ class RunState:
     image_sample_seed: int = field(default_factory=lambda: random.randrange(2**31))  # kept across a resume
     s3_config_written: bool = False  # a config pointing the registry at the bucket was written since the last restore
     restore_problem: Optional[str] = None  # the original config was written back but not proven to take writes
+    pushes_refused_from: Optional[float] = None  # wall clock: the read-only restart first left pushes unanswered
+    gc_started_at: Optional[float] = None  # 'migrator gc' is under way (its read-only stretch may be open)
+    uses_database: Optional[bool] = None  # GitLab's fork ran with its metadata database before the migration
 
     def is_done(self, phase: str) -> bool:
         return phase in self.done

@@ -30,8 +30,9 @@ KILL_POINTS = [
     ("config-written@1", "readonly_on"), ("restarted@1", "readonly_on"), ("before-done:readonly_on", "readonly_on"),
     ("deleted@1", "final_sync"), ("before-done:final_sync", "final_sync"),
     ("before-done:verify_window", "verify_window"),
-    ("config-written@1", "cutover"), ("restarted@1", "cutover"), ("before-done:cutover", "cutover"),
-    ("config-written@1", "readonly_off"), ("restarted@1", "readonly_off"), ("before-done:readonly_off", "readonly_off"),
+    ("shadow-started@1", "cutover"), ("before-done:cutover", "cutover"),
+    ("config-written@1", "readonly_off"), ("restarted@1", "readonly_off"), ("writes-accepted@1", "readonly_off"),
+    ("before-done:readonly_off", "readonly_off"),
 ]
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import file_hash, listing, run_cli
 from oci import pull
+from omnibus import GITLAB_RB, FakeOmnibus
 
 from migrator.errors import StoppedSafely
 from migrator.pipeline import Migration, Options, migration
@@ -58,15 +59,22 @@ class WriteProber(threading.Thread):
         super().__init__(daemon=True)
         self.client = RegistryClient(url, timeout=5)
         self.statuses: list = []
+        self.times: list = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
+            self.times.append(time.time())
             try:
                 self.statuses.append(self.client.write_probe("probe/writer"))
             except OSError:
                 self.statuses.append("down")
             time.sleep(0.02)
+
+    def refused_span(self) -> float:
+        """Seconds from the first write this prober saw refused to the last one."""
+        refused = [moment for moment, status in zip(self.times, self.statuses) if status != 202]
+        return refused[-1] - refused[0] if refused else 0.0
 
     def stop(self) -> list:
         self.stopped.set()
@@ -120,6 +128,13 @@ def test_run_migrates_a_live_registry(local_registry, s3, bucket):
 
     report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
     assert report["read_only_window_seconds"] > 0 and report["restart_seconds"] > 0
+    in_window = [r for r in report["restarts"] if r["in_window"]]
+    assert len(in_window) == 2, "read-only on, then s3 read-write: the cut-over check needs no restart of its own"
+    # what clients saw, measured by our probes, against a prober of the test's own
+    assert prober.refused_span() - 0.1 <= report["pushes_refused_seconds"] <= report["read_only_window_seconds"]
+    assert 0 < report["reads_refused_seconds"] <= report["restart_seconds"]
+    assert report["images"]["through_registry"]["where"].startswith("/usr/bin/docker-registry serving")
+    assert "clients saw: pushes refused " in result.stdout
     assert [p["name"] for p in report["phases"]] == ["initial_sync", "delta_passes", "online_verification",
                                                      "readonly_on", "final_sync", "verify_window", "cutover",
                                                      "readonly_off"]
@@ -137,31 +152,26 @@ def test_run_migrates_a_live_registry(local_registry, s3, bucket):
     assert again.returncode == 0, again.stderr
 
 
-def test_omnibus_path_with_fake_gitlab_ctl(local_registry, s3, bucket, tmp_path):
+def test_omnibus_slow_path_reconfigures_then_rolls_back(local_registry, s3, bucket, tmp_path):
+    """A plan naming ``restart: gitlab-ctl reconfigure`` gets the slow path: gitlab.rb only, reconfigure renders."""
     client = RegistryClient(local_registry.url)
     pushed = push_images(client, 4, seed=2)
-    template = tmp_path / "omnibus-template.yml"
-    template.write_text(local_registry.config.read_text())
-    gitlab_rb = tmp_path / "gitlab.rb"
-    gitlab_rb.write_text("external_url 'https://gitlab.example.com'\n# operator's comment\nregistry['enable'] = true\n")
-    original_rb = gitlab_rb.read_text()
-    fake = Path(__file__).with_name("fake_gitlab_ctl.py")
-    restart = (f"{sys.executable} {fake} reconfigure --gitlab-rb {gitlab_rb} --template {template} "
-               f"--rendered {local_registry.config} -- {local_registry.restart_command}")
-    plan = local_registry.write_plan(registry={"config": str(gitlab_rb), "restart": restart, "url": local_registry.url,
-                                               "rendered_config": str(local_registry.config)})
+    omnibus = FakeOmnibus(local_registry, tmp_path)
+    plan = omnibus.write_plan(restart=f"{omnibus.ctl} reconfigure")
     assert load_plan(plan).registry.format == "omnibus"
     result = run_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
-    text = gitlab_rb.read_text()
-    assert text.startswith(original_rb) and "# BEGIN migrator" in text and "'s3' => {" in text
+    text = omnibus.gitlab_rb.read_text()
+    assert text.startswith(GITLAB_RB) and "# BEGIN migrator" in text and "'s3' => {" in text
     storage = storage_of(local_registry.config)
     assert storage["s3"]["bucket"] == bucket and "filesystem" not in storage
+    assert [action for _, action in omnibus.actions() if action != "restart registry"] == [
+        "reconfigure started", "reconfigure rendered config.yml: changed"] * 2
     assert_all_pull(client, pushed)
 
     rolled_back = run_cli("rollback", "--yes", "--force", plan)
     assert rolled_back.returncode == 0, rolled_back.stderr
-    assert gitlab_rb.read_text() == original_rb
+    assert omnibus.gitlab_rb.read_text() == GITLAB_RB
     assert "filesystem" in storage_of(local_registry.config)
     assert_all_pull(client, pushed)
 
