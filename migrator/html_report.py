@@ -1,5 +1,6 @@
 """report.html: a self-contained picture of one migration (no network, no script), drawn from report.json alone:
-a timeline of the phases and passes to scale with the read-only window and each restart marked, objects and
+a timeline of the phases and passes to scale with the read-only window and each restart marked, what clients
+saw (pushes refused, reads unanswered) on rows of their own, objects and
 bytes per phase, the verification and image-proof figures, and the config diff. Operators attach it to the
 change ticket."""
 
@@ -15,9 +16,11 @@ LABEL = 170  # left column for row labels
 ROW = 26
 WINDOW_COLOUR = "#f4a261"  # the read-only window: the colour tests look for in a screenshot
 RESTART_COLOUR = "#c1121f"
+PUSHES_COLOUR = "#9d0208"  # pushes refused: from the read-only restart to the write accepted on s3
+READS_COLOUR = "#370617"  # reads unanswered: GET /v2/ without an answer during a restart
 PHASE_COLOURS = {"initial_sync": "#2a9d8f", "delta_passes": "#3a86ff", "online_verification": "#8338ec",
                  "readonly_on": "#e76f51", "final_sync": "#e76f51", "verify_window": "#e76f51",
-                 "cutover": "#e76f51", "readonly_off": "#e76f51"}
+                 "cutover": "#e76f51", "readonly_off": "#e76f51", "reconfigure": "#264653"}
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
@@ -57,7 +60,8 @@ def timeline(report: dict) -> str:
         return LABEL + (epoch - start) / span * WIDTH
 
     passes = [p for p in report.get("pass_history", []) if p.get("started_at", 0) >= start - 1]
-    height = ROW * (len(phases) + 1 + (1 if passes else 0)) + 30
+    clients = client_rows(report)
+    height = ROW * (len(phases) + 1 + (1 if passes else 0) + len(clients)) + 30
     parts = [f'<svg width="{LABEL + WIDTH + 20}" height="{height}" '
              'role="img" aria-label="timeline of the migration">']
     on, off = report.get("readonly_on_at"), report.get("readonly_off_at")
@@ -81,6 +85,13 @@ def timeline(report: dict) -> str:
             parts.append(f'<rect x="{x(item["started_at"]):.1f}" y="{y + 3}" width="{width:.1f}" height="{ROW - 14}" '
                          f'fill="#6c757d"><title>pass {item["pass"]}: {item["seconds"]:.1f} s, {item["files"]} files, '
                          f'{item["uploaded"]} uploaded</title></rect>')
+    for row, (label, colour, spans) in enumerate(clients):
+        y = ROW * (len(phases) + (1 if passes else 0) + row) + 4
+        parts.append(f'<text x="4" y="{y + 15}" font-size="12">{label}</text>')
+        for begin, finish in spans:
+            width = max((finish - begin) / span * WIDTH, 2)
+            parts.append(f'<rect class="clients" x="{x(begin):.1f}" y="{y + 3}" width="{width:.1f}" '
+                         f'height="{ROW - 14}" fill="{colour}"><title>{label}: {finish - begin:.2f} s</title></rect>')
     for restart in report.get("restarts", []):
         if restart["started_at"] >= start - 1:
             parts.append(f'<rect class="restart" x="{x(restart["started_at"]):.1f}" y="0" '
@@ -90,6 +101,23 @@ def timeline(report: dict) -> str:
                  f'<text x="{LABEL + WIDTH}" y="{height - 4}" font-size="11" text-anchor="end">'
                  f'+{span:.1f} s</text></svg>')
     return "".join(parts)
+
+
+def client_rows(report: dict) -> list[tuple[str, str, list]]:
+    """(label, colour, [start, end] spans) of what clients saw: pushes refused, reads unanswered."""
+    rows = []
+    if report.get("pushes_refused_from") and report.get("readonly_off_at"):
+        rows.append(("pushes refused", PUSHES_COLOUR, [[report["pushes_refused_from"], report["readonly_off_at"]]]))
+    on = report.get("readonly_on_at") or 0
+    reads = [span for restart in report.get("restarts", []) if restart["started_at"] >= on
+             for span in restart.get("unanswered", [])]
+    if reads:
+        rows.append(("reads unanswered", READS_COLOUR, reads))
+    return rows
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -110,13 +138,17 @@ def render(report: dict, title: str = "migrator report") -> str:
     diff = report.get("config_diff") or ""
     legend = (f'<p class="legend"><span><i class="swatch" style="background:{WINDOW_COLOUR}"></i>read-only window: '
               f'pushes refused (405)</span><span><i class="swatch" style="background:{RESTART_COLOUR}"></i>registry '
-              'restart: requests in flight cut, pushes and reads refused</span></p>')
+              'restart: requests in flight cut</span><span><i class="swatch" style="background:'
+              f'{PUSHES_COLOUR}"></i>pushes refused</span><span><i class="swatch" style="background:{READS_COLOUR}">'
+              '</i>reads unanswered</span></p>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Outcome: <span class="{'ok' if outcome_ok else 'bad'}">{html.escape(str(report.get('outcome')))}</span>.
-Read-only window: <b>{'n/a' if window is None else f'{window:.1f} s'}</b> (restarts {report.get('restart_seconds', 0):.1f} s),
+Read-only window: <b>{_seconds(window)}</b> (restarts {report.get('restart_seconds', 0):.1f} s); clients saw pushes
+refused for <b>{_seconds(report.get('pushes_refused_seconds'))}</b> and reads unanswered for
+<b>{_seconds(report.get('reads_refused_seconds'))}</b>,
 from {_when(report.get('readonly_on_at'))} to {_when(report.get('readonly_off_at'))}; {report.get('passes', 0)} passes;
 final pass: {html.escape(str((report.get('final_pass') or {}).get('method', 'n/a')))}.</p>
 <h2>Timeline</h2>

@@ -165,10 +165,10 @@ http:
 class LocalRegistry:
     """A docker-registry on the filesystem under ``workdir`` with a plan that migrates it to ``bucket``."""
 
-    def __init__(self, workdir: Path, s3_endpoint: str, bucket: str, prefix: str = ""):
+    def __init__(self, workdir: Path, s3_endpoint: str, bucket: str, prefix: str = "", root: Optional[Path] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.root = self.workdir / "registry-root"
+        self.root = Path(root) if root else self.workdir / "registry-root"
         (self.root / "docker/registry/v2").mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -16,6 +16,7 @@ import itertools
 import logging
 import math
 import os
+import shlex
 import shutil
 import time
 import urllib.parse
@@ -163,7 +164,8 @@ class Migration:
         command = self.registry.restart_command
         if not command_exists(command):
             key = "registry.restart" if self.plan.registry.restart else "registry.gitlab_ctl"
-            raise InvalidInput(f"the restart command {command!r} does not name an executable on PATH; fix {key}")
+            raise InvalidInput(f"the restart command {command!r} runs {shlex.split(command)[0]!r}, which is not an "
+                               f"executable on PATH; fix {key}")
         self.warn_about_redirects()
         self.advise_on_registry_settings()
         resuming = bool(self.state.done) and self.state.outcome is None

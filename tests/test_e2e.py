@@ -18,9 +18,9 @@ import pytest
 import yaml
 from conftest import file_hash, listing, run_cli
 from oci import pull
-from omnibus import GITLAB_RB, FakeOmnibus
 
 from migrator.errors import StoppedSafely
+from migrator.omnibus_fake import GITLAB_RB, FakeOmnibus
 from migrator.pipeline import Migration, Options, migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient

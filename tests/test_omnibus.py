@@ -12,11 +12,11 @@ import sys
 import pytest
 import yaml
 from conftest import file_hash, run_cli
-from omnibus import GITLAB_RB, FakeOmnibus
 from test_e2e import assert_all_pull, push_images, storage_of
 
 from migrator.errors import StoppedSafely
 from migrator.layout import FILESYSTEM_IN_USE
+from migrator.omnibus_fake import GITLAB_RB, FakeOmnibus
 from migrator.pipeline import Migration, Options, migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient
@@ -24,7 +24,7 @@ from migrator.state import StateStore
 
 pytestmark = pytest.mark.slow
 
-RECONFIGURE_SECONDS = 2
+RECONFIGURE_SECONDS = 6
 
 
 def report_of(plan) -> dict:

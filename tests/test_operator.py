@@ -16,7 +16,7 @@ from conftest import listing, run_cli
 from PIL import Image
 from test_e2e import push_images
 
-from migrator.html_report import WINDOW_COLOUR
+from migrator.html_report import PUSHES_COLOUR, WINDOW_COLOUR
 from migrator.registry_http import RegistryClient
 
 pytestmark = pytest.mark.slow
@@ -63,6 +63,10 @@ def test_status_json_follows_a_run_and_report_html_shows_its_window(local_regist
     shaded = sum(1 for i in range(0, len(raw), 3) if all(abs(a - (b * 0.45 + 255 * 0.55)) < 12
                                                          for a, b in zip(raw[i:i + 3], colour)))
     assert shaded > 200, "the read-only window is not visible in the timeline"
+    pushes = tuple(int(PUSHES_COLOUR[i:i + 2], 16) for i in (1, 3, 5))
+    refused = sum(1 for i in range(0, len(raw), 3) if all(abs(a - b) < 12 for a, b in zip(raw[i:i + 3], pushes)))
+    assert refused > 100, "the pushes-refused row is not visible in the timeline"
+    assert f'{report["pushes_refused_seconds"]:.1f} s</b>' in page.read_text()
     again = run_cli("report", "--html", tmp_path / "copy.html", plan)
     assert again.returncode == 0 and (tmp_path / "copy.html").read_text() == page.read_text()
 

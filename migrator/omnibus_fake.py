@@ -1,4 +1,6 @@
-"""A stand-in for Omnibus' ``gitlab-ctl``, faithful where migrator depends on it.
+"""A GitLab Omnibus node on local parts, for the tests and the benchmark: gitlab.rb, a stand-in for Omnibus'
+``gitlab-ctl`` (``python -m migrator.omnibus_fake ARGS``, behind a wrapper script), and a local docker-registry
+running with the config.yml that stand-in renders. The stand-in is faithful where migrator depends on it:
 
 - ``reconfigure``: a Chef run of ``FAKE_RECONFIGURE_SECONDS`` (default 0), then config.yml rendered from gitlab.rb
   as Omnibus' ``registry-config.yml.erb`` does: ``storage: <registry['storage'].to_json>`` (default: filesystem at
@@ -18,9 +20,19 @@ import ast
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from migrator.local import LocalRegistry
+
+GITLAB_RB = """external_url 'https://gitlab.example.com'
+# operator's comment: keep me
+registry_external_url 'https://registry.example.com'
+registry['enable'] = true
+"""
 
 
 def assignment(text: str, key: str):
@@ -83,6 +95,46 @@ def main(argv: list[str]) -> int:
             handle.write(text)
     log(f"reconfigure rendered config.yml: {'changed' if changed else 'unchanged'}")
     return restart_registry() if changed else 0
+
+
+class FakeOmnibus:
+    """gitlab.rb + fake gitlab-ctl around a LocalRegistry whose config.yml the fake renders."""
+
+    def __init__(self, registry: LocalRegistry, workdir: Path, reconfigure_seconds: float = 0,
+                 restart: str | None = None):
+        self.registry = registry
+        self.workdir = workdir
+        self.gitlab_rb = workdir / "gitlab.rb"
+        self.gitlab_rb.write_text(GITLAB_RB)
+        self.template = workdir / "registry-config.yml.erb"
+        text = registry.config.read_text()
+        storage = re.search(r"^storage:\n(?:[ #].*\n|\n)*", text, re.M)
+        self.template.write_text(text[:storage.start()] + "storage: {{storage}}\n" + text[storage.end():]
+                                 + "{{database}}\n")
+        self.log = workdir / "gitlab-ctl.log"
+        self.ctl = workdir / "gitlab-ctl"
+        settings = {"FAKE_GITLAB_RB": self.gitlab_rb, "FAKE_TEMPLATE": self.template, "FAKE_RENDERED": registry.config,
+                    "FAKE_RESTART": restart or registry.restart_command, "FAKE_DEFAULT_ROOT": registry.root,
+                    "FAKE_GITLAB_CTL_LOG": self.log}
+        exports = "".join(f"export {name}={shlex.quote(str(value))}\n" for name, value in settings.items())
+        self.ctl.write_text(f"#!/bin/sh\n{exports}export FAKE_RECONFIGURE_SECONDS=${{FAKE_RECONFIGURE_SECONDS:-"
+                            f"{reconfigure_seconds}}}\nexec {sys.executable} -m migrator.omnibus_fake \"$@\"\n")
+        self.ctl.chmod(0o755)
+        self.reconfigure()  # the node as installed: config.yml rendered by Omnibus from gitlab.rb
+        self.log.write_text("")
+
+    def reconfigure(self) -> None:
+        subprocess.run([str(self.ctl), "reconfigure"], check=True, env=dict(os.environ, FAKE_RECONFIGURE_SECONDS="0"))
+
+    def actions(self) -> list[tuple[float, str]]:
+        """(time, action) of every gitlab-ctl call since set-up."""
+        return [(float(line.split(" ", 1)[0]), line.split(" ", 1)[1]) for line in self.log.read_text().splitlines()]
+
+    def write_plan(self, **registry) -> Path:
+        settings = {"config": str(self.gitlab_rb), "gitlab_ctl": str(self.ctl), "url": self.registry.url,
+                    "rendered_config": str(self.registry.config), "health_timeout_seconds": 30,
+                    "binary": "/usr/bin/docker-registry"}
+        return self.registry.write_plan(registry=dict(settings, **registry))
 
 
 if __name__ == "__main__":
