@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from migrator.synthetic import RegistryTree
 
@@ -59,10 +63,10 @@ def churn(root: Path, changes: int, seed: int = 1) -> dict:
     tree = RegistryTree(root)
     base = root / "docker/registry/v2/repositories"
     tags = sorted(base.glob("*/*/*/_manifests/tags/*"))
-    revisions = sorted(base.glob("*/*/*/_manifests/revisions/sha256/*/link"))
     moved = deleted = added = 0
     for tag in rng.sample(tags, min(len(tags), changes // 3 * 2)):
-        if moved < changes // 3:
+        if moved < changes // 3:  # to another manifest of the same repository (one it has a revision link for)
+            revisions = sorted(tag.parent.parent.glob("revisions/sha256/*/link"))
             link = tag / "current/link"
             link.write_bytes(rng.choice(revisions).read_bytes())  # truncate + write: 71 bytes either way
             moved += 1
@@ -73,3 +77,17 @@ def churn(root: Path, changes: int, seed: int = 1) -> dict:
         tree.image(f"churn/new{index % 5}", f"c{index}-{seed}", [rng.randbytes(rng.randint(1000, 200_000))])
         added += 1
     return {"tag_moves": moved, "deleted_tags": deleted, "new_images": added}
+
+
+def churn_before_read_only(config: Path, marker: Path, root: Path, changes: int, seed: int) -> None:
+    """``churn`` once (``marker`` records it), when the registry config just written says read-only: the last pushes
+    that land before the read-only restart takes effect, for the final pass to catch."""
+    storage = yaml.safe_load(config.read_text())["storage"]
+    if marker.exists() or not ((storage.get("maintenance") or {}).get("readonly") or {}).get("enabled"):
+        return
+    marker.write_text(json.dumps(churn(root, changes, seed)))
+
+
+if __name__ == "__main__":  # python -m bench.tree CONFIG MARKER ROOT CHANGES SEED: a restart command's prefix
+    config, marker, root, changes, seed = sys.argv[1:]
+    churn_before_read_only(Path(config), Path(marker), Path(root), int(changes), int(seed))

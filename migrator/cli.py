@@ -159,7 +159,9 @@ def summary_lines(result: dict) -> list[str]:
     through = images.get("through_registry") or {}
     lines.append(f"images: {images['tags']} tags, {images['manifests']} manifests, {images['blobs']} blobs, "
                  f"{images['missing']} missing in the bucket")
-    lines.append(f"pulled through the registry on s3: {through.get('tags', 0)} tags, {through.get('failures', 0)} failed")
+    sample = images.get("sample_on_s3") or {}
+    lines.append(f"pulled from the registry on s3: {sample.get('tags', 0)} tags before the window, "
+                 f"{through.get('tags', 0)} in it; {sample.get('failures', 0) + through.get('failures', 0)} failed")
     return lines
 
 

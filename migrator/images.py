@@ -346,28 +346,40 @@ class RegistryResult:
     manifests: int = 0
     blobs: int = 0
     failed: list = field(default_factory=list)
+    failed_tags: list = field(default_factory=list)  # (repository, tag, digest) of each failure
+    in_flight: int = 0  # failures excused: the tag changed in the source since the last pass began
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
+    def excuse(self, changed: Callable[[str, str, str], bool]) -> None:
+        """Drop the failures of tags ``changed`` says moved since the bucket was proven (asked again later)."""
+        kept = [(problem, tag) for problem, tag in zip(self.failed, self.failed_tags) if not changed(*tag)]
+        self.in_flight += len(self.failed) - len(kept)
+        self.failed = [problem for problem, _ in kept]
+        self.failed_tags = [tag for _, tag in kept]
+
     def to_json(self) -> dict:
-        return asdict(self) | {"failed": self.failed[:FIRST], "failures": len(self.failed), "ok": self.ok}
+        data = asdict(self)
+        data.pop("failed_tags")
+        return data | {"failed": self.failed[:FIRST], "failures": len(self.failed), "ok": self.ok}
 
 
-def check_through_registry(client: RegistryClient, tags: Iterable[tuple[str, str, str]],
+def check_through_registry(client: RegistryClient, tags: list[tuple[str, str, str]],
                            workers: int = 16) -> RegistryResult:
     """Ask the registry, as a client pulls: each tag resolves to the source's digest, the manifest GETs by digest
     (an index's children too), and every blob it names answers HEAD (following the redirect to the bucket). Tags
     are asked ``workers`` at a time: this runs inside the read-only window."""
     result = RegistryResult()
     with ThreadPoolExecutor(workers, thread_name_prefix="pull-check") as pool:
-        for counts, problem in pool.map(lambda tag: _pull_tag(client, *tag), tags):
+        for tag, (counts, problem) in zip(tags, pool.map(lambda tag: _pull_tag(client, *tag), tags)):
             result.tags += 1
             result.manifests += counts[0]
             result.blobs += counts[1]
             if problem:
                 result.failed.append(problem)
+                result.failed_tags.append(tuple(tag))
     return result
 
 

@@ -48,10 +48,10 @@ log = logging.getLogger("migrator")
 
 PROBE_REPOSITORY = "migrator-probe/readonly-check"
 CLOCK_SKEW_SECONDS = 30
-ONLINE_PHASES = ("delta_passes", "online_verification")
+ONLINE_PHASES = ("delta_passes", "online_verification", "prove_on_s3")
 PASS_HISTORY = 100  # passes kept for the report's timeline
 S3_READS_PER_REGISTRY_REQUEST = 3  # a manifest GET or blob HEAD on the s3 driver: link, then blob stat or read
-PRODUCTION_TAGS = 10  # tags production must pull on s3 before the window ends (the cut-over check asked for all)
+PRODUCTION_TAGS = 10  # sampled tags asked in the window (the whole sample was asked before it) and of production
 
 
 @dataclass
@@ -98,6 +98,7 @@ class Migration:
             self.phase("final_sync", self.final_sync_and_delete)
             self.phase("verify_window", self.verify_window)
             return self.finish()
+        self.phase("prove_on_s3", self.prove_on_s3)
         self.phase("readonly_on", self.readonly_on)
         with self.back_to_filesystem_on_failure():
             self.phase("final_sync", self.final_sync_and_delete)
@@ -418,7 +419,8 @@ class Migration:
         return self.journal.confirmed_facts(rel)
 
     def record_images(self, kind: str, figures: dict) -> None:
-        """Keep an image proof's figures for the report: ``all``, ``window`` or ``through_registry``."""
+        """Keep an image proof's figures for the report: ``all``, ``window``, ``sample_on_s3`` or
+        ``through_registry``."""
         self.state.images = self.state.images | {kind: figures}
         self.store.save(self.state)
 
@@ -450,6 +452,46 @@ class Migration:
             return verifier.run()
         except BUCKET_ERRORS as exc:
             raise InvalidInput(f"verification failed: {explain(exc, self.plan.bucket.name)}") from None
+
+    def prove_on_s3(self) -> None:
+        """Online, before the window: the registry's own binary serves the s3 config read-only on loopback, and a
+        seeded sample of every tag must pull from the bucket as online verification proved it. That proves the
+        settings (credentials, region, rootdirectory, redirect) and the copy by the registry's own answers while
+        clients still push, so the window asks only for what it changed. A tag moved since the last pass began is
+        in flight: excused here, asked for in the window."""
+        if not self.registry.binary():
+            log.warning("no registry.binary on this host: the sample of tags is asked inside the window, from the "
+                        "registry restarted read-only on s3 (a third restart)")
+            return
+        tags = self.tags_to_pull(window=False, sample=self.plan.registry.image_sample)
+        try:
+            result, where = self.ask_shadow(tags)
+        except InvalidInput as exc:
+            raise StoppedSafely(f"{exc}. The registry was not touched") from None
+        result.excuse(self.tag_changed_since_last_pass)
+        self.record_images("sample_on_s3", result.to_json() | {"where": where})
+        log.info("asked %s before the window: %d tags (%d in flight), %d manifests, %d blobs; %d failed", where,
+                 result.tags, result.in_flight, result.manifests, result.blobs, len(result.failed))
+        if not result.ok:
+            raise StoppedSafely(f"{len(result.failed)} of {result.tags} tags do not pull from {where} (first: "
+                                f"{'; '.join(result.failed[:3])}). The registry was not touched: check the s3 settings "
+                                "(registry.storage, bucket.*) and the shadow registry's log in the state directory")
+
+    def ask_shadow(self, tags: list[tuple[str, str, str]]) -> tuple[RegistryResult, str]:
+        """Pull ``tags`` from the registry's own binary serving the s3 config read-only on a loopback port."""
+        where = f"{self.registry.binary()} serving the s3 config read-only on loopback"
+        with self.registry.shadow(self.target_s3(readonly=True), self.plan.state_dir / "shadow", free_port()) as client:
+            failpoint("shadow-started")
+            return check_through_registry(client, tags), where
+
+    def tag_changed_since_last_pass(self, repository: str, tag: str, digest: str) -> bool:
+        """The source's link for the tag was written since the last pass began, or no longer names ``digest``."""
+        path = self.plan.source / f"{REPOSITORIES}{repository}/_manifests/tags/{tag}/current/link"
+        try:
+            return (path.stat().st_mtime_ns >= (self.state.last_pass_started_ns or 0)
+                    or path.read_bytes().decode(errors="replace") != digest)
+        except OSError:
+            return True
 
     def readonly_on(self) -> None:
         """Back up the config, flip to read-only, restart, and prove it: a write must get 405. Pushes are refused
@@ -559,24 +601,21 @@ class Migration:
 
     def cutover(self) -> None:
         """Ask the registry on s3 before any client does: GitLab's filesystem-in-use marker must be in the bucket,
-        then every tag the window changed and a seeded sample of the others must pull (manifest by tag and digest,
-        every blob). The registry's own binary serves the s3 config read-only on a loopback port for that, so
-        production restarts once more only (read-write on s3); without the binary, production is restarted
-        read-only on s3 and asked (a third restart)."""
+        then every tag the window changed and a seeded few others must pull (manifest by tag and digest, every
+        blob), from the registry's own binary serving the s3 config read-only on loopback: production restarts once
+        more only (read-write on s3). Without that binary, production is restarted read-only on s3 and asked, with
+        the whole sample (a third restart)."""
         self.prove_lockfile()
-        tags = self.tags_to_pull()
-        target = self.target_s3(readonly=True)
-        if self.registry.binary():
-            where = f"{self.registry.binary()} serving the s3 config read-only on loopback"
+        shadow = self.registry.binary() is not None
+        tags = self.tags_to_pull(window=True, sample=PRODUCTION_TAGS if shadow else self.plan.registry.image_sample)
+        if shadow:
             try:
-                with self.registry.shadow(target, self.plan.state_dir / "shadow", free_port()) as client:
-                    failpoint("shadow-started")
-                    result = check_through_registry(client, tags)
+                result, where = self.ask_shadow(tags)
             except InvalidInput as exc:
                 self.stop_safely(str(exc))
         else:
             where = "the registry restarted read-only on s3 (no registry.binary on this host)"
-            self.apply(target, on_failure="rollback")
+            self.apply(self.target_s3(readonly=True), on_failure="rollback")
             result = check_through_registry(self.registry.client, tags)
         self.record_images("through_registry", result.to_json() | {"where": where})
         log.info("asked %s: %d tags, %d manifests, %d blobs; %d failed", where, result.tags, result.manifests,
@@ -599,19 +638,21 @@ class Migration:
                              "registry would start on an empty database")
         log.info("GitLab's filesystem-in-use marker is in the bucket")
 
-    def tags_to_pull(self) -> list[tuple[str, str, str]]:
-        """(repository, tag, digest): the tags the window changed, then a seeded random sample of all tags."""
+    def tags_to_pull(self, window: bool, sample: int) -> list[tuple[str, str, str]]:
+        """(repository, tag, digest): the tags the window changed (``window``), then a seeded random sample of
+        ``sample`` tags of all."""
         graph = ImageGraph(self.plan.source, self.plan.state_dir)
         try:
-            graph.add_window_changes(rel for rel, _, _ in self.journal.window_changes())
+            if window:
+                graph.add_window_changes(rel for rel, _, _ in self.journal.window_changes())
             tags = {(repository, tag): digest for repository, tag, digest in graph.tags}
             seed = self.state.image_sample_seed
-            for repository, tag, digest in graph.sample_tags(self.plan.registry.image_sample, seed):
+            for repository, tag, digest in graph.sample_tags(sample, seed):
                 tags.setdefault((repository, tag), digest)
         finally:
             graph.close()
-        log.info("tags to pull through the registry: %d (the window's changes and a sample of %d, seed %d)",
-                 len(tags), self.plan.registry.image_sample, seed)
+        log.info("tags to pull through the registry: %d (%sa sample of %d, seed %d)", len(tags),
+                 "the window's changes and " if window else "", sample, seed)
         return [(repository, tag, digest) for (repository, tag), digest in tags.items()]
 
     def readonly_off(self) -> None:
@@ -627,7 +668,7 @@ class Migration:
         accepted_at = now()
         failpoint("writes-accepted")
         self.check_database_header()
-        tags = self.tags_to_pull()[:PRODUCTION_TAGS]
+        tags = self.tags_to_pull(window=False, sample=PRODUCTION_TAGS)
         result = check_through_registry(self.registry.client, tags)
         if not result.ok:
             self.stop_safely(f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
@@ -891,7 +932,7 @@ class Migration:
             measured = [r["seconds"] for r in self.state.restarts if r.get("command", command) == command]
             restart = sum(measured) / len(measured) if measured else self.plan.registry.restart_seconds
             restarts = self.window_restarts() * restart
-        pulls, pull_seconds = self.time_tag_pulls() if self.plan.registry else (0, 0.0)
+        pulls, pull_seconds = self.time_tag_pulls(changes) if self.plan.registry else (0, 0.0)
         total = final_pass + changes * per_object + pull_seconds + restarts
         return {"total": round(total, 1), "final_pass": round(final_pass, 1), "proofs": round(changes * per_object, 1),
                 "tag_pulls": round(pull_seconds, 1), "restarts": round(restarts, 1),
@@ -904,13 +945,15 @@ class Migration:
         check) when the registry's binary cannot serve that check on loopback."""
         return 2 if self.registry.binary() else 3
 
-    def time_tag_pulls(self) -> tuple[int, float]:
-        """How long the cut-over's tag pulls will take: timed now through the registry as it is (reads change
-        nothing), plus what each of its requests will cost once it reads from the bucket (about
-        ``S3_READS_PER_REGISTRY_REQUEST`` bucket reads each, at the latency of a HEAD timed now)."""
+    def time_tag_pulls(self, changes: int) -> tuple[int, float]:
+        """How long the window's tag pulls will take (``changes`` changed tags at most, and the few sampled; the
+        whole sample without ``registry.binary``): timed now through the registry as it is (reads change nothing),
+        plus what each request will cost once it reads from the bucket (about ``S3_READS_PER_REGISTRY_REQUEST``
+        bucket reads each, at the latency of a HEAD timed now)."""
+        count = PRODUCTION_TAGS + changes if self.registry.binary() else self.plan.registry.image_sample + changes
         graph = ImageGraph(self.plan.source, self.plan.state_dir)
         try:
-            tags = graph.sample_tags(self.plan.registry.image_sample, self.state.image_sample_seed)
+            tags = graph.sample_tags(count, self.state.image_sample_seed)
         finally:
             graph.close()
         started = time.monotonic()
@@ -974,10 +1017,11 @@ class Migration:
         summary["source_broken"] = whole.get("source_broken", 0)
         summary["window"] = images.get("window")
         summary["through_registry"] = images.get("through_registry")
+        summary["sample_on_s3"] = images.get("sample_on_s3")
         return summary
 
 
-ALL_PHASES = ("initial_sync", "delta_passes", "online_verification", "readonly_on", "final_sync", "verify_window",
+ALL_PHASES = ("initial_sync", "delta_passes", "online_verification", "prove_on_s3", "readonly_on", "final_sync", "verify_window",
               "cutover", "readonly_off", "reconfigure")
 
 

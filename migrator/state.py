@@ -36,7 +36,7 @@ class RunState:
     last_pass_started_ns: Optional[int] = None
     last_pass_changes: Optional[int] = None
     outcome: Optional[str] = None
-    images: dict = field(default_factory=dict)  # the image-level proofs: "all" (online), "window", "through_registry"
+    images: dict = field(default_factory=dict)  # image proofs: "all", "window", "sample_on_s3", "through_registry"
     image_sample_seed: int = field(default_factory=lambda: random.randrange(2**31))  # kept across a resume
     s3_config_written: bool = False  # a config pointing the registry at the bucket was written since the last restore
     restore_problem: Optional[str] = None  # the original config was written back but not proven to take writes

@@ -136,7 +136,7 @@ def test_run_migrates_a_live_registry(local_registry, s3, bucket):
     assert report["images"]["through_registry"]["where"].startswith("/usr/bin/docker-registry serving")
     assert "clients saw: pushes refused " in result.stdout
     assert [p["name"] for p in report["phases"]] == ["initial_sync", "delta_passes", "online_verification",
-                                                     "readonly_on", "final_sync", "verify_window", "cutover",
+                                                     "prove_on_s3", "readonly_on", "final_sync", "verify_window", "cutover",
                                                      "readonly_off"]
     assert report["verification"]["source_objects"] == report["verification"]["bucket_objects"]
     assert report["images"]["tags"] == len(pushed) and report["images"]["missing"] == 0
@@ -237,7 +237,13 @@ def test_an_image_that_does_not_pull_from_s3_returns_the_registry_to_the_filesys
     client = RegistryClient(local_registry.url)
     pushed = push_images(client, 2, seed=9)
     original = file_hash(local_registry.config)
-    monkeypatch.setattr(RegistryClient, "head_blob", lambda self, repository, digest: 404)  # the bucket "lost" blobs
+    real_cutover = Migration.cutover
+
+    def lose_blobs_in_the_window(self):  # the sample pulled before the window; then the bucket "lost" blobs
+        monkeypatch.setattr(RegistryClient, "head_blob", lambda self, repository, digest: 404)
+        real_cutover(self)
+
+    monkeypatch.setattr(Migration, "cutover", lose_blobs_in_the_window)
     with migration(load_plan(local_registry.write_plan()), options=Options(yes=True)) as job:
         with pytest.raises(StoppedSafely, match="do not pull from the registry on s3"):
             job.run()

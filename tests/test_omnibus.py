@@ -145,9 +145,10 @@ def test_bad_s3_settings_are_caught_before_production_runs_on_s3(local_registry,
                                                "storage": {"regionendpoint": "http://127.0.0.1:9"}})
     result = run_cli("run", "--yes", plan)
     assert result.returncode == 1, result.stderr
-    assert "do not pull from the registry on s3" in result.stderr and "back on the filesystem" in result.stderr
+    assert "do not pull from /usr/bin/docker-registry serving the s3 config" in result.stderr
+    assert "The registry was not touched" in result.stderr
     state = StateStore(plan.parent / "plan.state").load()
-    assert not state.s3_config_written, "production was restarted onto the bad settings"
+    assert not state.s3_config_written and state.readonly_on_at is None and not state.restarts
     assert file_hash(local_registry.config) == original
     assert client.write_probe("probe/after") == 202
     assert_all_pull(client, pushed)
