@@ -16,6 +16,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import shlex
 import shutil
 import time
@@ -51,7 +52,7 @@ CLOCK_SKEW_SECONDS = 30
 ONLINE_PHASES = ("delta_passes", "online_verification", "prove_on_s3")
 PASS_HISTORY = 100  # passes kept for the report's timeline
 S3_READS_PER_REGISTRY_REQUEST = 3  # a manifest GET or blob HEAD on the s3 driver: link, then blob stat or read
-PRODUCTION_TAGS = 10  # sampled tags asked in the window (the whole sample was asked before it) and of production
+PRODUCTION_TAGS = 10  # tags asked in the window, of those it changed and of all (the whole sample was asked before)
 
 
 @dataclass
@@ -601,7 +602,7 @@ class Migration:
 
     def cutover(self) -> None:
         """Ask the registry on s3 before any client does: GitLab's filesystem-in-use marker must be in the bucket,
-        then every tag the window changed and a seeded few others must pull (manifest by tag and digest, every
+        then a seeded few of the tags the window changed and of all must pull (manifest by tag and digest, every
         blob), from the registry's own binary serving the s3 config read-only on loopback: production restarts once
         more only (read-write on s3). Without that binary, production is restarted read-only on s3 and asked, with
         the whole sample (a third restart)."""
@@ -639,20 +640,24 @@ class Migration:
         log.info("GitLab's filesystem-in-use marker is in the bucket")
 
     def tags_to_pull(self, window: bool, sample: int) -> list[tuple[str, str, str]]:
-        """(repository, tag, digest): the tags the window changed (``window``), then a seeded random sample of
-        ``sample`` tags of all."""
+        """(repository, tag, digest): a seeded random sample of ``sample`` tags the window changed (``window``),
+        and of ``sample`` tags of all. Every changed tag's objects are proven against the bucket by the window's
+        image check; asking the registry proves it reads them, which fails for a setting, not for one object."""
         graph = ImageGraph(self.plan.source, self.plan.state_dir)
+        seed = self.state.image_sample_seed
         try:
             if window:
                 graph.add_window_changes(rel for rel, _, _ in self.journal.window_changes())
-            tags = {(repository, tag): digest for repository, tag, digest in graph.tags}
-            seed = self.state.image_sample_seed
+            changed = sorted(graph.tags)
+            tags = {(repository, tag): digest for repository, tag, digest in
+                    random.Random(seed).sample(changed, min(sample, len(changed)))}
             for repository, tag, digest in graph.sample_tags(sample, seed):
                 tags.setdefault((repository, tag), digest)
         finally:
             graph.close()
         log.info("tags to pull through the registry: %d (%sa sample of %d, seed %d)", len(tags),
-                 "the window's changes and " if window else "", sample, seed)
+                 f"{min(sample, len(changed))} of the {len(changed)} the window changed and " if window else "",
+                 sample, seed)
         return [(repository, tag, digest) for (repository, tag), digest in tags.items()]
 
     def readonly_off(self) -> None:
@@ -932,7 +937,7 @@ class Migration:
             measured = [r["seconds"] for r in self.state.restarts if r.get("command", command) == command]
             restart = sum(measured) / len(measured) if measured else self.plan.registry.restart_seconds
             restarts = self.window_restarts() * restart
-        pulls, pull_seconds = self.time_tag_pulls(changes) if self.plan.registry else (0, 0.0)
+        pulls, pull_seconds = self.time_tag_pulls() if self.plan.registry else (0, 0.0)
         total = final_pass + changes * per_object + pull_seconds + restarts
         return {"total": round(total, 1), "final_pass": round(final_pass, 1), "proofs": round(changes * per_object, 1),
                 "tag_pulls": round(pull_seconds, 1), "restarts": round(restarts, 1),
@@ -945,12 +950,12 @@ class Migration:
         check) when the registry's binary cannot serve that check on loopback."""
         return 2 if self.registry.binary() else 3
 
-    def time_tag_pulls(self, changes: int) -> tuple[int, float]:
-        """How long the window's tag pulls will take (``changes`` changed tags at most, and the few sampled; the
-        whole sample without ``registry.binary``): timed now through the registry as it is (reads change nothing),
+    def time_tag_pulls(self) -> tuple[int, float]:
+        """How long the window's tag pulls will take (a few changed tags and a few others; the whole sample
+        without ``registry.binary``): timed now through the registry as it is (reads change nothing),
         plus what each request will cost once it reads from the bucket (about ``S3_READS_PER_REGISTRY_REQUEST``
         bucket reads each, at the latency of a HEAD timed now)."""
-        count = PRODUCTION_TAGS + changes if self.registry.binary() else self.plan.registry.image_sample + changes
+        count = 2 * PRODUCTION_TAGS if self.registry.binary() else 2 * self.plan.registry.image_sample
         graph = ImageGraph(self.plan.source, self.plan.state_dir)
         try:
             tags = graph.sample_tags(count, self.state.image_sample_seed)
