@@ -276,6 +276,9 @@ def registry_windows(source: Path, endpoint: str, log: RequestLog, work: Path, c
             plan = registry.write_plan(f"registry-{system}.yml", state=str(state), registry=settings,
                                        sync={"max_delete_fraction": 0.5})
             seed_journal(plan)
+            estimate = work / f"estimate-{system}.json"
+            subprocess.run([sys.executable, "-m", "migrator", "--quiet", "report", "--json", str(estimate), str(plan)],
+                           check=True, capture_output=True)
             run = measure_rusage([sys.executable, "-m", "migrator", "--quiet", "run", "--yes", str(plan)], log)
             report = json.loads((state / "report.json").read_text())
             manual_restarts = 2 * (reconfigure + restart if system == "omnibus" else restart)
@@ -288,7 +291,8 @@ def registry_windows(source: Path, endpoint: str, log: RequestLog, work: Path, c
                 "final_pass": report["final_pass"], "tags_pulled": report["images"]["through_registry"]["tags"],
                 "manual": manual_steps + manual_restarts, "manual_restarts": manual_restarts,
                 "ratio": (manual_steps + manual_restarts) / report["pushes_refused_seconds"],
-                "bucket": verified(source, "migrator-initial", endpoint, work)}
+                "bucket": verified(source, "migrator-initial", endpoint, work),
+                "estimate": json.loads(estimate.read_text())["estimated_read_only_window_seconds"]}
             rollback = subprocess.run([sys.executable, "-m", "migrator", "--quiet", "rollback", "--yes", "--force",
                                        str(plan)], capture_output=True, text=True)
             if rollback.returncode != 0:
@@ -454,6 +458,10 @@ def render_goals(results: dict, add: Callable[[str], None]) -> None:
             add(f"| {system}: window as pushes see it, restarts included, ≤ 1/10 of the manual procedure's | "
                 f"{row['ratio']:.1f}× shorter ({row['pushes_refused']:.2f} s vs {row['manual']:.1f} s) | "
                 f"{'yes' if row['ratio'] >= 10 else 'no'} |")
+            estimate = row["estimate"]["total"]
+            within = row["window"] / 2 <= estimate <= row["window"] * 2
+            add(f"| {system}: `report`'s estimate within 2× of the read-only window | {estimate:.1f} s vs "
+                f"{row['window']:.1f} s | {'yes' if within else 'no'} |")
             limit = 2 * registry["registry_restart_seconds"]
             add(f"| {system}: reads unanswered ≤ 2 registry restarts | {row['reads_refused']:.2f} s vs {limit:.2f} s | "
                 f"{'yes' if row['reads_refused'] <= limit else 'no'} |")
