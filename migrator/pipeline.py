@@ -246,17 +246,20 @@ class Migration:
                 client.list_objects_v2(Bucket=name, Prefix=self.plan.key_prefix + "docker/", MaxKeys=1)
                 return
             body = b"migrator canary " + key.encode()
-            put = client.put_object(Bucket=name, Key=key, Body=body, **self.engine.transfer.extra_args)
-            if put.get("ETag", "").strip('"') != md5_of(body):
-                self.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
+            keys = [key, key + "-multipart"]  # the copy's two upload paths, with its headers and checksum setting
             try:
-                if client.get_object(Bucket=name, Key=key)["Body"].read() != body:
-                    raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object; check bucket.endpoint")
+                if self.engine.transfer.put(key, body).strip('"') != md5_of(body):
+                    self.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
+                self.engine.transfer.put_multipart(keys[1], body)
+                for stored in keys:
+                    if client.get_object(Bucket=name, Key=stored)["Body"].read() != body:
+                        raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object {stored}; "
+                                           "check bucket.endpoint")
                 listed = client.list_objects_v2(Bucket=name, Prefix=key).get("KeyCount", 0)
-                if listed != 1:
-                    raise InvalidInput(f"bucket {name!r} does not list the canary object it just stored")
-            finally:
-                client.delete_object(Bucket=name, Key=key)
+                if listed != len(keys):
+                    raise InvalidInput(f"bucket {name!r} does not list the canary objects it just stored")
+            finally:  # DeleteObjects, as the delete step sends it
+                client.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
             canaries = f"{self.plan.key_prefix}.migrator-canary/"
             for leftover in client.list_objects_v2(Bucket=name, Prefix=canaries).get("Contents", []):
                 client.delete_object(Bucket=name, Key=leftover["Key"])  # from a run killed mid-preflight
