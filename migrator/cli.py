@@ -228,6 +228,8 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
         click.echo(f"  assuming {assumed['changes_left_for_the_window']} changes left for the window, "
                    f"{'the change feed' if assumed['change_feed'] else 'a full walk'}, {assumed['seconds_per_restart']}s "
                    f"a restart ({'measured by the last run' if assumed['restart_measured'] else 'registry.restart_seconds'})")
+        for hint in result.get("hints", []):
+            click.echo(f"hint: {hint}")
         for name, diff in result.get("config_diff", {}).items():
             click.echo(f"config change ({name}):\n{diff}")
         if plan.registry is not None:

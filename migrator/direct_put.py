@@ -5,8 +5,9 @@ it on parameter handling, event hooks and response parsing around the request (2
 machine, 0.9 ms for the same request sent this way). The request is the one the client would send: the client's
 own URL (taken from a presigned URL, so addressing style, region and endpoint are botocore's), its SigV4 signer
 and credentials, its connection pool, the headers the PutObject model gives each extra argument, and a CRC32
-checksum header as botocore adds by default. Anything but a clean 200 with an ETag returns None, and the caller
-sends the upload through ``client.put_object``, with its retries and its errors.
+checksum header as botocore adds by default (none with ``bucket.checksums: when_required``). Anything but a clean
+200 with an ETag returns None, and the caller sends the upload through ``client.put_object``, with its retries and
+its errors.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class DirectPut:
             if serialization.get("location") != "header":
                 raise ValueError(f"PutObject argument {name} is not a header")
             self.headers[serialization["name"]] = str(value)
+        # a CRC32 header as botocore adds one, unless the plan's checksum setting is when_required
+        self.checksum = getattr(client.meta.config, "request_checksum_calculation", None) != "when_required"
         self.fallbacks = 0  # requests handed back to put_object
         self._failures_in_a_row = 0
 
@@ -61,7 +64,8 @@ class DirectPut:
 
     def _send(self, key: str, body: bytes) -> Optional[str]:
         headers = dict(self.headers)
-        headers["x-amz-checksum-crc32"] = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+        if self.checksum:
+            headers["x-amz-checksum-crc32"] = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
         request = AWSRequest(method="PUT", url=self.url_base + quote(key, safe="/~"), data=body, headers=headers)
         S3SigV4Auth(self.credentials.get_frozen_credentials(), "s3", self.region).add_auth(request)
         try:

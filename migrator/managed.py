@@ -17,9 +17,11 @@ pipeline ask the registry on s3 before the production registry is restarted onto
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -46,6 +48,7 @@ COMMAND_TIMEOUT_SECONDS = 900  # a reconfigure may run registry database migrati
 SAMPLE_INTERVAL_SECONDS = 0.05
 OMNIBUS_BINARY = "/opt/gitlab/embedded/bin/registry"
 DATABASE_HEADER = "gitlab-container-registry-database-enabled"
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -118,6 +121,11 @@ def run_command(command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Optio
         return (f"command {command!r} failed with exit code {completed.returncode}: "
                 f"{redact((completed.stderr or completed.stdout).strip())[-500:]}")
     return None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when migrator dies, so a kill -9 never leaves a second registry serving."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def registry_environment() -> dict:
@@ -270,7 +278,8 @@ class ManagedRegistry:
         log_path = work_dir / "shadow-registry.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen([self.binary(), "serve", str(path)], stdout=log, stderr=log,
-                                       stdin=subprocess.DEVNULL, env=registry_environment())
+                                       stdin=subprocess.DEVNULL, env=registry_environment(),
+                                       preexec_fn=_die_with_parent)
         client = RegistryClient(f"http://127.0.0.1:{port}")
         try:
             if not client.wait_healthy(30):

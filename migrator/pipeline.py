@@ -79,6 +79,7 @@ class Migration:
         self.journal: Optional[Journal] = None
         self.registry: Optional[ManagedRegistry] = None
         self.tracker: Optional[PassTracker] = None  # set by ``run``: the change feed the final pass may use
+        self.hints: list[str] = []  # set by preflight: settings worth changing (``report`` lists them)
 
     # --- the pipeline ----------------------------------------------------------------------
 
@@ -197,18 +198,23 @@ class Migration:
         return database.get("enabled") in (True, "true")
 
     def advise_on_registry_settings(self) -> None:
-        """Hints for settings that make restarts or the bucket harder on clients than they need to be."""
+        """Hints for settings that make restarts or the bucket harder on clients than they need to be (logged, and
+        kept for ``report``)."""
+        self.hints = []
         if self.registry.draintimeout() is None:
-            log.info("hint: http.draintimeout is unset (0) in the registry config, so each restart cuts requests in "
-                     "flight; e.g. 'draintimeout: 10s' under http lets them finish (it lengthens a restart)")
+            self.hints.append("http.draintimeout is unset (0) in the registry config, so each restart cuts requests "
+                              "in flight; e.g. 'draintimeout: 10s' under http lets them finish (it lengthens a restart)")
         storage = self.plan.registry.storage
         gitlab = self.plan.registry.format == "omnibus" or self.plan.bucket.driver == "s3_v2"
         if gitlab and self.plan.bucket.endpoint:
             missing = [key for key in ("pathstyle", "checksum_disabled") if key not in storage]
             if missing:
-                log.warning("hint: an S3-compatible endpoint with GitLab's registry: its s3_v2 driver (GitLab 19 runs s3 "
-                            "as s3_v2) sends CRC64NVME checksums and path-style requests unless told; set %s under "
-                            "registry.storage if the store needs it", " and ".join(f"{k}: true" for k in missing))
+                self.hints.append("an S3-compatible endpoint with GitLab's registry: its s3_v2 driver (GitLab 19 runs "
+                                  "s3 as s3_v2) sends CRC64NVME checksums and path-style requests unless told; set "
+                                  f"{' and '.join(f'{k}: true' for k in missing)} under registry.storage if the store "
+                                  "needs it")
+        for hint in self.hints:
+            log.info("hint: %s", hint)
         if gitlab and storage.get("v4auth") is False:
             raise InvalidInput("registry.storage.v4auth is false, but GitLab's registry removed SigV2 in 18.0: remove "
                                "v4auth from registry.storage")
@@ -246,17 +252,20 @@ class Migration:
                 client.list_objects_v2(Bucket=name, Prefix=self.plan.key_prefix + "docker/", MaxKeys=1)
                 return
             body = b"migrator canary " + key.encode()
-            put = client.put_object(Bucket=name, Key=key, Body=body, **self.engine.transfer.extra_args)
-            if put.get("ETag", "").strip('"') != md5_of(body):
-                self.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
+            keys = [key, key + "-multipart"]  # the copy's two upload paths, with its headers and checksum setting
             try:
-                if client.get_object(Bucket=name, Key=key)["Body"].read() != body:
-                    raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object; check bucket.endpoint")
+                if self.engine.transfer.put(key, body).strip('"') != md5_of(body):
+                    self.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
+                self.engine.transfer.put_multipart(keys[1], body)
+                for stored in keys:
+                    if client.get_object(Bucket=name, Key=stored)["Body"].read() != body:
+                        raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object {stored}; "
+                                           "check bucket.endpoint")
                 listed = client.list_objects_v2(Bucket=name, Prefix=key).get("KeyCount", 0)
-                if listed != 1:
-                    raise InvalidInput(f"bucket {name!r} does not list the canary object it just stored")
-            finally:
-                client.delete_object(Bucket=name, Key=key)
+                if listed != len(keys):
+                    raise InvalidInput(f"bucket {name!r} does not list the canary objects it just stored")
+            finally:  # DeleteObjects, as the delete step sends it
+                client.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
             canaries = f"{self.plan.key_prefix}.migrator-canary/"
             for leftover in client.list_objects_v2(Bucket=name, Prefix=canaries).get("Contents", []):
                 client.delete_object(Bucket=name, Key=leftover["Key"])  # from a run killed mid-preflight
@@ -911,6 +920,7 @@ class Migration:
         }
         report["estimated_read_only_window_seconds"] = self.estimate_window(result, pass_seconds)
         if self.registry is not None:
+            report["hints"] = self.hints
             report["config_diff"] = {"read_only": self.registry.diff(self.registry.target(on_s3=False, readonly=True)),
                                      "final": self.registry.diff(self.target_s3(readonly=False))}
         return report

@@ -22,6 +22,7 @@ class BucketSettings:
     endpoint: Optional[str] = None
     profile: Optional[str] = None
     driver: str = "s3"  # the registry's driver name: s3, or s3_v2 (GitLab's fork)
+    checksums: str = "auto"  # botocore's checksum setting; auto: when_required for endpoints other than AWS
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ _BUCKET = {
     "endpoint": ((str, type(None)), False),
     "profile": ((str, type(None)), False),
     "driver": (str, False),
+    "checksums": (str, False),
 }
 _REGISTRY = {
     "config": (str, True),
@@ -245,6 +247,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if bucket_values.get("driver", "s3") not in ("s3", "s3_v2"):
         raise InvalidInput(f"{plan_path}: bucket.driver must be s3 or s3_v2 (GitLab's fork), "
                            f"not {bucket_values['driver']!r}")
+    if bucket_values.get("checksums", "auto") not in ("auto", "when_required", "when_supported"):
+        raise InvalidInput(f"{plan_path}: bucket.checksums must be auto, when_required or when_supported, "
+                           f"not {bucket_values['checksums']!r}")
     bucket = BucketSettings(**bucket_values)
 
     registry = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import logging
 import threading
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -141,12 +143,15 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
 
     ``max_attempts`` overrides the plan's (preflight wants to fail fast on an unreachable endpoint).
     """
+    checksums = checksum_mode(settings)
     config = Config(
         max_pool_connections=sync.workers + sync.shard_workers + 4,
         retries={"mode": sync.retry_mode, "max_attempts": max_attempts or sync.max_attempts},
         s3={"addressing_style": "path"} if settings.endpoint else None,
         connect_timeout=10,
         read_timeout=60,
+        request_checksum_calculation=checksums,
+        response_checksum_validation=checksums,
     )
     try:
         session = boto3.session.Session(profile_name=settings.profile)
@@ -161,6 +166,8 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
             f"bucket.endpoint {settings.endpoint!r} is not usable ({exc}); use a URL like http://host:9000"
         ) from None
     _cache_endpoints(client)
+    if checksums == "when_required":  # stores that predate CRC checksums want DeleteObjects' Content-MD5
+        client.meta.events.register("before-call.s3.DeleteObjects", _add_content_md5)
     counter = RequestCounter()
     counter.attach(client)
     try:
@@ -168,6 +175,24 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     except botocore.exceptions.BotoCoreError:
         credentials = None  # the client's own calls report the problem
     return Bucket(settings, key_prefix, client, counter, credentials)
+
+
+def checksum_mode(settings: BucketSettings) -> str:
+    """``bucket.checksums``; ``auto`` keeps botocore's default (when_supported) for AWS and uses when_required for any
+    other endpoint: aws-chunked uploads with a trailing CRC break Ceph RGW (411 over https), R2, B2, Scality and
+    older MinIO."""
+    if settings.checksums != "auto":
+        return settings.checksums
+    host = urllib.parse.urlparse(settings.endpoint).hostname if settings.endpoint else None
+    aws = host is None or host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    return "when_supported" if aws else "when_required"
+
+
+def _add_content_md5(params: dict, **_: object) -> None:
+    """DeleteObjects with Content-MD5, as stores without CRC checksum support require."""
+    body = params.get("body")
+    if isinstance(body, bytes) and "Content-MD5" not in params["headers"]:
+        params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
 def _cache_endpoints(client) -> None:
@@ -212,13 +237,31 @@ def explain(exc: Exception, bucket: str) -> str:
             "InvalidAccessKeyId": "the AWS access key id is not valid; check the credentials in the environment or profile",
             "SignatureDoesNotMatch": "the AWS secret key does not match the access key id; check the credentials",
         }
-        return hints.get(code, f"S3 error {code} on bucket {bucket!r}: {exc.response.get('Error', {}).get('Message', '')}")
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        problem = f"S3 error {code} on bucket {bucket!r}: {exc.response.get('Error', {}).get('Message', '')}"
+        compatibility = COMPATIBILITY.get(code) or COMPATIBILITY.get(status)
+        if compatibility:
+            return f"{problem}. {compatibility}"
+        return hints.get(code, problem)
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return f"S3 error on bucket {bucket!r}: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
 BUCKET_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+_CHECKSUMS = ("this store does not take boto3's checksums (an aws-chunked body with a trailing x-amz-checksum-crc32, "
+              "Content-Encoding: aws-chunked): set bucket.checksums: when_required in the plan")
+COMPATIBILITY = {  # errors from S3-compatible stores that name a header we sent, and the plan key that changes it
+    "MissingContentLength": _CHECKSUMS,
+    "411": _CHECKSUMS,
+    "NotImplemented": _CHECKSUMS + " (or the header named above is not supported)",
+    "501": _CHECKSUMS + " (or the header named above is not supported)",
+    "MissingContentMD5": "this store wants Content-MD5 on DeleteObjects: set bucket.checksums: when_required",
+    "InvalidStorageClass": "the store does not offer the x-amz-storage-class sent: fix registry.storage.storageclass",
+    "InvalidArgument": ("the store rejected a header we sent: x-amz-storage-class (registry.storage.storageclass), "
+                        "x-amz-server-side-encryption (registry.storage.encrypt/keyid) or x-amz-checksum-* "
+                        "(bucket.checksums: when_required)"),
+}
 
 
 @dataclass(frozen=True)

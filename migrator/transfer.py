@@ -4,6 +4,7 @@ a threshold."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -133,6 +134,13 @@ class Transfer:
                 return etag
         return self.bucket.client.put_object(Bucket=self.bucket.settings.name, Key=key, Body=data,
                                              **self.extra_args).get("ETag", "")
+
+    def put_multipart(self, key: str, data: bytes) -> None:
+        """``data`` through the copy's multipart path and headers, whatever its size (the preflight canary)."""
+        config = TransferConfig(multipart_threshold=1, multipart_chunksize=self.config.multipart_chunksize,
+                                use_threads=False)
+        self.bucket.client.upload_fileobj(io.BytesIO(data), self.bucket.settings.name, key, ExtraArgs=self.extra_args,
+                                          Config=config)
 
     def delete(self, rels: Sequence[str]) -> list[str]:
         """DeleteObjects in batches of 1000; refuses any key outside docker/ or inside _uploads.

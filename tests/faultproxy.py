@@ -31,6 +31,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.injected: Counter = Counter()
         self.requests = 0
+        self.seen: list[tuple[str, str, dict]] = []  # (method, path, headers) of every request, as sent on the wire
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,6 +54,8 @@ class FaultProxy:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _handle(self):
+                with proxy.lock:
+                    proxy.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
                 body = self._body()
                 fault = proxy.pick()
                 if fault == "drop":

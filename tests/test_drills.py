@@ -77,6 +77,8 @@ def test_crash_anywhere_then_resume(local_registry, s3, bucket):
     final = run_migrator(plan)
     assert final == 0, f"seed {seed}: {log}"
     assert kills >= 20, f"seed {seed}: only {kills} kills: {log}"
+    shadows = subprocess.run(["pgrep", "-f", str(plan.parent / "plan.state" / "shadow")], capture_output=True, text=True)
+    assert not shadows.stdout.split(), "a shadow registry outlived the run that started it"
 
     storage = storage_of(local_registry.config)
     assert "s3" in storage and not (storage.get("maintenance") or {}).get("readonly", {}).get("enabled"), seed

@@ -183,6 +183,7 @@ def test_gc_removes_an_unreferenced_blob_and_every_image_still_pulls(local_regis
     report = run_cli("report", plan, "--json", tmp_path / "report.json")
     assert report.returncode == 0, report.stderr
     assert json.loads((tmp_path / "report.json").read_text())["garbage_collection"]["bytes"] == 2500
+    assert "hint: http.draintimeout is unset (0)" in report.stdout  # the local registry's config has none
 
     done = run_cli("gc", plan, "--yes", "--json", tmp_path / "gc.json")
     assert done.returncode == 0, done.stderr
