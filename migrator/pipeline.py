@@ -52,7 +52,7 @@ CLOCK_SKEW_SECONDS = 30
 ONLINE_PHASES = ("delta_passes", "online_verification", "prove_on_s3")
 PASS_HISTORY = 100  # passes kept for the report's timeline
 S3_READS_PER_REGISTRY_REQUEST = 3  # a manifest GET or blob HEAD on the s3 driver: link, then blob stat or read
-PRODUCTION_TAGS = 10  # tags asked in the window, of those it changed and of all (the whole sample was asked before)
+PRODUCTION_TAGS = 10  # changed tags asked in the window (the sample of all was asked before it), and of production
 
 
 @dataclass
@@ -473,7 +473,7 @@ class Migration:
             log.warning("no registry.binary on this host: the sample of tags is asked inside the window, from the "
                         "registry restarted read-only on s3 (a third restart)")
             return
-        tags = self.tags_to_pull(window=False, sample=self.plan.registry.image_sample)
+        tags = self.tags_to_pull(changed=0, others=self.plan.registry.image_sample)
         try:
             result, where = self.ask_shadow(tags)
         except InvalidInput as exc:
@@ -611,13 +611,14 @@ class Migration:
 
     def cutover(self) -> None:
         """Ask the registry on s3 before any client does: GitLab's filesystem-in-use marker must be in the bucket,
-        then a seeded few of the tags the window changed and of all must pull (manifest by tag and digest, every
-        blob), from the registry's own binary serving the s3 config read-only on loopback: production restarts once
-        more only (read-write on s3). Without that binary, production is restarted read-only on s3 and asked, with
-        the whole sample (a third restart)."""
+        then a seeded ten of the tags the window changed must pull (manifest by tag and digest, every blob; the
+        sample of all was asked before the window) from the registry's own binary serving the s3 config read-only
+        on loopback: production restarts once more only (read-write on s3). Without that binary, production is
+        restarted read-only on s3 and asked for the whole sample and as many changed tags (a third restart)."""
         self.prove_lockfile()
         shadow = self.registry.binary() is not None
-        tags = self.tags_to_pull(window=True, sample=PRODUCTION_TAGS if shadow else self.plan.registry.image_sample)
+        sample = self.plan.registry.image_sample
+        tags = self.tags_to_pull(changed=PRODUCTION_TAGS, others=0) if shadow else self.tags_to_pull(sample, sample)
         if shadow:
             try:
                 result, where = self.ask_shadow(tags)
@@ -631,7 +632,8 @@ class Migration:
         log.info("asked %s: %d tags, %d manifests, %d blobs; %d failed", where, result.tags, result.manifests,
                  result.blobs, len(result.failed))
         if not tags:
-            log.warning("no tag to pull through the registry: the source has no tagged image")
+            log.info("the window changed no tag: nothing more to ask of the registry on s3" if shadow else
+                     "no tag to pull through the registry: the source has no tagged image")
         if not result.ok:
             self.stop_safely(f"{len(result.failed)} of {result.tags} tags do not pull from the registry on s3 "
                              f"(first: {'; '.join(result.failed[:3])})")
@@ -648,25 +650,24 @@ class Migration:
                              "registry would start on an empty database")
         log.info("GitLab's filesystem-in-use marker is in the bucket")
 
-    def tags_to_pull(self, window: bool, sample: int) -> list[tuple[str, str, str]]:
-        """(repository, tag, digest): a seeded random sample of ``sample`` tags the window changed (``window``),
-        and of ``sample`` tags of all. Every changed tag's objects are proven against the bucket by the window's
-        image check; asking the registry proves it reads them, which fails for a setting, not for one object."""
+    def tags_to_pull(self, changed: int, others: int) -> list[tuple[str, str, str]]:
+        """(repository, tag, digest): a seeded random sample of ``changed`` tags the window changed, and of
+        ``others`` tags of all. Every changed tag's objects are proven against the bucket by the window's image
+        check; asking the registry proves it reads them, which fails for a setting, not for one object."""
         graph = ImageGraph(self.plan.source, self.plan.state_dir)
         seed = self.state.image_sample_seed
         try:
-            if window:
+            if changed:
                 graph.add_window_changes(rel for rel, _, _ in self.journal.window_changes())
-            changed = sorted(graph.tags)
+            window = sorted(graph.tags)
             tags = {(repository, tag): digest for repository, tag, digest in
-                    random.Random(seed).sample(changed, min(sample, len(changed)))}
-            for repository, tag, digest in graph.sample_tags(sample, seed):
+                    random.Random(seed).sample(window, min(changed, len(window)))}
+            for repository, tag, digest in graph.sample_tags(others, seed) if others else ():
                 tags.setdefault((repository, tag), digest)
         finally:
             graph.close()
-        log.info("tags to pull through the registry: %d (%sa sample of %d, seed %d)", len(tags),
-                 f"{min(sample, len(changed))} of the {len(changed)} the window changed and " if window else "",
-                 sample, seed)
+        log.info("tags to pull through the registry: %d (%d of the %d the window changed, a sample of %d of all, "
+                 "seed %d)", len(tags), min(changed, len(window)), len(window), others, seed)
         return [(repository, tag, digest) for (repository, tag), digest in tags.items()]
 
     def readonly_off(self) -> None:
@@ -682,7 +683,7 @@ class Migration:
         accepted_at = now()
         failpoint("writes-accepted")
         self.check_database_header()
-        tags = self.tags_to_pull(window=False, sample=PRODUCTION_TAGS)
+        tags = self.tags_to_pull(changed=0, others=PRODUCTION_TAGS)
         result = check_through_registry(self.registry.client, tags)
         if not result.ok:
             self.stop_safely(f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
@@ -965,7 +966,7 @@ class Migration:
         without ``registry.binary``): timed now through the registry as it is (reads change nothing),
         plus what each request will cost once it reads from the bucket (about ``S3_READS_PER_REGISTRY_REQUEST``
         bucket reads each, at the latency of a HEAD timed now)."""
-        count = 2 * PRODUCTION_TAGS if self.registry.binary() else 2 * self.plan.registry.image_sample
+        count = PRODUCTION_TAGS if self.registry.binary() else 2 * self.plan.registry.image_sample
         graph = ImageGraph(self.plan.source, self.plan.state_dir)
         try:
             tags = graph.sample_tags(count, self.state.image_sample_seed)

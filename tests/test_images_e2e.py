@@ -54,8 +54,8 @@ def test_every_image_pulls_with_skopeo_from_the_s3_backed_registry(local_registr
     report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
     assert report["images"]["tags"] == len(images) and report["images"]["missing"] == 0
     assert report["images"]["manifests"] == len(images) + 2  # the index's two children
-    assert report["images"]["through_registry"]["tags"] == len(images)
-    assert report["images"]["through_registry"]["failures"] == 0
+    assert report["images"]["sample_on_s3"]["tags"] == len(images)
+    assert report["images"]["sample_on_s3"]["failures"] == report["images"]["through_registry"]["failures"] == 0
     out = tmp_path / "images.json"
     verified = run_cli("verify", "--images", "--json", out, plan)
     assert verified.returncode == 0, verified.stdout + verified.stderr
