@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from migrator.managed import registry_environment
+
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 
 
@@ -70,16 +72,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def registry_env() -> dict:
-    """docker-registry's S3 driver panics at start while AWS_CA_BUNDLE is set."""
-    return {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-
-
 def start_registry(config: Path, pidfile: Path, logfile: Path, url: str, timeout: float = 30) -> int:
     """Start docker-registry detached (it outlives the caller); returns its pid once it answers."""
     with open(logfile, "ab") as log:
         process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=log,
-                                   stdin=subprocess.DEVNULL, env=registry_env(), start_new_session=True)
+                                   stdin=subprocess.DEVNULL, env=registry_environment(), start_new_session=True)
     pidfile.write_text(f"{process.pid}\n")
     if not _wait_http(url + "/v2/", timeout):
         raise RuntimeError(f"docker-registry did not answer at {url} within {timeout}s; see {logfile}")

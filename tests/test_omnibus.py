@@ -185,7 +185,13 @@ def test_gc_removes_an_unreferenced_blob_and_every_image_still_pulls(local_regis
     assert json.loads((tmp_path / "report.json").read_text())["garbage_collection"]["bytes"] == 2500
     assert "hint: http.draintimeout is unset (0)" in report.stdout  # the local registry's config has none
 
-    done = run_cli("gc", plan, "--yes", "--json", tmp_path / "gc.json")
+    killed = subprocess.run([sys.executable, "-m", "migrator", "--quiet", "gc", "--yes", str(plan)], timeout=300,
+                            env=dict(os.environ, MIGRATOR_FAILPOINT="restarted@1"), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # killed with the registry just restarted read-only
+    assert StateStore(plan.parent / "plan.state").load().gc_started_at is not None
+    refused = run_cli("run", "--yes", plan)
+    assert refused.returncode == 2 and "re-run 'migrator gc'" in refused.stderr, refused.stderr
+    done = run_cli("gc", plan, "--yes", "--json", tmp_path / "gc.json")  # the same command finishes the job
     assert done.returncode == 0, done.stderr
     figures = json.loads((tmp_path / "gc.json").read_text())
     assert figures["blobs"] == 1 and figures["bytes"] == 2500 and figures["first_blobs"] == [orphan[7:]]
