@@ -611,14 +611,16 @@ class Migration:
 
     def cutover(self) -> None:
         """Ask the registry on s3 before any client does: GitLab's filesystem-in-use marker must be in the bucket,
-        then a seeded ten of the tags the window changed must pull (manifest by tag and digest, every blob; the
-        sample of all was asked before the window) from the registry's own binary serving the s3 config read-only
-        on loopback: production restarts once more only (read-write on s3). Without that binary, production is
+        then a seeded ten of the tags the window changed (others of all when it changed fewer: the bucket must
+        answer now) must pull (manifest by tag and digest, every blob; the sample of all was asked before), from
+        the registry's own binary serving the s3 config read-only on loopback: production restarts once more only
+        (read-write on s3). Without that binary, production is
         restarted read-only on s3 and asked for the whole sample and as many changed tags (a third restart)."""
         self.prove_lockfile()
         shadow = self.registry.binary() is not None
         sample = self.plan.registry.image_sample
-        tags = self.tags_to_pull(changed=PRODUCTION_TAGS, others=0) if shadow else self.tags_to_pull(sample, sample)
+        tags = (self.tags_to_pull(changed=PRODUCTION_TAGS, others=0, fill_to=PRODUCTION_TAGS) if shadow
+                else self.tags_to_pull(sample, sample))
         if shadow:
             try:
                 result, where = self.ask_shadow(tags)
@@ -650,10 +652,11 @@ class Migration:
                              "registry would start on an empty database")
         log.info("GitLab's filesystem-in-use marker is in the bucket")
 
-    def tags_to_pull(self, changed: int, others: int) -> list[tuple[str, str, str]]:
+    def tags_to_pull(self, changed: int, others: int, fill_to: int = 0) -> list[tuple[str, str, str]]:
         """(repository, tag, digest): a seeded random sample of ``changed`` tags the window changed, and of
-        ``others`` tags of all. Every changed tag's objects are proven against the bucket by the window's image
-        check; asking the registry proves it reads them, which fails for a setting, not for one object."""
+        ``others`` tags of all, then more of all until there are ``fill_to``. Every changed tag's objects are proven
+        against the bucket by the window's image check; asking the registry proves it reads them, which fails for
+        a setting or an unreachable bucket, not for one object."""
         graph = ImageGraph(self.plan.source, self.plan.state_dir)
         seed = self.state.image_sample_seed
         try:
@@ -662,8 +665,10 @@ class Migration:
             window = sorted(graph.tags)
             tags = {(repository, tag): digest for repository, tag, digest in
                     random.Random(seed).sample(window, min(changed, len(window)))}
-            for repository, tag, digest in graph.sample_tags(others, seed) if others else ():
-                tags.setdefault((repository, tag), digest)
+            extra = graph.sample_tags(max(others, fill_to), seed) if max(others, fill_to) else []
+            for index, (repository, tag, digest) in enumerate(extra):
+                if index < others or len(tags) < fill_to:
+                    tags.setdefault((repository, tag), digest)
         finally:
             graph.close()
         log.info("tags to pull through the registry: %d (%d of the %d the window changed, a sample of %d of all, "

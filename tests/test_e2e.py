@@ -241,13 +241,13 @@ def test_an_image_that_does_not_pull_from_s3_returns_the_registry_to_the_filesys
     real_cutover = Migration.cutover
 
     def lose_blobs_in_the_window(self):  # the sample pulled before the window; then the bucket "lost" blobs: the window
-        # changed no tag, so production, once on s3, is the one to notice (before the window is declared over)
+        # changed no tag, so the cut-over check asks tags of all, before production runs on s3
         monkeypatch.setattr(RegistryClient, "head_blob", lambda self, repository, digest: 404)
         real_cutover(self)
 
     monkeypatch.setattr(Migration, "cutover", lose_blobs_in_the_window)
     with migration(load_plan(local_registry.write_plan()), options=Options(yes=True)) as job:
-        with pytest.raises(StoppedSafely, match="do not pull from the production registry on s3"):
+        with pytest.raises(StoppedSafely, match="do not pull from the registry on s3"):
             job.run()
         assert job.state.readonly_on_at is None and "cutover" not in job.state.done
     monkeypatch.undo()
