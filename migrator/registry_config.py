@@ -114,8 +114,8 @@ class RegistryConfig:
         raise NotImplementedError
 
     def original_storage(self) -> dict:
-        """The storage section of the original (backed-up) config."""
-        return _parse_yaml(self.original_text(), self.backup)["storage"]
+        """The storage section of the original (backed-up) config the registry ran with."""
+        return self.original_running()["storage"]
 
     def render(self, target: TargetState) -> str:
         """The file text for ``target``, derived from the original."""
@@ -281,10 +281,6 @@ class OmnibusConfig(RegistryConfig):
     @property
     def rendered_backup(self) -> Path:
         return self.backup_dir / "rendered-config.yml"
-
-    def original_storage(self) -> dict:
-        source = self.rendered_backup if self.rendered_backup.exists() else self.rendered
-        return _parse_yaml(_read(source), source)["storage"]
 
     def take_backup(self) -> None:
         strip_managed_block(self.current_text(), self.path)
