@@ -23,6 +23,7 @@ class BucketSettings:
     profile: Optional[str] = None
     driver: str = "s3"  # the registry's driver name: s3, or s3_v2 (GitLab's fork)
     checksums: str = "auto"  # botocore's checksum setting; auto: when_required for endpoints other than AWS
+    ca_bundle: Optional[Path] = None  # PEM certificates to trust for an https endpoint (a private CA, self-signed)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ _BUCKET = {
     "profile": ((str, type(None)), False),
     "driver": (str, False),
     "checksums": (str, False),
+    "ca_bundle": ((str, type(None)), False),
 }
 _REGISTRY = {
     "config": (str, True),
@@ -250,6 +252,11 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if bucket_values.get("checksums", "auto") not in ("auto", "when_required", "when_supported"):
         raise InvalidInput(f"{plan_path}: bucket.checksums must be auto, when_required or when_supported, "
                            f"not {bucket_values['checksums']!r}")
+    if bucket_values.get("ca_bundle"):
+        bucket_values["ca_bundle"] = _resolve(base, bucket_values["ca_bundle"])
+        if not bucket_values["ca_bundle"].is_file():
+            raise InvalidInput(f"{plan_path}: bucket.ca_bundle {bucket_values['ca_bundle']} is not a file; point it "
+                               "at the PEM certificate(s) the endpoint's certificate is signed with")
     bucket = BucketSettings(**bucket_values)
 
     registry = None

@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -38,9 +40,18 @@ class Response:
 class RegistryClient:
     """A small Docker Registry HTTP API v2 client on urllib (redirects followed, e.g. 307 to the bucket)."""
 
-    def __init__(self, url: str, timeout: float = 30.0):
+    def __init__(self, url: str, timeout: float = 30.0, ca_bundle: Optional[Path] = None):
+        """``ca_bundle``: certificates to trust besides the system's, e.g. the bucket's, which blob pulls are
+        redirected to."""
         self.url = url.rstrip("/")
         self.timeout = timeout
+        handlers = []
+        if ca_bundle:
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=str(ca_bundle))
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._follow = urllib.request.build_opener(*handlers)
+        self._keep = urllib.request.build_opener(*handlers, _KeepRedirects)
         self.user = os.environ.get("MIGRATOR_PROBE_USER")
         self.password = os.environ.get("MIGRATOR_PROBE_PASSWORD")
 
@@ -71,7 +82,7 @@ class RegistryClient:
     def _send(self, method: str, path: str, body: Optional[bytes], headers: dict, follow: bool = True) -> Response:
         url = path if path.startswith("http") else self.url + path
         req = urllib.request.Request(url, data=body, method=method, headers=headers)
-        opener = urllib.request.urlopen if follow else _NO_REDIRECTS.open
+        opener = self._follow.open if follow else self._keep.open
         try:
             with opener(req, timeout=self.timeout) as resp:
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
@@ -83,7 +94,7 @@ class RegistryClient:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
         req = urllib.request.Request(f"{params.get('realm', '')}?{query}", headers={"Authorization": self._basic()})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with self._follow.open(req, timeout=self.timeout) as resp:
                 data = json.loads(resp.read())
         except (urllib.error.URLError, ValueError):
             return None
@@ -196,9 +207,6 @@ class _KeepRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
         return None
-
-
-_NO_REDIRECTS = urllib.request.build_opener(_KeepRedirects)
 
 
 class RegistryError(Exception):

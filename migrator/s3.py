@@ -158,7 +158,8 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     except botocore.exceptions.ProfileNotFound:
         raise InvalidInput(f"AWS profile {settings.profile!r} not found; fix bucket.profile or your ~/.aws/config") from None
     try:
-        client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config)
+        client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config,
+                                verify=str(settings.ca_bundle) if settings.ca_bundle else None)
     except botocore.exceptions.BotoCoreError as exc:
         raise InvalidInput(explain(exc, settings.name)) from None
     except ValueError as exc:
@@ -225,6 +226,9 @@ def explain(exc: Exception, bucket: str) -> str:
         return f"incomplete AWS credentials ({exc}); set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither"
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, bucket.profile, or an instance role"
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return (f"the S3 endpoint's TLS certificate is not trusted ({exc.kwargs.get('endpoint_url', '?')}); if it is "
+                "signed by a private CA or self-signed, set bucket.ca_bundle to its PEM file")
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
         return f"cannot reach the S3 endpoint ({exc.kwargs.get('endpoint_url', '?')}); check bucket.endpoint and the network"
     if isinstance(exc, botocore.exceptions.ClientError):

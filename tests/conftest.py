@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from migrator.local import REGISTRY_BINARY, LocalRegistry, MotoServer
+from migrator.rgw import RadosGateway, RadosGatewayUnavailable
 from migrator.synthetic import RegistryTree, populate
 
 
@@ -32,6 +33,20 @@ def moto_server(tmp_path_factory):
     server = MotoServer(logfile=tmp_path_factory.mktemp("moto") / "moto.log").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory):
+    """A throw-away Ceph RGW (http and https) for the session, with the suite's credentials; the tests that use it
+    skip, saying why, where it cannot start (scripts/setup.sh installs it)."""
+    gateway = RadosGateway(tmp_path_factory.mktemp("rgw"), access_key="test-access-key",
+                           secret_key="test-secret-key-do-not-print")
+    try:
+        gateway.start()
+    except RadosGatewayUnavailable as exc:
+        pytest.skip(f"Ceph RGW cannot run on this machine: {exc}")
+    yield gateway
+    gateway.stop()
 
 
 @pytest.fixture(scope="session")

@@ -140,6 +140,8 @@ CASES = {
                                     "denied"),
     "unknown profile": lambda w: (["run", "--yes", w.plan(**{"bucket.profile": "nobody"})], None, 2,
                                   "profile 'nobody' not found"),
+    "CA bundle that is not a file": lambda w: (["run", "--yes", w.plan(**{"bucket.ca_bundle": "/nonexistent/ca.pem"})],
+                                               None, 2, "bucket.ca_bundle"),
     "unreachable endpoint": lambda w: (["run", "--yes", w.plan(**{"bucket.endpoint": closed_port_url()})], None, 2,
                                        "cannot reach the S3 endpoint"),
     "endpoint that is not a URL": lambda w: (["run", "--yes", w.plan(**{"bucket.endpoint": "not a url"})], None, 2,
