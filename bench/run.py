@@ -2,9 +2,11 @@
 
 Knobs (environment): BENCH_OBJECTS (default 40000), BENCH_MB (700), BENCH_SCALE_OBJECTS (1000000; 0 skips
 the scale run), BENCH_CHURN (changes, default 300), BENCH_DIR (work directory, default /tmp/migrator-bench),
-BENCH_S3_ENDPOINT (an S3 endpoint instead of a local moto_server; peers' request counts then read "n/a"),
-BENCH_ONLY=initial, growth or registry (only that table, written beside latest.md; registry also runs the manual
-procedure's steps it is compared with), BENCH_RECONFIGURE_SECONDS (the fake Omnibus reconfigure, default 90).
+BENCH_S3 (the S3 servers, comma-separated, default ``rgw,moto``: a throw-away Ceph RGW (``migrator.rgw``), a local
+moto_server, or an endpoint URL (peers' request counts then read "n/a"); the initial sync, the window and the
+registry windows run against each on the same tree, growth and scale against the first), BENCH_ONLY (parts,
+comma-separated, of initial, registry, growth and scale; only those, written beside latest.md; registry also runs
+the manual procedure's steps it is compared with), BENCH_RECONFIGURE_SECONDS (the fake Omnibus reconfigure, default 90).
 Results: a markdown table printed and written to bench/results/<date>.md and bench/results/latest.md.
 """
 
@@ -19,8 +21,9 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import boto3
 import yaml
@@ -33,6 +36,7 @@ from migrator.march import md5_of
 from migrator.omnibus_fake import FakeOmnibus
 from migrator.pipeline import migration
 from migrator.plan import load_plan
+from migrator.rgw import RadosGateway
 from migrator.walker import read_bytes, walk_shard
 
 GNU_TIME = "/usr/bin/time"
@@ -41,7 +45,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 class RequestLog:
-    """Counts S3 requests from moto_server's own access log (one line a request)."""
+    """Counts S3 requests from the server's own access log (moto_server's, or radosgw's beast lines)."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -108,7 +112,9 @@ def seed_journal(plan_path: Path) -> int:
 def tool_versions() -> dict:
     versions = {}
     for name, command in {"awscli": ["aws", "--version"], "rclone": ["rclone", "version"],
-                          "s5cmd": ["s5cmd", "version"], "docker-registry": ["/usr/bin/docker-registry", "--version"]}.items():
+                          "s5cmd": ["s5cmd", "version"], "docker-registry": ["/usr/bin/docker-registry", "--version"],
+                          "radosgw": ["radosgw", "--version"],
+                          "moto": [sys.executable, "-c", "import moto; print(moto.__version__)"]}.items():
         try:
             versions[name] = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
@@ -116,44 +122,65 @@ def tool_versions() -> dict:
     return versions
 
 
+@contextmanager
+def s3_server(name: str, work: Path) -> Iterator[tuple[str, RequestLog]]:
+    """The endpoint and request log of ``name``: rgw, moto (started here, stopped after) or an endpoint URL."""
+    if name == "moto":
+        moto = MotoServer(logfile=work / "moto.log").start()
+        try:
+            yield moto.endpoint, RequestLog(work / "moto.log")
+        finally:
+            moto.stop()
+    elif name == "rgw":
+        shutil.rmtree(work / "rgw-server", ignore_errors=True)
+        gateway = RadosGateway(work / "rgw-server", access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                               secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], memstore_bytes=16 << 30).start()
+        try:
+            yield gateway.endpoint, RequestLog(gateway.access_log)
+        finally:
+            gateway.stop()
+            shutil.rmtree(work / "rgw-server", ignore_errors=True)  # memstore: nothing worth keeping
+    else:
+        yield name, RequestLog(None)
+
+
 def main() -> int:
     objects = int(os.environ.get("BENCH_OBJECTS", 40_000))
     megabytes = int(os.environ.get("BENCH_MB", 700))
     scale_objects = int(os.environ.get("BENCH_SCALE_OBJECTS", 1_000_000))
     changes = int(os.environ.get("BENCH_CHURN", 300))
-    only = os.environ.get("BENCH_ONLY")  # "initial" or "growth": just that table (latest.md untouched)
-    work = Path(os.environ.get("BENCH_DIR", "/tmp/migrator-bench"))
-    work.mkdir(parents=True, exist_ok=True)
+    only = os.environ.get("BENCH_ONLY")  # parts, comma-separated: just those (latest.md untouched)
+    parts = set(only.split(",")) if only else {"initial", "registry", "growth", "scale"}
+    servers = os.environ.get("BENCH_S3", "rgw,moto").split(",")
+    root = Path(os.environ.get("BENCH_DIR", "/tmp/migrator-bench"))
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    endpoint = os.environ.get("BENCH_S3_ENDPOINT")
-    moto = None
-    if endpoint is None:
-        moto = MotoServer(logfile=work / "moto.log").start()
-        endpoint = moto.endpoint
-    log = RequestLog(work / "moto.log" if moto else None)
-    s3 = boto3.client("s3", endpoint_url=endpoint)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     results: dict = {"date": stamp, "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                                                "python": platform.python_version()}, "tools": tool_versions()}
-    try:
-        if only != "growth":
-            results["tree"] = tree = generate(work / "tree", objects, megabytes * 2**20)
-            source = Path(tree["root"])
-            print(f"tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['seconds']:.0f}s to write)")
-            tools = ("migrator sync", "aws s3 sync") if only == "registry" else None
-            results["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
-        if only in (None, "registry"):
-            results["window"] = read_only_window(source, endpoint, s3, log, work, changes)
-            results["registry"] = registry_windows(source, endpoint, log, work, changes, results["window"])
-        if only in (None, "growth"):
-            results["growth"] = window_growth(endpoint, s3, log, work, objects, changes)
-        if only is None and scale_objects:
-            results["scale"] = scale_pass(endpoint, s3, log, work, scale_objects)
-    finally:
-        if moto:
-            moto.stop()
+                                                "python": platform.python_version()}, "tools": tool_versions(),
+                     "servers": {}}
+    for index, server in enumerate(servers):
+        work = root / re.sub(r"[^a-z0-9]+", "-", server.lower())
+        work.mkdir(parents=True, exist_ok=True)
+        with s3_server(server, work) as (endpoint, log):
+            print(f"S3 server: {server} at {endpoint}", flush=True)
+            s3 = boto3.client("s3", endpoint_url=endpoint)
+            figures = results["servers"][server] = {}
+            if parts & {"initial", "registry"}:  # the same tree (same seed) for every server
+                figures["tree"] = tree = generate(work / "tree", objects, megabytes * 2**20)
+                source = Path(tree["root"])
+                print(f"tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['seconds']:.0f}s to write)")
+                tools = None if "initial" in parts else ("migrator sync", "aws s3 sync")  # what the window needs
+                figures["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
+            if "registry" in parts:
+                figures["window"] = read_only_window(source, endpoint, s3, log, work, changes)
+                figures["registry"] = registry_windows(source, endpoint, log, work, changes, figures["window"])
+            if index == 0 and "growth" in parts:
+                figures["growth"] = window_growth(endpoint, s3, log, work, objects, changes)
+            if index == 0 and "scale" in parts and scale_objects:
+                figures["scale"] = scale_pass(endpoint, s3, log, work, scale_objects)
+            shutil.rmtree(work / "tree", ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     markdown = render(results)
     (RESULTS / f"{stamp}.md").write_text(markdown)
@@ -352,40 +379,70 @@ def scale_pass(endpoint: str, s3, log: RequestLog, work: Path, objects: int) -> 
             "pass_requests": pass_requests, "server_requests": result["requests"]}
 
 
+SERVERS = {"rgw": "Ceph RGW (radosgw, beast frontend, one in-memory OSD) over http on loopback",
+           "moto": "moto_server on loopback"}
+
+
 def render(results: dict) -> str:
     lines: list[str] = []
     add = lines.append
     add(f"# migrator benchmark {results['date']}\n")
     only = os.environ.get("BENCH_ONLY")
+    servers = results["servers"]
     add(f"Command: `{'BENCH_ONLY=' + only + ' ' if only else ''}make bench` "
-        f"(BENCH_OBJECTS={os.environ.get('BENCH_OBJECTS', 40000)}, BENCH_MB={os.environ.get('BENCH_MB', 700)}, "
+        f"(BENCH_S3={','.join(servers)}, BENCH_OBJECTS={os.environ.get('BENCH_OBJECTS', 40000)}, "
+        f"BENCH_MB={os.environ.get('BENCH_MB', 700)}, "
         f"BENCH_SCALE_OBJECTS={os.environ.get('BENCH_SCALE_OBJECTS', 1000000)}). "
-        f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}), Python {results['machine']['python']}; "
-        "S3: moto_server on loopback.")
-    if "tree" in results:
-        tree = results["tree"]
-        add(f"Tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['images']} images, `_uploads` "
-            "excluded by every tool).\n")
-        render_initial(results, add)
-    if "window" in results:
-        render_window(results["window"], add)
-    if "registry" in results:
-        render_registry(results["registry"], add)
-    if "growth" in results:
-        render_growth(results["growth"], add)
-    if "scale" in results:
-        scale = results["scale"]
-        add("## Delta pass over a large registry, nothing changed (after one delta pass sealed its digest directories)\n")
-        add("| objects | wall s | client CPU s | peak RSS MB | S3 requests in the pass | server requests (incl. preflight) |")
-        add("|---:|---:|---:|---:|---:|---:|")
-        add(f"| {scale['objects']} | {scale['wall']:.1f} | {scale['cpu']:.1f} | {scale['rss_mb']:.0f} | "
-            f"{scale['pass_requests']} | {scale['server_requests']} |")
-    render_goals(results, add)
+        f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}), Python {results['machine']['python']}. "
+        f"Tools: {', '.join(f'{name} {version}' for name, version in results['tools'].items() if version)}.\n")
+    if len(servers) > 1 and all("initial" in figures for figures in servers.values()):
+        render_side_by_side(servers, add)
+    for server, figures in servers.items():
+        add(f"## S3 server: {SERVERS.get(server, server)}\n")
+        if "tree" in figures:
+            tree = figures["tree"]
+            add(f"Tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['images']} images, `_uploads` "
+                "excluded by every tool).\n")
+            render_initial(figures, add)
+        if "window" in figures:
+            render_window(figures["window"], add)
+        if "registry" in figures:
+            render_registry(figures["registry"], add)
+        if "growth" in figures:
+            render_growth(figures["growth"], add)
+        if "scale" in figures:
+            scale = figures["scale"]
+            add("### Delta pass over a large registry, nothing changed (after one delta pass sealed its digest "
+                "directories)\n")
+            add("| objects | wall s | client CPU s | peak RSS MB | S3 requests in the pass | server requests (incl. "
+                "preflight) |")
+            add("|---:|---:|---:|---:|---:|---:|")
+            add(f"| {scale['objects']} | {scale['wall']:.1f} | {scale['cpu']:.1f} | {scale['rss_mb']:.0f} | "
+                f"{scale['pass_requests']} | {scale['server_requests']} |")
+        render_goals(figures, add)
+        add("")
     return "\n".join(lines) + "\n"
 
 
+def render_side_by_side(servers: dict, add: Callable[[str], None]) -> None:
+    """The initial sync against each server, one row a tool: against moto every tool waits for the server."""
+    add("## Initial sync, side by side\n")
+    add("| tool | " + " | ".join(f"{server}: wall s | {server}: CPU ms/object | {server}: peak RSS MB"
+                                  for server in servers) + " |")
+    add("|---|" + "---:|---:|---:|" * len(servers))
+    tools = dict.fromkeys(row["tool"] for figures in servers.values() for row in figures["initial"])
+    for tool in tools:
+        cells = []
+        for figures in servers.values():
+            row = next((r for r in figures["initial"] if r["tool"] == tool and "skipped" not in r), None)
+            cells += [f"{row['wall']:.1f}", f"{row['cpu_ms_per_object']:.2f}", f"{row['rss_mb']:.0f}"] if row else \
+                ["–", "–", "–"]
+        add(f"| {tool} | " + " | ".join(cells) + " |")
+    add("")
+
+
 def render_initial(results: dict, add: Callable[[str], None]) -> None:
-    add("## Initial sync\n")
+    add("### Initial sync\n")
     add("| tool | wall s | client CPU s | CPU ms/object | peak RSS MB | S3 requests | bucket verified |")
     add("|---|---:|---:|---:|---:|---:|---|")
     for row in results["initial"]:
@@ -397,7 +454,7 @@ def render_initial(results: dict, add: Callable[[str], None]) -> None:
 
 
 def render_window(window: dict, add: Callable[[str], None]) -> None:
-    add(f"\n## Read-only window (churn: {window['churn']})\n")
+    add(f"\n### Read-only window (churn: {window['churn']})\n")
     add("| what | wall s | S3 requests |")
     add("|---|---:|---:|")
     mig = window["migrator"]
@@ -413,7 +470,7 @@ def render_window(window: dict, add: Callable[[str], None]) -> None:
 
 
 def render_registry(registry: dict, add: Callable[[str], None]) -> None:
-    add("## The window as pushes see it, restarts included (a real docker-registry serving the bench tree)\n")
+    add("### The window as pushes see it, restarts included (a real docker-registry serving the bench tree)\n")
     add("| system | churn | read-only window s | pushes refused s | reads unanswered s | restarts in the window "
         "(s) | manual procedure s | ratio |")
     add("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -432,7 +489,7 @@ def render_registry(registry: dict, add: Callable[[str], None]) -> None:
 
 
 def render_growth(growth: dict, add: Callable[[str], None]) -> None:
-    add("## Window growth with the registry (same churn)\n")
+    add("### Window growth with the registry (same churn)\n")
     add("| objects | files + directories | `find -printf` (stat of each) s | window s, change feed | paths re-synced | "
         "S3 requests | peak RSS MB | window s, full walk |")
     add("|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -448,7 +505,7 @@ def render_growth(growth: dict, add: Callable[[str], None]) -> None:
 
 
 def render_goals(results: dict, add: Callable[[str], None]) -> None:
-    add("\n## Goals\n")
+    add("\n### Goals\n")
     add("| goal | measured | met |")
     add("|---|---|---|")
     if "registry" in results:
