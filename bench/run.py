@@ -3,9 +3,9 @@
 Knobs (environment): BENCH_OBJECTS (default 40000), BENCH_MB (700), BENCH_SCALE_OBJECTS (1000000; 0 skips
 the scale run), BENCH_CHURN (changes, default 300), BENCH_DIR (work directory, default /tmp/migrator-bench),
 BENCH_S3 (the S3 servers, comma-separated, default ``rgw,moto``: a throw-away Ceph RGW (``migrator.rgw``), a local
-moto_server, or an endpoint URL (peers' request counts then read "n/a"); the initial sync, the window and the
-registry windows run against each on the same tree, growth and scale against the first), BENCH_ONLY (parts,
-comma-separated, of initial, registry, growth and scale; only those, written beside latest.md; registry also runs
+moto_server, or an endpoint URL (peers' request counts then read "n/a"); the initial sync and the window's work
+run against each on the same tree; engines, the registry windows, growth and scale against the first), BENCH_ONLY (parts,
+comma-separated, of initial, engines, registry, growth and scale; only those, written beside latest.md; registry also runs
 the manual procedure's steps it is compared with), BENCH_RECONFIGURE_SECONDS (the fake Omnibus reconfigure, default 90).
 Results: a markdown table printed and written to bench/results/<date>.md and bench/results/latest.md.
 """
@@ -31,7 +31,7 @@ import yaml
 from bench.tree import generate
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, shards
-from migrator.local import LocalRegistry, MotoServer
+from migrator.local import DaskProcesses, LocalRegistry, MotoServer
 from migrator.march import md5_of
 from migrator.omnibus_fake import FakeOmnibus
 from migrator.pipeline import migration
@@ -80,10 +80,11 @@ def measure_rusage(command: list[str], log: RequestLog, env: dict | None = None)
             "requests": log.since_last(), "output": output}
 
 
-def write_plan(path: Path, source: Path, bucket: str, endpoint: str, state: Path, change_feed: bool = True) -> Path:
+def write_plan(path: Path, source: Path, bucket: str, endpoint: str, state: Path, change_feed: bool = True,
+               sync: dict | None = None) -> Path:
     path.write_text(yaml.safe_dump({
         "source": str(source), "bucket": {"name": bucket, "prefix": "", "region": "us-east-1", "endpoint": endpoint},
-        "state": str(state), "sync": {"max_delete_fraction": 0.5, "change_feed": change_feed},
+        "state": str(state), "sync": {"max_delete_fraction": 0.5, "change_feed": change_feed, **(sync or {})},
     }, sort_keys=False))
     return path
 
@@ -150,7 +151,7 @@ def main() -> int:
     scale_objects = int(os.environ.get("BENCH_SCALE_OBJECTS", 1_000_000))
     changes = int(os.environ.get("BENCH_CHURN", 300))
     only = os.environ.get("BENCH_ONLY")  # parts, comma-separated: just those (latest.md untouched)
-    parts = set(only.split(",")) if only else {"initial", "registry", "growth", "scale"}
+    parts = set(only.split(",")) if only else {"initial", "engines", "registry", "growth", "scale"}
     servers = os.environ.get("BENCH_S3", "rgw,moto").split(",")
     root = Path(os.environ.get("BENCH_DIR", "/tmp/migrator-bench"))
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -167,15 +168,19 @@ def main() -> int:
             print(f"S3 server: {server} at {endpoint}", flush=True)
             s3 = boto3.client("s3", endpoint_url=endpoint)
             figures = results["servers"][server] = {}
-            if parts & {"initial", "registry"}:  # the same tree (same seed) for every server
+            if parts & {"initial", "registry", "engines"}:  # the same tree (same seed) for every server
                 figures["tree"] = tree = generate(work / "tree", objects, megabytes * 2**20)
                 source = Path(tree["root"])
                 print(f"tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['seconds']:.0f}s to write)")
-                tools = None if "initial" in parts else ("migrator sync", "aws s3 sync")  # what the window needs
-                figures["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
+                if parts & {"initial", "registry"}:
+                    tools = None if "initial" in parts else ("migrator sync", "aws s3 sync")  # what the window needs
+                    figures["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
+            if index == 0 and "engines" in parts:
+                figures["engines"] = engines(source, endpoint, s3, log, work, tree["files"])
             if "registry" in parts:
                 figures["window"] = read_only_window(source, endpoint, s3, log, work, changes)
-                figures["registry"] = registry_windows(source, endpoint, log, work, changes, figures["window"])
+                if index == 0:
+                    figures["registry"] = registry_windows(source, endpoint, log, work, changes, figures["window"])
             if index == 0 and "growth" in parts:
                 figures["growth"] = window_growth(endpoint, s3, log, work, objects, changes)
             if index == 0 and "scale" in parts and scale_objects:
@@ -231,6 +236,51 @@ def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, f
         rows.append(row)
         print(f"  {row['wall']:.1f}s wall, {row['cpu']:.1f}s CPU, {row['rss_mb']:.0f} MB, {row['requests']} requests, "
               f"bucket {row['bucket']}", flush=True)
+    return rows
+
+
+ENGINES = {  # sync settings of each engine measured
+    "threads": {"engine": "threads"},
+    "dask, local cluster, 1 process": {"engine": "dask", "dask": {"processes": 1}},
+    "dask, local cluster, 2 processes": {"engine": "dask", "dask": {"processes": 2}},
+    "dask, 2 workers (dask scheduler + 2 dask worker)": {"engine": "dask", "dask": {}},
+}
+WORKER_LINE = re.compile(r"dask worker (\S+): ([\d.]+) s CPU, peak RSS (\d+) MB")
+COORDINATOR_LINE = re.compile(r"dask coordinator: peak RSS (\d+) MB")
+
+
+def engines(source: Path, endpoint: str, s3, log: RequestLog, work: Path, files: int) -> list:
+    """The initial sync of the same tree with each engine (``sync.engine``), each into a bucket of its own: objects/s,
+    client CPU per object (the workers' included), peak RSS of the coordinator and of each worker."""
+    rows = []
+    for index, (name, sync) in enumerate(ENGINES.items()):
+        bucket, state = f"engine-{index}", work / f"engine-{index}.state"
+        shutil.rmtree(state, ignore_errors=True)
+        s3.create_bucket(Bucket=bucket)
+        cluster = None
+        if sync["engine"] == "dask" and "processes" not in sync["dask"]:
+            cluster = DaskProcesses(work / f"engine-{index}-dask").start(workers=2)
+            sync = {**sync, "dask": {"scheduler": cluster.address}}
+        plan = write_plan(work / f"engine-{index}.yml", source, bucket, endpoint, state, sync=sync)
+        print(f"engines: {name} ...", flush=True)
+        try:
+            run = measure_rusage([sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)], log)
+        finally:
+            if cluster:
+                cluster.stop()
+        text = (state / "migrator.log").read_text()
+        workers = {worker: (float(cpu), int(rss)) for worker, cpu, rss in WORKER_LINE.findall(text)}
+        coordinator = COORDINATOR_LINE.search(text)
+        cpu = run["cpu"] + (sum(cpu for cpu, _ in workers.values()) if cluster else 0)  # local workers are children
+        rows.append({"engine": name, "wall": run["wall"], "objects_per_second": files / run["wall"], "cpu": cpu,
+                     "cpu_ms_per_object": 1000 * cpu / files, "requests": run["requests"],
+                     "coordinator_rss_mb": int(coordinator.group(1)) if coordinator else round(run["rss_mb"]),
+                     "worker_rss_mb": {worker: rss for worker, (_, rss) in workers.items()},
+                     "bucket": verified(source, bucket, endpoint, work)})
+        row = rows[-1]
+        print(f"  {row['wall']:.1f}s wall, {row['objects_per_second']:.0f} objects/s, {row['cpu_ms_per_object']:.2f} "
+              f"ms CPU/object, coordinator {row['coordinator_rss_mb']} MB, workers {row['worker_rss_mb']}, bucket "
+              f"{row['bucket']}", flush=True)
     return rows
 
 
@@ -403,7 +453,10 @@ def render(results: dict) -> str:
             tree = figures["tree"]
             add(f"Tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['images']} images, `_uploads` "
                 "excluded by every tool).\n")
+        if "initial" in figures:
             render_initial(figures, add)
+        if "engines" in figures:
+            render_engines(figures["engines"], add)
         if "window" in figures:
             render_window(figures["window"], add)
         if "registry" in figures:
@@ -451,6 +504,18 @@ def render_initial(results: dict, add: Callable[[str], None]) -> None:
             continue
         add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu_ms_per_object']:.2f} | "
             f"{row['rss_mb']:.0f} | {row['requests']} | {row['bucket']} |")
+
+
+def render_engines(rows: list, add: Callable[[str], None]) -> None:
+    add("\n### Initial sync by engine (`sync.engine`)\n")
+    add("| engine | wall s | objects/s | client CPU ms/object (workers' included) | coordinator peak RSS MB | "
+        "workers' peak RSS MB | S3 requests | bucket verified |")
+    add("|---|---:|---:|---:|---:|---|---:|---|")
+    for row in rows:
+        workers = ", ".join(f"{rss}" for rss in row["worker_rss_mb"].values()) or "–"
+        add(f"| {row['engine']} | {row['wall']:.1f} | {row['objects_per_second']:.0f} | {row['cpu_ms_per_object']:.2f} | "
+            f"{row['coordinator_rss_mb']} | {workers} | {row['requests']} | {row['bucket']} |")
+    add("")
 
 
 def render_window(window: dict, add: Callable[[str], None]) -> None:
@@ -542,6 +607,11 @@ def render_goals(results: dict, add: Callable[[str], None]) -> None:
             half = mine["cpu_ms_per_object"] <= aws["cpu_ms_per_object"] / 2
             add(f"| client CPU per object ≤ ½ of aws s3 sync's | {mine['cpu_ms_per_object']:.2f} vs "
                 f"{aws['cpu_ms_per_object']:.2f} ms | {'yes' if half else 'no'} |")
+    if "engines" in results:
+        rate = {row["engine"]: row["objects_per_second"] for row in results["engines"]}
+        one, two = rate["dask, local cluster, 1 process"], rate["dask, local cluster, 2 processes"]
+        add(f"| dask: the 2nd process adds ≥ 0.8× of one's throughput | {two:.0f} vs {one:.0f} objects/s: "
+            f"+{(two - one) / one:.2f}× | {'yes' if two - one >= 0.8 * one else 'no'} |")
     if "scale" in results:
         add(f"| peak RSS ≤ 150 MB, delta pass over {results['scale']['objects']} objects | {results['scale']['rss_mb']:.0f} MB | "
             f"{'yes' if results['scale']['rss_mb'] <= 150 else 'no'} |")

@@ -117,6 +117,56 @@ class MotoServer:
                 self.process.kill()
 
 
+class DaskProcesses:
+    """A Dask cluster on loopback as an operator starts one: ``dask scheduler`` and ``dask worker`` processes (no
+    nanny: a killed worker stays dead). ``wrap`` prefixes a worker's command (e.g. to give it another view of the
+    filesystem)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.scheduler: Optional[subprocess.Popen] = None
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, name: str, command: list) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        return subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start(self, workers: int = 2) -> DaskProcesses:
+        dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+        self.scheduler = self._spawn("scheduler", [*dask, "--host", "127.0.0.1", "--port", str(self.port),
+                                                   "--no-dashboard"])
+        for index in range(workers):
+            self.add_worker(f"worker-{index + 1}")
+        return self
+
+    def add_worker(self, name: str, wrap: Optional[list] = None, timeout: float = 60, threads: int = 4) -> None:
+        command = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--name", name, "--no-nanny",
+                   "--nthreads", str(threads), "--no-dashboard", "--local-directory", str(self.workdir / name)]
+        self.workers[name] = self._spawn(name, (wrap or []) + command)
+        from distributed import Client
+
+        with Client(self.address, timeout=timeout) as client:
+            deadline = time.monotonic() + timeout
+            while name not in {w.get("name") for w in client.scheduler_info()["workers"].values()}:
+                if time.monotonic() > deadline or self.workers[name].poll() is not None:
+                    raise RuntimeError(f"dask worker {name} did not join; see {self.workdir / name}.log")
+                time.sleep(0.2)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one worker (as a host lost mid-task would be)."""
+        os.killpg(self.workers[name].pid, signal.SIGKILL)
+        self.workers[name].wait()
+
+    def stop(self) -> None:
+        for process in [*self.workers.values(), self.scheduler]:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m migrator.local")
     parser.add_argument("action", choices=["start", "stop", "restart"])

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from migrator.changefeed import PassTracker
+from migrator.cluster import DaskEngine, Job
 from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.html_report import write_html
@@ -139,6 +140,11 @@ class Migration:
         transfer = Transfer(self.bucket, self.plan.source, self.plan.sync, s3_extra_args(storage))
         self.engine = SyncEngine(self.plan.source, self.bucket, self.journal, transfer,
                                  self.plan.sync.shard_workers, self.progress, dry_run=self.dry_run)
+        if self.plan.sync.engine == "dask":
+            self.engine.cluster = DaskEngine(
+                Job(str(self.plan.source), self.plan.bucket, self.plan.sync, self.plan.key_prefix,
+                    tuple(transfer.extra_args.items())),
+                self.plan.sync.dask.get("scheduler"), self.plan.sync.dask.get("processes"))
         if self.plan.registry:
             self.registry = open_registry(self.plan.registry, self.plan.bucket, self.plan.key_prefix,
                                           self.plan.state_dir / "config-backup")
@@ -148,6 +154,8 @@ class Migration:
             self.tracker.close()
         if self.engine is not None:
             self.engine.transfer.close()
+            if self.engine.cluster is not None:
+                self.engine.cluster.close()
         self.store.unlock()
 
     def preflight(self, canary: bool) -> None:

@@ -56,6 +56,8 @@ class SyncSettings:
     delta_stop_below: int = 100
     change_feed: bool = True  # the final pass re-syncs only what the kernel saw change (fanotify; else full walk)
     max_memory_mb: int = 256  # file content held in memory by uploads at once (files are read whole below multipart)
+    engine: str = "threads"  # threads, or dask: online passes' shards as tasks on a Dask cluster (migrator/cluster.py)
+    dask: dict = field(default_factory=dict)  # {scheduler: null (a local cluster) or tcp://host:8786, processes: N}
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ _SYNC = {
     "delta_stop_below": (int, False),
     "change_feed": (bool, False),
     "max_memory_mb": (int, False),
+    "engine": (str, False),
+    "dask": ({"scheduler": ((str, type(None)), False), "processes": ((int, type(None)), False)}, False),
 }
 _PLAN = {
     "source": (str, True),
@@ -279,6 +283,10 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if sync.workers < 1 or sync.shard_workers < 1 or sync.max_attempts < 1 or sync.max_memory_mb < 1:
         raise InvalidInput(f"{plan_path}: sync.workers, sync.shard_workers, sync.max_attempts and sync.max_memory_mb "
                            "must be at least 1")
+    if sync.engine not in ("threads", "dask"):
+        raise InvalidInput(f"{plan_path}: sync.engine must be threads or dask, not {sync.engine!r}")
+    if (sync.dask.get("processes") or 1) < 1:
+        raise InvalidInput(f"{plan_path}: sync.dask.processes must be at least 1")
     if not 0 <= sync.max_delete_fraction <= 1:
         raise InvalidInput(f"{plan_path}: sync.max_delete_fraction must be between 0 and 1")
 

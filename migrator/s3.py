@@ -51,6 +51,12 @@ class RequestCounter:
             self.attempts[self.phase] += 1
             self.calls[self.phase] += succeeded
 
+    def add(self, attempts: int, calls: int) -> None:
+        """Requests made by another process for this one (a Dask task), counted in the current phase."""
+        with self._lock:
+            self.attempts[self.phase] += attempts
+            self.calls[self.phase] += calls
+
     @contextlib.contextmanager
     def phase_scope(self, name: str) -> Iterator[None]:
         previous, self.phase = self.phase, name
