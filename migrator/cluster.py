@@ -296,13 +296,13 @@ class DaskEngine:
                 log.warning("dask: a worker died while running shard %s; its prefix is listed again before the next "
                             "pass", sub.name)
             else:
-                in_flight.discard(sub.name)
-                journal.set_meta(IN_FLIGHT_META, json.dumps(sorted(in_flight)))
+                in_flight.discard(sub.name)  # written with the next submission (or the pass's end)
             future.release()
             remaining[parent] -= 1
             if remaining[parent] == 0 and pending[parent][2]:
                 journal.mark_seeded(pending[parent][0])
             submit_next()
+        journal.set_meta(IN_FLIGHT_META, json.dumps(sorted(in_flight)))
         return total
 
     def log_usage(self) -> None:
