@@ -18,6 +18,7 @@ test-fast: setup
 bench: setup
 	./scripts/setup-bench.sh
 	$(PYTHON) -m bench.run
+	$(PYTHON) -m bench.put_cpu
 
 lint:
 	$(PYTHON) -m ruff check migrator tests bench

@@ -12,8 +12,9 @@ pool of ``sync.workers`` threads; at most two tasks per worker thread are in fli
 Faults: a worker that dies mid-task has its task run again elsewhere by the scheduler. The dead attempt may have
 uploaded keys the journal will never hear of (a file deleted before the retry walks): every task is logged in the
 journal as in flight before it is submitted and cleared once its rows are recorded, unless the scheduler saw a worker
-die while it ran. What is left (a killed coordinator, a suspect task) is listed from the bucket before the next pass,
-so every key the bucket holds is known to the journal and the walk finds what must go. The read-only window's final
+die while it ran. What is left (a killed coordinator, a suspect task) is listed from the bucket before the next pass
+(``SyncEngine.list_unfinished_tasks``, whatever the engine then), so every key the bucket holds is known to the
+journal and the walk finds what must go. The read-only window's final
 pass, verification and dry runs stay local.
 """
 
@@ -29,10 +30,10 @@ from typing import Optional
 
 from migrator.errors import InvalidInput
 from migrator.journal import Journal, JournalRow
-from migrator.layout import BLOBS, Shard, shards
+from migrator.layout import BLOBS, Shard, shard_named, shards
 from migrator.plan import BucketSettings, SyncSettings
-from migrator.s3 import BUCKET_ERRORS, explain, list_shard, open_bucket
-from migrator.sync import PassResult, SyncEngine
+from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
+from migrator.sync import IN_FLIGHT_META, PassResult, SyncEngine, tasks_in_flight
 from migrator.transfer import Transfer
 from migrator.walker import walk_shard
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 SPLIT_ABOVE = 4096  # entries in a blob shard's directory above which its tasks are split by the third hex digit
 TASKS_PER_THREAD = 2  # tasks in flight per worker thread
-IN_FLIGHT_META = "dask_tasks_in_flight"
 SAMPLE_FILES = 32
 
 
@@ -168,15 +168,6 @@ def task_shards(source: Path, shard: Shard) -> list[Shard]:
     return [shard_named(f"{shard.name}{digit}") for digit in "0123456789abcdef"]
 
 
-def shard_named(name: str) -> Shard:
-    """A shard or blob sub-shard by its name (what the journal keeps of tasks in flight)."""
-    by_name = {shard.name: shard for shard in shards()}
-    if name in by_name:
-        return by_name[name]
-    parent = by_name[name[:-1]]
-    return Shard(name, f"{parent.prefix}{parent.prefix[len(BLOBS):-1]}{name[-1]}")
-
-
 def source_sample(source: Path) -> list[tuple[str, int, int]]:
     """A few files from across the tree with their size and mtime, for workers to compare with theirs."""
     sample = []
@@ -253,7 +244,6 @@ class DaskEngine:
         self.start()
         self.check_workers()
         journal: Journal = engine.journal
-        self.recover(engine)
         total = PassResult()
         pending = {}  # parent shard name -> sub-shards not recorded yet (it is seeded when all are)
         tasks = []
@@ -264,7 +254,7 @@ class DaskEngine:
         remaining = {name: count for name, (_, count, _) in pending.items()}
         limit = TASKS_PER_THREAD * max(1, sum(self.client.nthreads().values()))
         queue = iter(tasks)
-        in_flight = set(self._in_flight(journal))
+        in_flight = set(tasks_in_flight(journal))
         futures = as_completed()
         owners = {}
 
@@ -316,27 +306,6 @@ class DaskEngine:
         for address, (cpu, rss_mb) in sorted(usage.items()):
             log.info("dask worker %s: %.1f s CPU, peak RSS %.0f MB", names.get(address, address), cpu, rss_mb)
         log.info("dask coordinator: peak RSS %.0f MB", _usage()[1])
-
-    @staticmethod
-    def _in_flight(journal: Journal) -> list[str]:
-        return json.loads(journal.get_meta(IN_FLIGHT_META) or "[]")
-
-    def recover(self, engine: SyncEngine) -> None:
-        """Tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may have
-        left keys in the bucket the journal does not know: list those prefixes and record what is there."""
-        journal = engine.journal
-        names = self._in_flight(journal)
-        for name in names:
-            shard = shard_named(name)
-            known = {row.rel for row in journal.rows(shard)}
-            found = [JournalRow(item.rel, item.size, item.md5, recorded_ns=0) for item in list_shard(engine.bucket, shard)
-                     if item.rel not in known]
-            journal.record(found)
-            if found:
-                log.warning("dask: %d keys of shard %s were uploaded by a task whose answer never arrived; the next "
-                            "pass decides them against the source", len(found), name)
-        if names:
-            journal.set_meta(IN_FLIGHT_META, "[]")
 
     def close(self) -> None:
         if self.client is not None:

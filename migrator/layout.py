@@ -119,3 +119,12 @@ def shards() -> list[Shard]:
     ]
     rest = Shard("rest", "docker/", tuple(s.prefix for s in blob_shards + repo_shards))
     return blob_shards + repo_shards + [rest]
+
+
+def shard_named(name: str) -> Shard:
+    """A shard or blob sub-shard by its name (what the journal keeps of tasks in flight)."""
+    by_name = {shard.name: shard for shard in shards()}
+    if name in by_name:
+        return by_name[name]
+    parent = by_name[name[:-1]]
+    return Shard(name, f"{parent.prefix}{parent.prefix[len(BLOBS):-1]}{name[-1]}")

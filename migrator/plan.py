@@ -285,7 +285,7 @@ def load_plan(path: str | os.PathLike) -> Plan:
                            "must be at least 1")
     if sync.engine not in ("threads", "dask"):
         raise InvalidInput(f"{plan_path}: sync.engine must be threads or dask, not {sync.engine!r}")
-    if (sync.dask.get("processes") or 1) < 1:
+    if sync.dask.get("processes") is not None and sync.dask["processes"] < 1:
         raise InvalidInput(f"{plan_path}: sync.dask.processes must be at least 1")
     if not 0 <= sync.max_delete_fraction <= 1:
         raise InvalidInput(f"{plan_path}: sync.max_delete_fraction must be between 0 and 1")

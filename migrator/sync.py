@@ -7,6 +7,7 @@ the journal and runs shards in parallel; later passes compare a fresh walk with 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import Iterable, Iterator, Optional
 from migrator.errors import Refused
 from migrator.failpoints import failpoint
 from migrator.journal import Journal, JournalRow
-from migrator.layout import Shard, canonical_link, is_blob_data, outermost, path_ranges, shards
+from migrator.layout import Shard, canonical_link, is_blob_data, outermost, path_ranges, shard_named, shards
 from migrator.march import Action, Decision, Unit, decide, march_units, md5_of
 from migrator.s3 import Bucket, list_shard
 from migrator.transfer import Transfer
@@ -31,6 +32,7 @@ UPLOADS_IN_FLIGHT = 2 * UPLOAD_CHUNK  # queued on the transfer pool while the wa
 RECORD_CHUNK = 2000
 FIRST_KEYS = 20
 CHECKED_CHANGES = 100_000  # source changes a pass keeps by name, for checking the change feed
+IN_FLIGHT_META = "dask_tasks_in_flight"  # shards a cluster task may have uploaded into without its rows recorded
 
 
 @dataclass
@@ -67,6 +69,11 @@ class PassResult:
     @property
     def changes(self) -> int:
         return self.uploaded_objects + len(self.delete_candidates)
+
+
+def tasks_in_flight(journal: Journal) -> list[str]:
+    """The shards of cluster tasks submitted whose rows were not recorded (``migrator.cluster``)."""
+    return json.loads(journal.get_meta(IN_FLIGHT_META) or "[]")
 
 
 def _canonical(decision: Decision) -> bool:
@@ -274,6 +281,8 @@ class SyncEngine:
         would run ``sync_shard`` in processes: with ``sync.engine: dask`` online passes do (``migrator.cluster``);
         the window's pass (``prove_changes``) and dry runs stay here.
         """
+        if not self.dry_run:
+            self.list_unfinished_tasks()
         if self.cluster is not None and not self.prove_changes and not self.dry_run:
             return self.cluster.run_pass(self)
         unseeded = [shard for shard in shards() if not self.journal.is_seeded(shard)]
@@ -291,6 +300,23 @@ class SyncEngine:
         while in_flight:
             self._finish_uploads(in_flight.popleft(), total)
         return total
+
+    def list_unfinished_tasks(self) -> None:
+        """Cluster tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may
+        have left keys in the bucket the journal does not know: list those shards and record what is there, so the
+        walk finds what must go."""
+        names = tasks_in_flight(self.journal)
+        for name in names:
+            shard = shard_named(name)
+            known = {row.rel for row in self.journal.rows(shard)}
+            found = [JournalRow(item.rel, item.size, item.md5, recorded_ns=0) for item in list_shard(self.bucket, shard)
+                     if item.rel not in known]
+            self.journal.record(found)
+            if found:
+                log.warning("%d keys of shard %s were uploaded by a cluster task whose answer never arrived; this pass "
+                            "decides them against the source", len(found), name)
+        if names:
+            self.journal.set_meta(IN_FLIGHT_META, "[]")
 
     def check_deletes(self, result: PassResult, max_fraction: float, allow_mass_delete: bool) -> None:
         """The delete guards; raises Refused (exit 3) with the reason and the override."""

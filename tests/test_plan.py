@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from migrator.errors import InvalidInput
@@ -76,6 +78,7 @@ def test_prefix_normalised_like_the_s3_driver(prefix, expected):
         ("source: /tmp\nbucket: {name: b}\nsync: {workers: many}\n", "'sync.workers' must be a number"),
         ("source: /tmp\nbucket: {name: b}\nsync: {workers: true}\n", "'sync.workers' must be a number"),
         ("source: /tmp\nbucket: {name: b, secretkey: abc}\n", "'bucket.secretkey' is a secret"),
+        ("source: /tmp\nbucket: {name: b}\nsync: {dask: {workers: 2}}\n", "unknown key 'sync.dask.workers'"),
         ("source: /tmp\nbucket: {name: b}\nregistry: {config: /x, url: u, storage: {accesskey: AKIA}}\n",
          "'registry.storage.accesskey' is a secret"),
     ],
@@ -85,6 +88,13 @@ def test_bad_plans_name_the_problem(tmp_path, text, message):
         load_plan(write(tmp_path, text))
     assert message in str(caught.value)
     assert "abc" not in str(caught.value) and "AKIA" not in str(caught.value)
+
+
+@pytest.mark.parametrize("sync,message", [("{engine: spark}", "sync.engine must be threads or dask"),
+                                          ("{dask: {processes: 0}}", "sync.dask.processes must be at least 1")])
+def test_bad_engine_settings(tmp_path, source, sync, message):
+    with pytest.raises(InvalidInput, match=message):
+        load_plan(write(tmp_path, f"source: {source}\nbucket: {{name: b}}\nsync: {sync}\n"))
 
 
 def test_missing_source(tmp_path):
@@ -121,15 +131,19 @@ def test_gitlab_rb_is_detected_as_omnibus(tmp_path, source):
     assert plan.registry.restart is None and plan.registry.gitlab_ctl == "gitlab-ctl"  # the fast path
 
 
-@pytest.mark.parametrize("name", ["docker-distribution-to-aws.yml", "omnibus-to-s3.yml", "any-to-minio.yml"])
-def test_example_plans_are_valid(tmp_path, source, name):
-    from pathlib import Path
+PLANS = sorted(path.name for path in (Path(__file__).parents[1] / "plans").glob("*.yml"))
 
+
+@pytest.mark.parametrize("name", PLANS)
+def test_example_plans_are_valid(tmp_path, source, name):
     import yaml
 
     text = (Path(__file__).parents[1] / "plans" / name).read_text()
     data = yaml.safe_load(text)
     data["source"] = str(source)
+    if data["bucket"].get("ca_bundle"):
+        data["bucket"]["ca_bundle"] = str(tmp_path / "ca.pem")
+        (tmp_path / "ca.pem").write_text("")
     (tmp_path / "gitlab.rb").write_text("")
     data["registry"]["config"] = str(tmp_path / Path(data["registry"]["config"]).name)
     plan = load_plan(write(tmp_path, yaml.safe_dump(data)))
