@@ -241,6 +241,7 @@ def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, f
 
 ENGINES = {  # sync settings of each engine measured
     "threads": {"engine": "threads"},
+    "threads, obstore PUTs (`sync.put: obstore`)": {"engine": "threads", "put": "obstore"},
     "dask, local cluster, 1 process": {"engine": "dask", "dask": {"processes": 1}},
     "dask, local cluster, 2 processes": {"engine": "dask", "dask": {"processes": 2}},
     "dask, 2 workers (dask scheduler + 2 dask worker)": {"engine": "dask", "dask": {}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class SyncSettings:
     delta_stop_below: int = 100
     change_feed: bool = True  # the final pass re-syncs only what the kernel saw change (fanotify; else full walk)
     max_memory_mb: int = 256  # file content held in memory by uploads at once (files are read whole below multipart)
+    put: str = "direct"  # small objects: direct (a hand-signed request on boto3's pool) or obstore (Rust object_store)
     engine: str = "threads"  # threads, or dask: online passes' shards as tasks on a Dask cluster (migrator/cluster.py)
     dask: dict = field(default_factory=dict)  # {scheduler: null (a local cluster) or tcp://host:8786, processes: N}
 
@@ -119,6 +121,7 @@ _SYNC = {
     "delta_stop_below": (int, False),
     "change_feed": (bool, False),
     "max_memory_mb": (int, False),
+    "put": (str, False),
     "engine": (str, False),
     "dask": ({"scheduler": ((str, type(None)), False), "processes": ((int, type(None)), False)}, False),
 }
@@ -283,6 +286,10 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if sync.workers < 1 or sync.shard_workers < 1 or sync.max_attempts < 1 or sync.max_memory_mb < 1:
         raise InvalidInput(f"{plan_path}: sync.workers, sync.shard_workers, sync.max_attempts and sync.max_memory_mb "
                            "must be at least 1")
+    if sync.put not in ("direct", "obstore"):
+        raise InvalidInput(f"{plan_path}: sync.put must be direct or obstore, not {sync.put!r}")
+    if sync.put == "obstore" and importlib.util.find_spec("obstore") is None:
+        raise InvalidInput(f"{plan_path}: sync.put is obstore, but obstore is not installed: pip install obstore")
     if sync.engine not in ("threads", "dask"):
         raise InvalidInput(f"{plan_path}: sync.engine must be threads or dask, not {sync.engine!r}")
     if sync.dask.get("processes") is not None and sync.dask["processes"] < 1:

@@ -20,6 +20,7 @@ from migrator.failpoints import failpoint
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, is_uploads
 from migrator.march import md5_of
+from migrator.obstore_put import ObstorePut
 from migrator.plan import SyncSettings
 from migrator.s3 import Bucket
 from migrator.walker import SourceFile
@@ -88,8 +89,12 @@ class Transfer:
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
         self.memory = ByteBudget(settings.max_memory_mb * MB)  # small files are read whole to be sent in one request
         # adaptive retries rate-limit on the client: every request must go through it
-        self.direct = None if settings.retry_mode == "adaptive" else direct_put(
-            bucket.client, bucket.settings.name, bucket.credentials, extra_args)
+        if settings.retry_mode == "adaptive":
+            self.direct = None
+        elif settings.put == "obstore":
+            self.direct = ObstorePut(bucket.settings, extra_args, settings.max_attempts)
+        else:
+            self.direct = direct_put(bucket.client, bucket.settings.name, bucket.credentials, extra_args)
 
     def submit(self, src: SourceFile, prove: bool = False) -> Future:
         return self.pool.submit(self.upload, src, prove)
