@@ -45,11 +45,24 @@ RESULTS = Path(__file__).parent / "results"
 
 
 class RequestLog:
-    """Counts S3 requests from the server's own access log (moto_server's, or radosgw's beast lines)."""
+    """Counts S3 requests from the server's own access log (moto_server's, or radosgw's beast lines), and the CPU
+    seconds the server's processes used (what the machine had left for the clients shows)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, pids: tuple = ()):
         self.path = path
         self.offset = 0
+        self.pids = pids
+
+    def server_cpu(self) -> float | None:
+        """CPU seconds (user + system) the server's processes have used so far."""
+        if not self.pids:
+            return None
+        total = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
 
     def since_last(self) -> int | None:
         if self.path is None:
@@ -66,6 +79,7 @@ def measure_rusage(command: list[str], log: RequestLog, env: dict | None = None)
     and the S3 requests the server logged meanwhile. (wait4's ru_maxrss would start from this process's RSS at
     fork: GNU time's own small footprint is all that is inherited.)"""
     log.since_last()
+    server_cpu = log.server_cpu()
     stats = Path(f"/tmp/bench-time-{os.getpid()}.txt")
     started = time.monotonic()
     completed = subprocess.run([GNU_TIME, "-o", str(stats), "-f", "%U %S %M", *command], stdout=subprocess.PIPE,
@@ -77,7 +91,8 @@ def measure_rusage(command: list[str], log: RequestLog, env: dict | None = None)
         raise RuntimeError(f"{' '.join(command[:3])} failed ({completed.returncode}): {output[-2000:]}")
     user, system, max_kb = stats.read_text().split()[-3:]
     return {"wall": wall, "cpu": float(user) + float(system), "rss_mb": int(max_kb) / 1024,
-            "requests": log.since_last(), "output": output}
+            "requests": log.since_last(), "output": output,
+            "server_cpu": None if server_cpu is None else log.server_cpu() - server_cpu}
 
 
 def write_plan(path: Path, source: Path, bucket: str, endpoint: str, state: Path, change_feed: bool = True,
@@ -129,7 +144,7 @@ def s3_server(name: str, work: Path) -> Iterator[tuple[str, RequestLog]]:
     if name == "moto":
         moto = MotoServer(logfile=work / "moto.log").start()
         try:
-            yield moto.endpoint, RequestLog(work / "moto.log")
+            yield moto.endpoint, RequestLog(work / "moto.log", (moto.process.pid,))
         finally:
             moto.stop()
     elif name == "rgw":
@@ -137,7 +152,7 @@ def s3_server(name: str, work: Path) -> Iterator[tuple[str, RequestLog]]:
         gateway = RadosGateway(work / "rgw-server", access_key=os.environ["AWS_ACCESS_KEY_ID"],
                                secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], memstore_bytes=16 << 30).start()
         try:
-            yield gateway.endpoint, RequestLog(gateway.access_log)
+            yield gateway.endpoint, RequestLog(gateway.access_log, gateway.pids)
         finally:
             gateway.stop()
             shutil.rmtree(work / "rgw-server", ignore_errors=True)  # memstore: nothing worth keeping
@@ -275,6 +290,7 @@ def engines(source: Path, endpoint: str, s3, log: RequestLog, work: Path, files:
         cpu = run["cpu"] + (sum(cpu for cpu, _ in workers.values()) if cluster else 0)  # local workers are children
         rows.append({"engine": name, "wall": run["wall"], "objects_per_second": files / run["wall"], "cpu": cpu,
                      "cpu_ms_per_object": 1000 * cpu / files, "requests": run["requests"],
+                     "server_cpu": run["server_cpu"],
                      "coordinator_rss_mb": int(coordinator.group(1)) if coordinator else round(run["rss_mb"]),
                      "worker_rss_mb": {worker: rss for worker, (_, rss) in workers.items()},
                      "bucket": verified(source, bucket, endpoint, work)})
@@ -497,25 +513,29 @@ def render_side_by_side(servers: dict, add: Callable[[str], None]) -> None:
 
 def render_initial(results: dict, add: Callable[[str], None]) -> None:
     add("### Initial sync\n")
-    add("| tool | wall s | client CPU s | CPU ms/object | peak RSS MB | S3 requests | bucket verified |")
-    add("|---|---:|---:|---:|---:|---:|---|")
+    add("| tool | wall s | client CPU s | CPU ms/object | peak RSS MB | S3 requests | server CPU s | bucket verified |")
+    add("|---|---:|---:|---:|---:|---:|---:|---|")
     for row in results["initial"]:
         if "skipped" in row:
-            add(f"| {row['tool']} | {row['skipped']} | | | | | |")
+            add(f"| {row['tool']} | {row['skipped']} | | | | | | |")
             continue
+        server = "n/a" if row.get("server_cpu") is None else f"{row['server_cpu']:.0f}"
         add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu_ms_per_object']:.2f} | "
-            f"{row['rss_mb']:.0f} | {row['requests']} | {row['bucket']} |")
+            f"{row['rss_mb']:.0f} | {row['requests']} | {server} | {row['bucket']} |")
 
 
 def render_engines(rows: list, add: Callable[[str], None]) -> None:
     add("\n### Initial sync by engine (`sync.engine`)\n")
     add("| engine | wall s | objects/s | client CPU ms/object (workers' included) | coordinator peak RSS MB | "
-        "workers' peak RSS MB | S3 requests | bucket verified |")
-    add("|---|---:|---:|---:|---:|---|---:|---|")
+        "workers' peak RSS MB | S3 requests | server CPU s | bucket verified |")
+    add("|---|---:|---:|---:|---:|---|---:|---:|---|")
     for row in rows:
         workers = ", ".join(f"{rss}" for rss in row["worker_rss_mb"].values()) or "–"
+        server = "n/a" if row.get("server_cpu") is None else f"{row['server_cpu']:.0f}"
         add(f"| {row['engine']} | {row['wall']:.1f} | {row['objects_per_second']:.0f} | {row['cpu_ms_per_object']:.2f} | "
-            f"{row['coordinator_rss_mb']} | {workers} | {row['requests']} | {row['bucket']} |")
+            f"{row['coordinator_rss_mb']} | {workers} | {row['requests']} | {server} | {row['bucket']} |")
+    add("\nClient and server share this machine's cores: when client CPU + server CPU ≈ cores × wall, the machine is "
+        "the bottleneck and more client processes cannot go faster.")
     add("")
 
 

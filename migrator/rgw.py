@@ -180,6 +180,11 @@ class RadosGateway:
                 time.sleep(0.2)
         raise RadosGatewayUnavailable(f"radosgw did not answer at {self.endpoint}; see {self.workdir / 'log'}")
 
+    @property
+    def pids(self) -> tuple:
+        """The running daemons' process ids (monitor, OSD, gateway)."""
+        return tuple(daemon.pid for daemon in self._daemons)
+
     def stop(self) -> None:
         for daemon in reversed(self._daemons):
             if daemon.poll() is None:

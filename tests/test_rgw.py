@@ -168,3 +168,20 @@ def test_an_untrusted_certificate_names_the_plan_key(tmp_path, rgw, rgw_bucket):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "not trusted" in result.stderr and "bucket.ca_bundle" in result.stderr
     assert bucket_contents(rgw.client(), rgw_bucket) == {}
+
+
+def test_obstore_puts_over_https_trust_the_ca_bundle(tmp_path, rgw, rgw_bucket):
+    """``sync.put: obstore`` sends the small objects itself (its own TLS client, given bucket.ca_bundle): RGW's access
+    log shows them with obstore's user agent, and the bucket equals the source."""
+    tree = RegistryTree(tmp_path / "src")
+    populate(tree, images=4)
+    plan = sync_plan(rgw, rgw_bucket, tree.root, "https")
+    settings = yaml.safe_load(plan.read_text())
+    settings["sync"]["put"] = "obstore"
+    plan.write_text(yaml.safe_dump(settings))
+    result = run_cli("sync", plan)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert bucket_contents(rgw.client(), rgw_bucket, "reg/") == source_files(tree.root)
+    puts = [line for line in rgw.access_log.read_text().splitlines()
+            if f'"PUT /{rgw_bucket}/reg/docker/' in line]
+    assert puts and all("object_store" in line for line in puts), puts[:2]
