@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Optional
 
+from migrator import __version__
 from migrator.plan import BucketSettings
 
 GIVE_UP_AFTER = 20  # failures in a row: every upload then goes through put_object
@@ -34,6 +35,7 @@ class ObstorePut:
         if extra_args.get("SSEKMSKeyId"):
             config["sse_kms_key_id"] = extra_args["SSEKMSKeyId"]
         options = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(seconds=60),
+                   "user_agent": f"migrator/{__version__} obstore",  # the store's access log tells who sent it
                    "allow_http": bool(settings.endpoint and settings.endpoint.startswith("http://"))}
         if settings.ca_bundle:
             options["root_certificate"] = settings.ca_bundle.read_text()

@@ -1,7 +1,7 @@
 """A throw-away Ceph RADOS Gateway on loopback: a real S3 implementation for the tests and the benchmark.
 
 One monitor, one in-memory OSD (``memstore``: objects live in RAM, about three times their size) and one
-``radosgw`` with a plain-http and a TLS port (a self-signed certificate made here), all started from one
+``radosgw`` with a plain-http and a TLS port (a certificate signed by a throw-away CA made here), all started from one
 directory without systemd. ``python -m migrator.rgw DIR`` starts one and prints its endpoints and keys.
 
 Facts it is built on (Ceph 16.2): the OSD's data directory must be named ``osd.0``; with authentication off the
@@ -82,7 +82,7 @@ class RadosGateway:
         self.mon_port, self.http_port, self.https_port = free_port(), free_port(), free_port()
         self.endpoint = f"http://127.0.0.1:{self.http_port}"
         self.https_endpoint = f"https://127.0.0.1:{self.https_port}"
-        self.certificate = self.workdir / "rgw.crt"
+        self.certificate = self.workdir / "ca.crt"  # the CA that signed the gateway's certificate
         self.access_key, self.secret_key = access_key, secret_key
         self.conf = self.workdir / "ceph.conf"
         self.access_log = self.workdir / "log" / "client.rgw.log"  # one "beast:" line a request
@@ -143,9 +143,17 @@ class RadosGateway:
                     if line.startswith("fsid"))
 
     def _certificate(self) -> None:
-        self._run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                  "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                  "-keyout", str(self.workdir / "rgw.key"), "-out", str(self.certificate), ceph=False)
+        """A throw-away CA (``self.certificate``, what clients trust) and the gateway's certificate signed by it (a
+        self-signed CA used as the server's own certificate is refused by rustls, obstore's TLS)."""
+        work = self.workdir
+        (work / "rgw.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+        self._run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                  "/CN=migrator test CA", "-keyout", str(work / "ca.key"), "-out", str(self.certificate), ceph=False)
+        self._run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                  "-keyout", str(work / "rgw.key"), "-out", str(work / "rgw.csr"), ceph=False)
+        self._run("openssl", "x509", "-req", "-in", str(work / "rgw.csr"), "-CA", str(self.certificate), "-CAkey",
+                  str(work / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", str(work / "rgw.ext"),
+                  "-out", str(work / "rgw.crt"), ceph=False)
 
     def _run(self, *command: str, timeout: float = 60, ceph: bool = True) -> str:
         argv = [command[0], "-c", str(self.conf), *command[1:]] if ceph else list(command)
@@ -193,7 +201,7 @@ class RadosGateway:
         self._daemons.clear()
 
     def client(self, https: bool = False, **config):
-        """A boto3 client for this gateway (over https it trusts the self-signed certificate)."""
+        """A boto3 client for this gateway (over https it trusts the throw-away CA)."""
         import boto3
         from botocore.config import Config
 

@@ -1,4 +1,4 @@
-"""Against a real S3 implementation: Ceph RGW (``migrator.rgw``), over http and https (a self-signed certificate).
+"""Against a real S3 implementation: Ceph RGW (``migrator.rgw``), over http and https (a certificate from a throw-away CA).
 
 moto accepts anything; RGW answers 411 to boto3's default aws-chunked uploads over https, returns an empty ETag from
 CompleteMultipartUpload and rejects storage classes it does not have. The oracles are the bucket's own answers
@@ -55,7 +55,7 @@ def sync_plan(rgw, bucket: str, source: Path, scheme: str = "http", **bucket_key
 
 def test_registry_migrates_to_rgw_and_every_image_pulls(tmp_path, rgw, rgw_bucket, scheme):
     """`migrator run --yes` with a real docker-registry on the other side; over https the plan trusts the
-    self-signed certificate (bucket.ca_bundle) and the registry's driver skips verification: no environment
+    throw-away CA (bucket.ca_bundle) and the registry's driver skips verification: no environment
     variable is needed beyond the credentials."""
     registry = LocalRegistry(tmp_path / "registry", endpoint(rgw, scheme), rgw_bucket, prefix="reg").start()
     try:
@@ -172,7 +172,7 @@ def test_an_untrusted_certificate_names_the_plan_key(tmp_path, rgw, rgw_bucket):
 
 def test_obstore_puts_over_https_trust_the_ca_bundle(tmp_path, rgw, rgw_bucket):
     """``sync.put: obstore`` sends the small objects itself (its own TLS client, given bucket.ca_bundle): RGW's access
-    log shows them with obstore's user agent, and the bucket equals the source."""
+    log shows them with its user agent, and the bucket equals the source."""
     tree = RegistryTree(tmp_path / "src")
     populate(tree, images=4)
     plan = sync_plan(rgw, rgw_bucket, tree.root, "https")
@@ -184,4 +184,4 @@ def test_obstore_puts_over_https_trust_the_ca_bundle(tmp_path, rgw, rgw_bucket):
     assert bucket_contents(rgw.client(), rgw_bucket, "reg/") == source_files(tree.root)
     puts = [line for line in rgw.access_log.read_text().splitlines()
             if f'"PUT /{rgw_bucket}/reg/docker/' in line]
-    assert puts and all("object_store" in line for line in puts), puts[:2]
+    assert puts and all("obstore" in line for line in puts), puts[:2]
