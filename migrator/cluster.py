@@ -14,8 +14,7 @@ uploaded keys the journal will never hear of (a file deleted before the retry wa
 journal as in flight before it is submitted and cleared once its rows are recorded, unless the scheduler saw a worker
 die while it ran. What is left (a killed coordinator, a suspect task) is listed from the bucket before the next pass
 (``SyncEngine.list_unfinished_tasks``, whatever the engine then), so every key the bucket holds is known to the
-journal and the walk finds what must go. The read-only window's final
-pass, verification and dry runs stay local.
+journal and the walk finds what must go. The read-only window's final pass, verification and dry runs stay local.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import json
 import logging
 import os
 import resource
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -64,10 +63,8 @@ class Job:
 class Outcome:
     """A task's answer: the rows to record (last word per key) and what it saw and did."""
 
-    shard: Shard
     rows: list[JournalRow]
     result: PassResult
-    worker: str = ""
     requests: tuple[int, int] = (0, 0)  # S3 attempts and calls the task made, for the coordinator's report
 
 
@@ -118,8 +115,6 @@ def _worker_transfer(job: Job) -> tuple:
 
 def run_shard(job: Job, shard: Shard, rows: list[JournalRow], seeded: bool) -> Outcome:
     """On a worker: seed the shard from the bucket if needed, walk it, decide, upload; the rows to record."""
-    from distributed import get_worker
-
     bucket, transfer = _worker_transfer(job)
     counter = bucket.counter
     before = sum(counter.attempts.values()), sum(counter.calls.values())
@@ -128,7 +123,7 @@ def run_shard(job: Job, shard: Shard, rows: list[JournalRow], seeded: bool) -> O
     engine.seed(shard)
     result = engine.sync_shard(shard)
     requests = sum(counter.attempts.values()) - before[0], sum(counter.calls.values()) - before[1]
-    return Outcome(shard, list(journal.written.values()), result, get_worker().address, requests)
+    return Outcome(list(journal.written.values()), result, requests)
 
 
 def check_worker(job: Job, sample: list[tuple[str, int, int]]) -> Optional[str]:
@@ -155,15 +150,18 @@ def check_worker(job: Job, sample: list[tuple[str, int, int]]) -> Optional[str]:
     return None
 
 
-def task_shards(source: Path, shard: Shard) -> list[Shard]:
-    """The shard, or its 16 sub-shards by the third hex digit when it is a large blob shard."""
+def task_shards(source: Path, shard: Shard, journal: Optional[Journal] = None) -> list[Shard]:
+    """The shard, or its 16 sub-shards by the third hex digit when it is a large blob shard: by the journal's count
+    once it is seeded, else by the entries of its directory."""
     if not shard.prefix.startswith(BLOBS):
         return [shard]
-    try:
-        entries = sum(1 for _ in os.scandir(source / shard.prefix))
-    except OSError:
-        return [shard]
-    if entries <= SPLIT_ABOVE:
+    known = journal.count_in(shard.ranges()) if journal is not None and journal.is_seeded(shard) else None
+    if known is None:
+        try:
+            known = sum(1 for _ in os.scandir(source / shard.prefix))
+        except OSError:
+            return [shard]
+    if known <= SPLIT_ABOVE:
         return [shard]
     return [shard_named(f"{shard.name}{digit}") for digit in "0123456789abcdef"]
 
@@ -198,7 +196,6 @@ class DaskEngine:
     processes: Optional[int] = None
     client: object = None
     cluster: object = None
-    checked: set = field(default_factory=set)
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
@@ -222,11 +219,14 @@ class DaskEngine:
                                f"{self.scheduler}' on hosts that mount the registry at {self.job.source}")
         log.info("dask: %d workers (%s)", len(workers), self.scheduler or "local cluster")
 
+    def _worker_names(self) -> dict:
+        return {address: info.get("name") for address, info in self.client.scheduler_info()["workers"].items()}
+
     def check_workers(self) -> None:
-        """Every worker not checked yet proves it sees the same source and reaches the bucket; exit 2 naming any
-        that does not, before a task runs."""
+        """Every worker proves it sees the same source and reaches the bucket; exit 2 naming any that does not,
+        before a task of the pass runs."""
         answers = self.client.run(check_worker, self.job, source_sample(Path(self.job.source)))
-        names = {address: info.get("name") for address, info in self.client.scheduler_info()["workers"].items()}
+        names = self._worker_names()
         problems = {f"{names.get(address)} ({address})" if names.get(address) not in (None, address) else address:
                     problem for address, problem in answers.items() if problem}
         if problems:
@@ -234,7 +234,6 @@ class DaskEngine:
                 f"worker {worker}: {problem}" for worker, problem in sorted(problems.items())) +
                 f". Every worker must mount the registry at {self.job.source} and have AWS credentials; stop or fix "
                 "those workers and re-run")
-        self.checked.update(answers)
 
     def run_pass(self, engine: SyncEngine) -> PassResult:
         """One online pass over every shard as tasks; rows recorded in the coordinator's journal as tasks end."""
@@ -245,13 +244,15 @@ class DaskEngine:
         self.check_workers()
         journal: Journal = engine.journal
         total = PassResult()
-        pending = {}  # parent shard name -> sub-shards not recorded yet (it is seeded when all are)
+        unseeded = {}  # parent shard name -> the shard, while its tasks seed it (it is seeded when all are recorded)
+        remaining = {}  # parent shard name -> its tasks not recorded yet
         tasks = []
         for shard in shards():
-            subs = task_shards(Path(self.job.source), shard)
-            pending[shard.name] = (shard, len(subs), not journal.is_seeded(shard))
+            subs = task_shards(Path(self.job.source), shard, journal)
+            if not journal.is_seeded(shard):
+                unseeded[shard.name] = shard
+            remaining[shard.name] = len(subs)
             tasks += [(shard.name, sub) for sub in subs]
-        remaining = {name: count for name, (_, count, _) in pending.items()}
         limit = TASKS_PER_THREAD * max(1, sum(self.client.nthreads().values()))
         queue = iter(tasks)
         in_flight = set(tasks_in_flight(journal))
@@ -263,10 +264,10 @@ class DaskEngine:
             if item is None:
                 return False
             parent, sub = item
-            seeded = not pending[parent][2]
             in_flight.add(sub.name)
             journal.set_meta(IN_FLIGHT_META, json.dumps(sorted(in_flight)))
-            future = self.client.submit(run_shard, self.job, sub, list(journal.rows(sub)), seeded, pure=False)
+            future = self.client.submit(run_shard, self.job, sub, list(journal.rows(sub)), parent not in unseeded,
+                                        pure=False)
             owners[future.key] = (parent, sub)
             futures.add(future)
             return True
@@ -289,8 +290,8 @@ class DaskEngine:
                 in_flight.discard(sub.name)  # written with the next submission (or the pass's end)
             future.release()
             remaining[parent] -= 1
-            if remaining[parent] == 0 and pending[parent][2]:
-                journal.mark_seeded(pending[parent][0])
+            if remaining[parent] == 0 and parent in unseeded:
+                journal.mark_seeded(unseeded[parent])
             submit_next()
         journal.set_meta(IN_FLIGHT_META, json.dumps(sorted(in_flight)))
         return total
@@ -299,7 +300,7 @@ class DaskEngine:
         """Each worker's CPU seconds and peak RSS (and the coordinator's peak RSS), for operators and the bench."""
         try:
             usage = self.client.run(_usage)
-            names = {address: info.get("name") for address, info in self.client.scheduler_info()["workers"].items()}
+            names = self._worker_names()
         except (OSError, ValueError) as exc:
             log.debug("dask: worker usage not available (%s)", exc)
             return

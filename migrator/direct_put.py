@@ -25,7 +25,31 @@ PROBE_KEY = "migrator-url-probe"
 GIVE_UP_AFTER = 20  # failures in a row: the bucket answers this way to every direct request (say, a region redirect)
 
 
-class DirectPut:
+class FallbackPut:
+    """A PUT path outside the client: ``_send`` answers the ETag or None, and every None hands the upload back to
+    ``client.put_object`` (counted in ``fallbacks``); after ``GIVE_UP_AFTER`` failures in a row it stops trying."""
+
+    fallbacks = 0  # requests handed back to put_object
+    _failures_in_a_row = 0
+
+    def put(self, key: str, body: bytes) -> Optional[str]:
+        """The ETag the bucket answered, or None if the request did not cleanly succeed (or was not sent: after
+        ``GIVE_UP_AFTER`` failures in a row every upload goes through put_object)."""
+        if self._failures_in_a_row >= GIVE_UP_AFTER:
+            return None
+        etag = self._send(key, body)
+        if etag is None:
+            self.fallbacks += 1
+            self._failures_in_a_row += 1
+        else:
+            self._failures_in_a_row = 0
+        return etag
+
+    def _send(self, key: str, body: bytes) -> Optional[str]:
+        raise NotImplementedError
+
+
+class DirectPut(FallbackPut):
     """Signed PutObject requests on the client's connection pool."""
 
     def __init__(self, client, bucket: str, credentials, extra_args: dict):
@@ -46,21 +70,6 @@ class DirectPut:
             self.headers[serialization["name"]] = str(value)
         # a CRC32 header as botocore adds one, unless the plan's checksum setting is when_required
         self.checksum = getattr(client.meta.config, "request_checksum_calculation", None) != "when_required"
-        self.fallbacks = 0  # requests handed back to put_object
-        self._failures_in_a_row = 0
-
-    def put(self, key: str, body: bytes) -> Optional[str]:
-        """The ETag the bucket answered, or None if the request did not cleanly succeed (or was not sent: after
-        ``GIVE_UP_AFTER`` failures in a row every upload goes through put_object)."""
-        if self._failures_in_a_row >= GIVE_UP_AFTER:
-            return None
-        etag = self._send(key, body)
-        if etag is None:
-            self.fallbacks += 1
-            self._failures_in_a_row += 1
-        else:
-            self._failures_in_a_row = 0
-        return etag
 
     def _send(self, key: str, body: bytes) -> Optional[str]:
         headers = dict(self.headers)

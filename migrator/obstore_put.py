@@ -14,12 +14,11 @@ from datetime import timedelta
 from typing import Optional
 
 from migrator import __version__
+from migrator.direct_put import FallbackPut
 from migrator.plan import BucketSettings
 
-GIVE_UP_AFTER = 20  # failures in a row: every upload then goes through put_object
 
-
-class ObstorePut:
+class ObstorePut(FallbackPut):
     """PutObject requests on obstore's own client and runtime."""
 
     def __init__(self, settings: BucketSettings, extra_args: dict, max_attempts: int):
@@ -48,20 +47,9 @@ class ObstorePut:
         self.attributes = {"Content-Type": extra_args.get("ContentType", "application/octet-stream")}
         if extra_args.get("StorageClass"):
             self.attributes["Storage-Class"] = extra_args["StorageClass"]
-        self.fallbacks = 0
-        self._failures_in_a_row = 0
 
-    def put(self, key: str, body: bytes) -> Optional[str]:
-        """The ETag the bucket answered, or None (the caller then uses put_object)."""
-        if self._failures_in_a_row >= GIVE_UP_AFTER:
-            return None
+    def _send(self, key: str, body: bytes) -> Optional[str]:
         try:
-            etag = self._put(self.store, key, body, attributes=self.attributes, use_multipart=False)["e_tag"]
+            return self._put(self.store, key, body, attributes=self.attributes, use_multipart=False)["e_tag"] or None
         except Exception:  # noqa: BLE001 - any failure: the client's path decides, with its own errors
-            etag = None
-        if etag:
-            self._failures_in_a_row = 0
-            return etag
-        self.fallbacks += 1
-        self._failures_in_a_row += 1
-        return None
+            return None
