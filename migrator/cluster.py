@@ -5,7 +5,11 @@ an embedded ``LocalCluster`` of worker processes on this host (``sync.dask.sched
 (``tcp://host:8786``; every worker mounts the registry at the same path). A task gets its shard's journal rows and
 the plan's settings, never credentials (each worker uses its own AWS chain); it walks, decides (the same
 ``SyncEngine`` code as the threads engine), uploads on a thread pool of its own and returns the rows to record.
-Blob shards with many entries are split by the third hex digit so a task takes seconds. A worker runs a few tasks at
+A shard with more than ``sync.dask.split_above`` files is split by the next character of its keys (``blobs/ab`` by
+the digest's third hex digit, ``repositories/a`` by the name's next character; again while a child is too large) so a
+task takes seconds: by the journal's count once the shard is seeded; a first task on a shard counts its files and
+answers with the children instead when they are too many. Online verification runs the same tasks with
+``Verifier``. A worker runs a few tasks at
 once (``sync.shard_workers`` threads in a local cluster; ``dask worker --nthreads`` elsewhere), their uploads on one
 pool of ``sync.workers`` threads; at most two tasks per worker thread are in flight.
 
@@ -14,38 +18,43 @@ uploaded keys the journal will never hear of (a file deleted before the retry wa
 journal as in flight before it is submitted and cleared once its rows are recorded, unless the scheduler saw a worker
 die while it ran. What is left (a killed coordinator, a suspect task) is listed from the bucket before the next pass
 (``SyncEngine.list_unfinished_tasks``, whatever the engine then), so every key the bucket holds is known to the
-journal and the walk finds what must go. The read-only window's final pass, verification and dry runs stay local.
+journal and the walk finds what must go. Every worker proves it sees the coordinator's source and reaches the bucket
+before a pass's tasks run, and a worker that joins later before its first task. The read-only window's final pass,
+verification outside online verification and dry runs stay local.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
-from dataclasses import dataclass, replace
+import socket
+from collections import deque
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional, Union
 
 from migrator.errors import InvalidInput
 from migrator.journal import Journal, JournalRow
-from migrator.layout import BLOBS, Shard, shard_named, shards
+from migrator.layout import BLOBS, Shard, shards, split
 from migrator.plan import BucketSettings, SyncSettings
-from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
-from migrator.sync import IN_FLIGHT_META, PassResult, SyncEngine, tasks_in_flight
+from migrator.s3 import BUCKET_ERRORS, RequestCounter, explain, open_bucket
+from migrator.sync import PassResult, Progress, SyncEngine, set_tasks_in_flight, tasks_in_flight
 from migrator.transfer import Transfer
-from migrator.walker import walk_shard
+from migrator.verify import Verifier, VerifyResult
+from migrator.walker import branching, walk_shard
 
 log = logging.getLogger(__name__)
 
-SPLIT_ABOVE = 4096  # entries in a blob shard's directory above which its tasks are split by the third hex digit
+SPLIT_ABOVE = 4096  # entries above which a shard's work is split into tasks by the next character of its keys
 TASKS_PER_THREAD = 2  # tasks in flight per worker thread
 SAMPLE_FILES = 32
 
 
 @dataclass(frozen=True)
 class Job:
-    """What every task of a run shares: settings only, no credentials."""
+    """What every task of a run shares: settings and the coordinator's sample of the source, no credentials."""
 
     source: str
     bucket: BucketSettings
@@ -53,6 +62,8 @@ class Job:
     key_prefix: str
     extra_args: tuple
     etags_are_md5: bool = True  # preflight's finding (bucket encryption): listed ETags seed md5s only if true
+    split_above: int = SPLIT_ABOVE
+    sample: tuple = ()  # (rel, size, mtime_ns) of blobs across the tree: a worker must see the same
 
     @property
     def cache_key(self) -> str:
@@ -61,20 +72,25 @@ class Job:
 
 @dataclass
 class Outcome:
-    """A task's answer: the rows to record (last word per key) and what it saw and did."""
+    """A task's answer: the rows to record (last word per key), the keys to forget, what it saw and did; or, for a
+    shard too large for one task, its children (nothing done)."""
 
     rows: list[JournalRow]
-    result: PassResult
+    result: Union[PassResult, VerifyResult]
     requests: tuple[int, int] = (0, 0)  # S3 attempts and calls the task made, for the coordinator's report
+    forgotten: list[str] = field(default_factory=list)
+    split: list[Shard] = field(default_factory=list)
 
 
 class TaskJournal:
-    """The journal as a task sees it: its shard's rows in, every row it would write kept to be sent back."""
+    """The journal as a task sees it: its shard's rows in, every row it would write (or forget) kept to be sent
+    back."""
 
     def __init__(self, rows: list[JournalRow], seeded: bool):
         self._rows = {row.rel: row for row in rows}
         self._seeded = seeded
         self.written: dict[str, JournalRow] = {}
+        self.forgotten: list[str] = []
 
     def get_meta(self, key: str) -> Optional[str]:
         return None
@@ -95,6 +111,12 @@ class TaskJournal:
         for row in rows:
             self._rows[row.rel] = self.written[row.rel] = row
 
+    def forget(self, rels, proven=()) -> None:
+        for rel in rels:
+            self._rows.pop(rel, None)
+            self.written.pop(rel, None)
+            self.forgotten.append(rel)
+
     def mark_unconfirmed(self, rels) -> None:
         self.record(self._rows[rel]._replace(confirmed=False) if rel in self._rows
                     else JournalRow(rel, -1, confirmed=False) for rel in list(rels))
@@ -103,9 +125,24 @@ class TaskJournal:
 _WORKER_STATE: dict[str, tuple] = {}  # per worker process: the bucket client and transfer pool of a job
 
 
-def _worker_transfer(job: Job) -> tuple:
+def _this_worker() -> str:
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return socket.gethostname()
+    return f"{worker.name} ({worker.address})" if worker.name not in (None, worker.address) else worker.address
+
+
+def _prepared(job: Job) -> tuple:
+    """This worker's bucket client and transfer pool for the job, after its first task proved the worker (a worker
+    that joined after the pass's check is checked here)."""
     state = _WORKER_STATE.get(job.cache_key)
     if state is None:
+        problem = check_worker(job)
+        if problem:
+            raise InvalidInput(refusal({_this_worker(): problem}, job.source))
         bucket = open_bucket(job.bucket, job.sync, job.key_prefix)
         bucket.etags_are_md5 = job.etags_are_md5
         state = _WORKER_STATE[job.cache_key] = (bucket, Transfer(bucket, Path(job.source), job.sync,
@@ -113,26 +150,49 @@ def _worker_transfer(job: Job) -> tuple:
     return state
 
 
+def _requests(counter: RequestCounter) -> tuple[int, int]:
+    return sum(counter.attempts.values()), sum(counter.calls.values())
+
+
 def run_shard(job: Job, shard: Shard, rows: list[JournalRow], seeded: bool) -> Outcome:
-    """On a worker: seed the shard from the bucket if needed, walk it, decide, upload; the rows to record."""
-    bucket, transfer = _worker_transfer(job)
-    counter = bucket.counter
-    before = sum(counter.attempts.values()), sum(counter.calls.values())
+    """On a worker: seed the shard from the bucket if needed, walk it, decide, upload; the rows to record. A shard
+    met for the first time with more than ``split_above`` files answers with its children instead."""
+    bucket, transfer = _prepared(job)
+    source = Path(job.source)
+    if not seeded and sum(1 for _ in islice(walk_shard(source, shard), job.split_above + 1)) > job.split_above:
+        children = split(shard, *branching(source, shard))
+        if len(children) > 1:
+            return Outcome([], PassResult(), split=children)
+    before = _requests(bucket.counter)
     journal = TaskJournal(rows, seeded)
     engine = SyncEngine(Path(job.source), bucket, journal, transfer, shard_workers=1)
     engine.seed(shard)
     result = engine.sync_shard(shard)
-    requests = sum(counter.attempts.values()) - before[0], sum(counter.calls.values()) - before[1]
-    return Outcome(list(journal.written.values()), result, requests)
+    after = _requests(bucket.counter)
+    return Outcome(list(journal.written.values()), result, (after[0] - before[0], after[1] - before[1]))
 
 
-def check_worker(job: Job, sample: list[tuple[str, int, int]]) -> Optional[str]:
-    """On a worker, before its first task: the same source (its layout, a sample of files with the coordinator's
-    sizes and mtimes) and a bucket its own credentials reach. None, or what is wrong."""
+def verify_shard(job: Job, shard: Shard, rows: list[JournalRow], changed_since_ns: int) -> Outcome:
+    """On a worker: online verification of one shard (bucket against journal rows and source); the journal rows the
+    listing settled or showed gone."""
+    bucket, _ = _prepared(job)
+    before = _requests(bucket.counter)
+    journal = TaskJournal(rows, seeded=True)
+    verifier = Verifier(Path(job.source), bucket, 1, job.sync.workers, journal=journal,
+                        changed_since_ns=changed_since_ns)
+    result = verifier.verify_shard(shard)
+    after = _requests(bucket.counter)
+    return Outcome(list(journal.written.values()), result, (after[0] - before[0], after[1] - before[1]),
+                   forgotten=journal.forgotten)
+
+
+def check_worker(job: Job) -> Optional[str]:
+    """On a worker, before its first task: the same source (its layout, the coordinator's sample of blobs with the
+    same sizes and mtimes) and a bucket its own credentials reach. None, or what is wrong."""
     source = Path(job.source)
     if not (source / "docker/registry/v2").is_dir():
         return f"it does not see the registry: {source}/docker/registry/v2 is not a directory there"
-    for rel, size, mtime_ns in sample:
+    for rel, size, mtime_ns in job.sample:
         try:
             stat = os.stat(source / rel)
         except OSError as exc:
@@ -150,29 +210,49 @@ def check_worker(job: Job, sample: list[tuple[str, int, int]]) -> Optional[str]:
     return None
 
 
-def task_shards(source: Path, shard: Shard, journal: Optional[Journal] = None) -> list[Shard]:
-    """The shard, or its 16 sub-shards by the third hex digit when it is a large blob shard: by the journal's count
-    once it is seeded, else by the entries of its directory."""
-    if not shard.prefix.startswith(BLOBS):
+def refusal(problems: dict[str, str], source: str) -> str:
+    """The error for workers that cannot copy, each by name with what is wrong."""
+    return ("Dask workers that cannot copy: " + "; ".join(f"worker {worker}: {problem}" for worker, problem in
+                                                          sorted(problems.items())) +
+            f". Every worker must mount the registry at {source} and have AWS credentials; stop or fix those workers "
+            "and re-run")
+
+
+def task_shards(shard: Shard, journal: Journal, split_above: int) -> list[Shard]:
+    """A seeded shard as tasks: itself, or its children (``split`` where the journal's keys branch, again while a
+    child holds more than ``split_above`` keys)."""
+    if journal.count_in(shard.ranges()) <= split_above:
         return [shard]
-    known = journal.count_in(shard.ranges()) if journal is not None and journal.is_seeded(shard) else None
-    if known is None:
-        try:
-            known = sum(1 for _ in os.scandir(source / shard.prefix))
-        except OSError:
-            return [shard]
-    if known <= SPLIT_ABOVE:
+    children = split(shard, *journal_branching(journal, shard))
+    if len(children) == 1:
         return [shard]
-    return [shard_named(f"{shard.name}{digit}") for digit in "0123456789abcdef"]
+    return [task for child in children for task in task_shards(child, journal, split_above)]
+
+
+def journal_branching(journal: Journal, shard: Shard) -> tuple[str, list[str]]:
+    """Where the shard's keys in the journal branch: their common prefix and the characters that come next."""
+    ranges = list(shard.ranges())
+    first, last = journal.first_in(ranges), journal.last_in(ranges)
+    if first is None:
+        return shard.prefix, []
+    common, chars = os.path.commonprefix([first, last]), []
+    key = journal.first_in(ranges, common + "\0")  # the first key longer than the common prefix
+    while key is not None:
+        chars.append(key[len(common)])
+        key = journal.first_in(ranges, common + chr(ord(chars[-1]) + 1))
+    return common, chars
 
 
 def source_sample(source: Path) -> list[tuple[str, int, int]]:
-    """A few files from across the tree with their size and mtime, for workers to compare with theirs."""
+    """Blobs from across the tree with their size and mtime, for workers to compare with theirs. Only blobs: they
+    are written once, so a sample cannot go stale while the registry takes pushes."""
     sample = []
-    for shard in shards()[:: max(1, len(shards()) // SAMPLE_FILES)]:
+    blob_shards = [shard for shard in shards() if shard.prefix.startswith(BLOBS)]
+    for shard in blob_shards[:: max(1, len(blob_shards) // SAMPLE_FILES)]:
         for found in walk_shard(source, shard):
-            sample.append((found.rel, found.size, found.mtime_ns))
-            break
+            if found.rel.endswith("/data"):
+                sample.append((found.rel, found.size, found.mtime_ns))
+                break
     return sample[:SAMPLE_FILES]
 
 
@@ -189,7 +269,8 @@ def _suspicious(dask_scheduler, key: str) -> int:  # noqa: ANN001 - run on the s
 
 @dataclass
 class DaskEngine:
-    """Runs a pass's shards on a Dask cluster; the caller's journal records what the tasks return."""
+    """Runs a pass's (or online verification's) shards on a Dask cluster; the caller's journal records what the
+    tasks return."""
 
     job: Job
     scheduler: Optional[str] = None
@@ -217,69 +298,77 @@ class DaskEngine:
         if not workers:
             raise InvalidInput(f"the Dask cluster at {self.scheduler} has no workers; start 'dask worker "
                                f"{self.scheduler}' on hosts that mount the registry at {self.job.source}")
+        self.job = replace(self.job, sample=tuple(source_sample(Path(self.job.source))))
         log.info("dask: %d workers (%s)", len(workers), self.scheduler or "local cluster")
 
     def _worker_names(self) -> dict:
         return {address: info.get("name") for address, info in self.client.scheduler_info()["workers"].items()}
 
-    def check_workers(self) -> None:
-        """Every worker proves it sees the same source and reaches the bucket; exit 2 naming any that does not,
-        before a task of the pass runs."""
-        answers = self.client.run(check_worker, self.job, source_sample(Path(self.job.source)))
+    def _prepare(self, engine: SyncEngine) -> None:
+        """Started, with the pass's settings, and every worker has proved it sees the same source and reaches the
+        bucket (exit 2 naming any that does not, before a task runs; later joiners prove it in their first task)."""
+        self.job = replace(self.job, etags_are_md5=engine.bucket.etags_are_md5)
+        self.start()
+        answers = self.client.run(check_worker, self.job)
         names = self._worker_names()
         problems = {f"{names.get(address)} ({address})" if names.get(address) not in (None, address) else address:
                     problem for address, problem in answers.items() if problem}
         if problems:
-            raise InvalidInput("Dask workers that cannot copy: " + "; ".join(
-                f"worker {worker}: {problem}" for worker, problem in sorted(problems.items())) +
-                f". Every worker must mount the registry at {self.job.source} and have AWS credentials; stop or fix "
-                "those workers and re-run")
+            raise InvalidInput(refusal(problems, self.job.source))
+
+    def _run_tasks(self, engine: SyncEngine, queue: deque, submit: Callable, handle: Callable) -> int:
+        """Submit ``submit(item)`` for the queue's items, at most two per worker thread in flight; ``handle(item,
+        future, outcome)`` records each answer as it comes and returns items to run next (a split shard's children).
+        The number of tasks run."""
+        from distributed import as_completed
+
+        limit = TASKS_PER_THREAD * max(1, sum(self.client.nthreads().values()))
+        futures = as_completed()
+        owners = {}
+        submitted = 0
+        while True:
+            while queue and len(owners) < limit:
+                item = queue.popleft()
+                future = submit(item)
+                owners[future.key] = item
+                futures.add(future)
+                submitted += 1
+            if not owners:
+                return submitted
+            future = next(futures)
+            item = owners.pop(future.key)
+            outcome: Outcome = future.result()
+            engine.bucket.counter.add(*outcome.requests)
+            queue.extendleft(reversed(list(handle(item, future, outcome))))
+            future.release()
 
     def run_pass(self, engine: SyncEngine) -> PassResult:
         """One online pass over every shard as tasks; rows recorded in the coordinator's journal as tasks end."""
-        from distributed import as_completed
-
-        self.job = replace(self.job, etags_are_md5=engine.bucket.etags_are_md5)
-        self.start()
-        self.check_workers()
+        self._prepare(engine)
         journal: Journal = engine.journal
         total = PassResult()
-        unseeded = {}  # parent shard name -> the shard, while its tasks seed it (it is seeded when all are recorded)
-        remaining = {}  # parent shard name -> its tasks not recorded yet
-        tasks = []
+        unseeded = {}  # shard name -> the shard, while its tasks seed it (it is seeded when all are recorded)
+        remaining = {}  # shard name -> its tasks not recorded yet
+        queue = deque()
         for shard in shards():
-            subs = task_shards(Path(self.job.source), shard, journal)
-            if not journal.is_seeded(shard):
-                unseeded[shard.name] = shard
+            if journal.is_seeded(shard):
+                subs = task_shards(shard, journal, self.job.split_above)
+            else:
+                unseeded[shard.name], subs = shard, [shard]
             remaining[shard.name] = len(subs)
-            tasks += [(shard.name, sub) for sub in subs]
-        limit = TASKS_PER_THREAD * max(1, sum(self.client.nthreads().values()))
-        queue = iter(tasks)
-        in_flight = set(tasks_in_flight(journal))
-        futures = as_completed()
-        owners = {}
+            queue += [(shard.name, sub) for sub in subs]
+        in_flight = tasks_in_flight(journal)
 
-        def submit_next() -> bool:
-            item = next(queue, None)
-            if item is None:
-                return False
+        def submit(item: tuple):
             parent, sub = item
-            in_flight.add(sub.name)
-            journal.set_meta(IN_FLIGHT_META, json.dumps(sorted(in_flight)))
-            future = self.client.submit(run_shard, self.job, sub, list(journal.rows(sub)), parent not in unseeded,
-                                        pure=False)
-            owners[future.key] = (parent, sub)
-            futures.add(future)
-            return True
+            in_flight.add(sub)
+            set_tasks_in_flight(journal, in_flight)
+            return self.client.submit(run_shard, self.job, sub, list(journal.rows(sub)), parent not in unseeded,
+                                      pure=False)
 
-        for _ in range(limit):
-            if not submit_next():
-                break
-        for future in futures:
-            parent, sub = owners.pop(future.key)
-            outcome: Outcome = future.result()
+        def handle(item: tuple, future, outcome: Outcome) -> list:
+            parent, sub = item
             journal.record(outcome.rows)
-            engine.bucket.counter.add(*outcome.requests)
             total.add(outcome.result)
             engine.progress.walked(outcome.result.source_objects)
             engine.progress.uploaded(outcome.result.uploaded_objects, outcome.result.uploaded_bytes)
@@ -287,13 +376,38 @@ class DaskEngine:
                 log.warning("dask: a worker died while running shard %s; its prefix is listed again before the next "
                             "pass", sub.name)
             else:
-                in_flight.discard(sub.name)  # written with the next submission (or the pass's end)
-            future.release()
-            remaining[parent] -= 1
+                in_flight.discard(sub)  # written with the next submission (or the pass's end)
+            remaining[parent] += len(outcome.split) - 1
             if remaining[parent] == 0 and parent in unseeded:
                 journal.mark_seeded(unseeded[parent])
-            submit_next()
-        journal.set_meta(IN_FLIGHT_META, json.dumps(sorted(in_flight)))
+            return [(parent, child) for child in outcome.split]
+
+        tasks = self._run_tasks(engine, queue, submit, handle)
+        set_tasks_in_flight(journal, in_flight)
+        log.info("dask: the pass ran %d tasks", tasks)
+        return total
+
+    def verify(self, engine: SyncEngine, changed_since_ns: int, progress: Progress) -> VerifyResult:
+        """Online verification with every shard a task (``Verifier`` with the journal, as the threads engine runs
+        it); the rows the bucket's listing settled are recorded here."""
+        self._prepare(engine)
+        journal: Journal = engine.journal
+        total = VerifyResult()
+        queue = deque(task for shard in shards() for task in task_shards(shard, journal, self.job.split_above))
+
+        def submit(sub: Shard):
+            return self.client.submit(verify_shard, self.job, sub, list(journal.rows(sub)), changed_since_ns,
+                                      pure=False)
+
+        def handle(sub: Shard, future, outcome: Outcome) -> Iterable:
+            journal.record(outcome.rows)
+            journal.forget(outcome.forgotten)
+            total.add(outcome.result)
+            progress.listed(outcome.result.bucket_objects)
+            progress.checked(outcome.result.source_objects + outcome.result.bucket_objects)
+            return ()
+
+        log.info("dask: online verification ran %d tasks", self._run_tasks(engine, queue, submit, handle))
         return total
 
     def log_usage(self) -> None:

@@ -235,6 +235,24 @@ class Journal:
         return sum(self._conn.execute("SELECT COUNT(*) FROM objects WHERE rel >= ? AND rel < ? AND size >= 0",
                                       (low, high)).fetchone()[0] for low, high in ranges)
 
+    def first_in(self, ranges: Iterable[tuple[str, str]], start: str = "") -> Optional[str]:
+        """The smallest key at or after ``start`` within these ordered [low, high) key ranges."""
+        for low, high in ranges:
+            found = self._conn.execute("SELECT MIN(rel) FROM objects WHERE rel >= ? AND rel < ? AND size >= 0",
+                                       (max(low, start), high)).fetchone()[0]
+            if found is not None:
+                return found
+        return None
+
+    def last_in(self, ranges: Iterable[tuple[str, str]]) -> Optional[str]:
+        """The largest key within these ordered [low, high) key ranges."""
+        for low, high in reversed(list(ranges)):
+            found = self._conn.execute("SELECT MAX(rel) FROM objects WHERE rel >= ? AND rel < ? AND size >= 0",
+                                       (low, high)).fetchone()[0]
+            if found is not None:
+                return found
+        return None
+
     def get_meta(self, key: str) -> Optional[str]:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None

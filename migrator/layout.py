@@ -121,10 +121,16 @@ def shards() -> list[Shard]:
     return blob_shards + repo_shards + [rest]
 
 
-def shard_named(name: str) -> Shard:
-    """A shard or blob sub-shard by its name (what the journal keeps of tasks in flight)."""
-    by_name = {shard.name: shard for shard in shards()}
-    if name in by_name:
-        return by_name[name]
-    parent = by_name[name[:-1]]
-    return Shard(name, f"{parent.prefix}{parent.prefix[len(BLOBS):-1]}{name[-1]}")
+REMAINDER = "*"  # a split shard's child for whatever key is in none of the others
+
+
+def split(shard: Shard, common: str, chars: Iterable[str]) -> list[Shard]:
+    """A shard's children where its keys branch: one for each next character after ``common`` (the keys' common
+    prefix, which starts with the shard's), and a remainder with every other key the shard may hold. Together they
+    are exactly the parent's keys, each in one child, whatever keys come later. The rest shard and a remainder stay
+    whole."""
+    if shard.name == "rest" or shard.name.endswith(REMAINDER) or not chars or not common.startswith(shard.prefix):
+        return [shard]
+    children = [Shard(f"{shard.name}:{common[len(shard.prefix):]}{char}", common + char, shard.excludes)
+                for char in sorted(set(chars))]
+    return children + [Shard(shard.name + REMAINDER, shard.prefix, shard.excludes + tuple(c.prefix for c in children))]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from migrator.changefeed import PassTracker
-from migrator.cluster import DaskEngine, Job
+from migrator.cluster import SPLIT_ABOVE, DaskEngine, Job
 from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.html_report import write_html
@@ -143,7 +143,7 @@ class Migration:
         if self.plan.sync.engine == "dask":
             self.engine.cluster = DaskEngine(
                 Job(str(self.plan.source), self.plan.bucket, self.plan.sync, self.plan.key_prefix,
-                    tuple(transfer.extra_args.items())),
+                    tuple(transfer.extra_args.items()), split_above=self.plan.sync.dask.get("split_above", SPLIT_ABOVE)),
                 self.plan.sync.dask.get("scheduler"), self.plan.sync.dask.get("processes"))
         if self.plan.registry:
             self.registry = open_registry(self.plan.registry, self.plan.bucket, self.plan.key_prefix,
@@ -468,10 +468,13 @@ class Migration:
 
     def verify(self, online: bool = False, deep: bool = False, sample: Optional[int] = None) -> VerifyResult:
         """List the whole bucket against the source (online: and against the journal, changes in flight allowed)."""
+        changed_since_ns = self.state.last_pass_started_ns or 0
         verifier = Verifier(self.plan.source, self.bucket, self.plan.sync.shard_workers, self.plan.sync.workers,
                             deep=deep, sample=sample, journal=self.journal if online else None,
-                            changed_since_ns=self.state.last_pass_started_ns or 0, progress=self.progress)
+                            changed_since_ns=changed_since_ns, progress=self.progress)
         try:
+            if online and self.engine.cluster is not None:
+                return self.engine.cluster.verify(self.engine, changed_since_ns, self.progress)
             return verifier.run()
         except BUCKET_ERRORS as exc:
             raise InvalidInput(f"verification failed: {explain(exc, self.plan.bucket.name)}") from None

@@ -59,7 +59,8 @@ class SyncSettings:
     max_memory_mb: int = 256  # file content held in memory by uploads at once (files are read whole below multipart)
     put: str = "direct"  # small objects: direct (a hand-signed request on boto3's pool) or obstore (Rust object_store)
     engine: str = "threads"  # threads, or dask: online passes' shards as tasks on a Dask cluster (migrator/cluster.py)
-    dask: dict = field(default_factory=dict)  # {scheduler: null (a local cluster) or tcp://host:8786, processes: N}
+    dask: dict = field(default_factory=dict)  # {scheduler: null (a local cluster) or tcp://host:8786, processes: N,
+    #                                           split_above: files in one task before its shard is split}
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ _SYNC = {
     "max_memory_mb": (int, False),
     "put": (str, False),
     "engine": (str, False),
-    "dask": ({"scheduler": ((str, type(None)), False), "processes": ((int, type(None)), False)}, False),
+    "dask": ({"scheduler": ((str, type(None)), False), "processes": ((int, type(None)), False),
+              "split_above": (int, False)}, False),
 }
 _PLAN = {
     "source": (str, True),
@@ -294,6 +296,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
         raise InvalidInput(f"{plan_path}: sync.engine must be threads or dask, not {sync.engine!r}")
     if sync.dask.get("processes") is not None and sync.dask["processes"] < 1:
         raise InvalidInput(f"{plan_path}: sync.dask.processes must be at least 1")
+    if sync.dask.get("split_above", 1) < 1:
+        raise InvalidInput(f"{plan_path}: sync.dask.split_above must be at least 1 (files in one task before its "
+                           "shard is split)")
     if not 0 <= sync.max_delete_fraction <= 1:
         raise InvalidInput(f"{plan_path}: sync.max_delete_fraction must be between 0 and 1")
 

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Optional
 from migrator.errors import Refused
 from migrator.failpoints import failpoint
 from migrator.journal import Journal, JournalRow
-from migrator.layout import Shard, canonical_link, is_blob_data, outermost, path_ranges, shard_named, shards
+from migrator.layout import Shard, canonical_link, is_blob_data, outermost, path_ranges, shards
 from migrator.march import Action, Decision, Unit, decide, march_units, md5_of
 from migrator.s3 import Bucket, list_shard
 from migrator.transfer import Transfer
@@ -71,9 +71,14 @@ class PassResult:
         return self.uploaded_objects + len(self.delete_candidates)
 
 
-def tasks_in_flight(journal: Journal) -> list[str]:
+def tasks_in_flight(journal: Journal) -> set[Shard]:
     """The shards of cluster tasks submitted whose rows were not recorded (``migrator.cluster``)."""
-    return json.loads(journal.get_meta(IN_FLIGHT_META) or "[]")
+    return {Shard(name, prefix, tuple(excludes)) for name, prefix, excludes in
+            json.loads(journal.get_meta(IN_FLIGHT_META) or "[]")}
+
+
+def set_tasks_in_flight(journal: Journal, tasks: Iterable[Shard]) -> None:
+    journal.set_meta(IN_FLIGHT_META, json.dumps(sorted([s.name, s.prefix, list(s.excludes)] for s in tasks)))
 
 
 def _canonical(decision: Decision) -> bool:
@@ -305,18 +310,17 @@ class SyncEngine:
         """Cluster tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may
         have left keys in the bucket the journal does not know: list those shards and record what is there, so the
         walk finds what must go."""
-        names = tasks_in_flight(self.journal)
-        for name in names:
-            shard = shard_named(name)
+        unfinished = tasks_in_flight(self.journal)
+        for shard in unfinished:
             known = {row.rel for row in self.journal.rows(shard)}
             found = [JournalRow(item.rel, item.size, item.md5, recorded_ns=0) for item in list_shard(self.bucket, shard)
                      if item.rel not in known]
             self.journal.record(found)
             if found:
                 log.warning("%d keys of shard %s were uploaded by a cluster task whose answer never arrived; this pass "
-                            "decides them against the source", len(found), name)
-        if names:
-            self.journal.set_meta(IN_FLIGHT_META, "[]")
+                            "decides them against the source", len(found), shard.name)
+        if unfinished:
+            set_tasks_in_flight(self.journal, ())
 
     def check_deletes(self, result: PassResult, max_fraction: float, allow_mass_delete: bool) -> None:
         """The delete guards; raises Refused (exit 3) with the reason and the override."""

@@ -22,6 +22,7 @@ from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir, is_uploads
 
 log = logging.getLogger(__name__)
 
+MAX_CHAIN = 64  # directories followed down by ``branching``
 RACY_NS = 3_000_000_000  # a stat this close to when it was taken is not trusted later (git's "racy" rule)
 
 
@@ -100,6 +101,23 @@ def walk_shard(source: Path, shard: Shard, digest_dirs: bool = False) -> Iterato
     real = os.path.realpath(path)
     via_link = real != os.path.join(os.path.realpath(source), base_rel).rstrip("/")  # e.g. blobs/ itself a link
     return _walk(path, base_rel, name_start, shard.excludes, digest_dirs, via_link, [real])
+
+
+def branching(source: Path, shard: Shard) -> tuple[str, list[str]]:
+    """Where the shard's files branch in the source, from directory listings only: the common prefix of their keys
+    (a chain of single directories followed down) and the characters that come next (``layout.split``)."""
+    prefix = shard.prefix
+    for _ in range(MAX_CHAIN):
+        base_rel, _, name_start = prefix.rpartition("/")
+        base_rel += "/"
+        names = [name for name, _ in _sorted_entries(os.path.join(str(source), base_rel)) if name.startswith(name_start)
+                 and not (base_rel + name).startswith(shard.excludes) and not is_uploads(base_rel + name)]
+        common = os.path.commonprefix(names)
+        if len(names) == 1 and common.endswith("/"):
+            prefix = base_rel + common
+            continue
+        return base_rel + common, [name[len(common)] for name in names if len(name) > len(common)]
+    return shard.prefix, []  # deeper than any registry path (a loop of links): the walk will say
 
 
 def walk_path(source: Path, rel: str, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
