@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import resource
 import socket
 from collections import deque
@@ -50,6 +51,13 @@ log = logging.getLogger(__name__)
 SPLIT_ABOVE = 4096  # entries above which a shard's work is split into tasks by the next character of its keys
 TASKS_PER_THREAD = 2  # tasks in flight per worker thread
 SAMPLE_FILES = 32
+DASK_CONFIG = {  # for this process, and the local cluster's workers (the operator's: README, "Many processes")
+    # every batched stream keeps its last N messages for debugging; a task's message carries its journal rows: with
+    # the default 1000 the coordinator held 795 MB in a delta pass over 1 M objects (bench run 20261127-190308)
+    "distributed.admin.low-level-log-length": 10,
+    # the stack sampler walks every thread's stack each 10 ms, and a worker runs an upload pool
+    "distributed.worker.profile.enabled": False,
+}
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,13 @@ def _requests(counter: RequestCounter) -> tuple[int, int]:
     return sum(counter.attempts.values()), sum(counter.calls.values())
 
 
-def run_shard(job: Job, shard: Shard, rows: list[JournalRow], seeded: bool) -> Outcome:
+def packed_rows(journal: Journal, shard: Shard) -> bytes:
+    """The shard's journal rows as one pickle: Dask sends bytes as they are, where it would walk a list of rows
+    element by element looking for futures (CPU the coordinator spends per object)."""
+    return pickle.dumps(list(journal.rows(shard)), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def run_shard(job: Job, shard: Shard, rows: bytes, seeded: bool) -> Outcome:
     """On a worker: seed the shard from the bucket if needed, walk it, decide, upload; the rows to record. A shard
     met for the first time with more than ``split_above`` files answers with its children instead."""
     bucket, transfer = _prepared(job)
@@ -164,7 +178,7 @@ def run_shard(job: Job, shard: Shard, rows: list[JournalRow], seeded: bool) -> O
         if len(children) > 1:
             return Outcome([], PassResult(), split=children)
     before = _requests(bucket.counter)
-    journal = TaskJournal(rows, seeded)
+    journal = TaskJournal(pickle.loads(rows), seeded)
     engine = SyncEngine(Path(job.source), bucket, journal, transfer, shard_workers=1)
     engine.seed(shard)
     result = engine.sync_shard(shard)
@@ -172,12 +186,12 @@ def run_shard(job: Job, shard: Shard, rows: list[JournalRow], seeded: bool) -> O
     return Outcome(list(journal.written.values()), result, (after[0] - before[0], after[1] - before[1]))
 
 
-def verify_shard(job: Job, shard: Shard, rows: list[JournalRow], changed_since_ns: int) -> Outcome:
+def verify_shard(job: Job, shard: Shard, rows: bytes, changed_since_ns: int) -> Outcome:
     """On a worker: online verification of one shard (bucket against journal rows and source); the journal rows the
     listing settled or showed gone."""
     bucket, _ = _prepared(job)
     before = _requests(bucket.counter)
-    journal = TaskJournal(rows, seeded=True)
+    journal = TaskJournal(pickle.loads(rows), seeded=True)
     verifier = Verifier(Path(job.source), bucket, 1, job.sync.workers, journal=journal,
                         changed_since_ns=changed_since_ns)
     result = verifier.verify_shard(shard)
@@ -279,10 +293,12 @@ class DaskEngine:
     cluster: object = None
 
     def start(self) -> None:
+        import dask
         from distributed import Client, LocalCluster
 
         if self.client is not None:
             return
+        dask.config.set(DASK_CONFIG)
         if self.scheduler:
             try:
                 self.client = Client(self.scheduler, timeout=30)
@@ -363,7 +379,7 @@ class DaskEngine:
             parent, sub = item
             in_flight.add(sub)
             set_tasks_in_flight(journal, in_flight)
-            return self.client.submit(run_shard, self.job, sub, list(journal.rows(sub)), parent not in unseeded,
+            return self.client.submit(run_shard, self.job, sub, packed_rows(journal, sub), parent not in unseeded,
                                       pure=False)
 
         def handle(item: tuple, future, outcome: Outcome) -> list:
@@ -396,7 +412,7 @@ class DaskEngine:
         queue = deque(task for shard in shards() for task in task_shards(shard, journal, self.job.split_above))
 
         def submit(sub: Shard):
-            return self.client.submit(verify_shard, self.job, sub, list(journal.rows(sub)), changed_since_ns,
+            return self.client.submit(verify_shard, self.job, sub, packed_rows(journal, sub), changed_since_ns,
                                       pure=False)
 
         def handle(sub: Shard, future, outcome: Outcome) -> Iterable:

@@ -132,7 +132,10 @@ class DaskProcesses:
 
     def _spawn(self, name: str, command: list) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
-        return subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",  # as cluster.DASK_CONFIG
+               "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "10"}
+        return subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=env)
 
     def start(self, workers: int = 2) -> DaskProcesses:
         dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]

@@ -57,7 +57,7 @@ class SyncSettings:
     delta_stop_below: int = 100
     change_feed: bool = True  # the final pass re-syncs only what the kernel saw change (fanotify; else full walk)
     max_memory_mb: int = 256  # file content held in memory by uploads at once (files are read whole below multipart)
-    put: str = "direct"  # small objects: direct (a hand-signed request on boto3's pool) or obstore (Rust object_store)
+    put: str = "obstore"  # small objects: obstore (Rust object_store) or direct (a hand-signed request on boto3's pool)
     engine: str = "threads"  # threads, or dask: online passes' shards as tasks on a Dask cluster (migrator/cluster.py)
     dask: dict = field(default_factory=dict)  # {scheduler: null (a local cluster) or tcp://host:8786, processes: N,
     #                                           split_above: files in one task before its shard is split}

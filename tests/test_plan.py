@@ -91,7 +91,8 @@ def test_bad_plans_name_the_problem(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("sync,message", [("{engine: spark}", "sync.engine must be threads or dask"),
-                                          ("{dask: {processes: 0}}", "sync.dask.processes must be at least 1")])
+                                          ("{dask: {processes: 0}}", "sync.dask.processes must be at least 1"),
+                                          ("{dask: {split_above: 0}}", "sync.dask.split_above must be at least 1")])
 def test_bad_engine_settings(tmp_path, source, sync, message):
     with pytest.raises(InvalidInput, match=message):
         load_plan(write(tmp_path, f"source: {source}\nbucket: {{name: b}}\nsync: {sync}\n"))
