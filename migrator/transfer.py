@@ -91,8 +91,8 @@ class Transfer:
         # adaptive retries rate-limit on the client: every request must go through it
         if settings.retry_mode == "adaptive":
             self.direct = None
-        elif settings.put == "obstore":
-            self.direct = ObstorePut(bucket.settings, extra_args, settings.max_attempts)
+        elif settings.put == "obstore":  # without credentials, the client's path says what is missing
+            self.direct = ObstorePut(bucket.settings, extra_args, settings.max_attempts) if bucket.credentials else None
         else:
             self.direct = direct_put(bucket.client, bucket.settings.name, bucket.credentials, extra_args)
 

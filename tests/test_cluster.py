@@ -206,7 +206,7 @@ def test_a_task_sends_back_what_it_would_have_written():
 def test_keys_left_by_a_task_whose_answer_never_came_are_found_and_deleted(tree, make_plan, s3, bucket):
     """A coordinator killed (or a worker lost) after a task uploaded, before its rows were recorded: the journal
     still lists the task in flight. Its shard is listed before the next pass (whatever the engine), so a key whose
-    file is gone since is known and deleted (otherwise nothing would ever delete it): the next sync leaves the
+    file is gone since is known and deleted (otherwise nothing would ever delete it): the next run leaves the
     bucket equal to a plain os.walk of the source."""
     from migrator.pipeline import migration
     from migrator.plan import load_plan
@@ -218,7 +218,7 @@ def test_keys_left_by_a_task_whose_answer_never_came_are_found_and_deleted(tree,
         job.engine.run_pass()
         s3.put_object(Bucket=bucket, Key=orphan, Body=b"uploaded by a task; its file was deleted before the retry")
         set_tasks_in_flight(job.journal, [SHARDS["blobs/ab"]])
-    result = run_cli("sync", plan)
+    result = run_cli("run", "--yes", plan)  # without a registry section: sync, delete, verify
     assert result.returncode == 0, result.stdout + result.stderr
     assert bucket_contents(s3, bucket) == source_files(tree.root)
     with migration(load_plan(plan)) as job:
