@@ -162,6 +162,11 @@ def _requests(counter: RequestCounter) -> tuple[int, int]:
     return sum(counter.attempts.values()), sum(counter.calls.values())
 
 
+def _requests_since(counter: RequestCounter, before: tuple[int, int]) -> tuple[int, int]:
+    after = _requests(counter)
+    return after[0] - before[0], after[1] - before[1]
+
+
 def packed_rows(journal: Journal, shard: Shard) -> bytes:
     """The shard's journal rows as one pickle: Dask sends bytes as they are, where it would walk a list of rows
     element by element looking for futures (CPU the coordinator spends per object)."""
@@ -182,8 +187,7 @@ def run_shard(job: Job, shard: Shard, rows: bytes, seeded: bool) -> Outcome:
     engine = SyncEngine(Path(job.source), bucket, journal, transfer, shard_workers=1)
     engine.seed(shard)
     result = engine.sync_shard(shard)
-    after = _requests(bucket.counter)
-    return Outcome(list(journal.written.values()), result, (after[0] - before[0], after[1] - before[1]))
+    return Outcome(list(journal.written.values()), result, _requests_since(bucket.counter, before))
 
 
 def verify_shard(job: Job, shard: Shard, rows: bytes, changed_since_ns: int) -> Outcome:
@@ -195,8 +199,7 @@ def verify_shard(job: Job, shard: Shard, rows: bytes, changed_since_ns: int) -> 
     verifier = Verifier(Path(job.source), bucket, 1, job.sync.workers, journal=journal,
                         changed_since_ns=changed_since_ns)
     result = verifier.verify_shard(shard)
-    after = _requests(bucket.counter)
-    return Outcome(list(journal.written.values()), result, (after[0] - before[0], after[1] - before[1]),
+    return Outcome(list(journal.written.values()), result, _requests_since(bucket.counter, before),
                    forgotten=journal.forgotten)
 
 

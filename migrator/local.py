@@ -132,8 +132,10 @@ class DaskProcesses:
 
     def _spawn(self, name: str, command: list) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
-        env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",  # as cluster.DASK_CONFIG
-               "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "10"}
+        from migrator.cluster import DASK_CONFIG
+
+        env = {**os.environ, **{"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+                                for key, value in DASK_CONFIG.items()}}
         return subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
                                 env=env)
 
