@@ -35,9 +35,9 @@ from migrator.html_report import write_html
 from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry
 from migrator.journal import Journal
 from migrator.layout import FILESYSTEM_IN_USE, REPOSITORIES, is_blob_data, is_uploads, outermost
-from migrator.local import free_port
 from migrator.managed import ManagedRegistry, Restart, command_exists, open_registry
 from migrator.march import md5_of
+from migrator.net import free_port
 from migrator.plan import Plan
 from migrator.registry_config import S3_DRIVERS, TargetState, filesystem_root, storage_driver
 from migrator.s3 import BUCKET_ERRORS, Bucket, explain, list_pages, open_bucket

@@ -15,9 +15,9 @@ import boto3
 import pytest
 import yaml
 
-from migrator.local import REGISTRY_BINARY, LocalRegistry, MotoServer
-from migrator.rgw import RadosGateway, RadosGatewayUnavailable
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.local import REGISTRY_BINARY, LocalRegistry, MotoServer
+from migrator.testing.rgw import RadosGateway, RadosGatewayUnavailable
+from migrator.testing.synthetic import RegistryTree, populate
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,11 @@ import pytest
 import yaml
 from conftest import file_hash, listing, run_cli
 
-from migrator.local import LocalRegistry, MotoServer, free_port
+from migrator.net import free_port
 from migrator.registry_config import BEGIN
 from migrator.registry_http import RegistryClient
 from migrator.state import StateStore
+from migrator.testing.local import LocalRegistry, MotoServer
 
 pytestmark = pytest.mark.slow
 

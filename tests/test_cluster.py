@@ -21,9 +21,9 @@ from test_e2e import assert_all_pull, push_images
 from migrator.cluster import TaskJournal, task_shards
 from migrator.journal import Journal, JournalRow
 from migrator.layout import BLOBS, Shard, shards, split
-from migrator.local import DaskProcesses
 from migrator.registry_http import RegistryClient
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.local import DaskProcesses
+from migrator.testing.synthetic import RegistryTree, populate
 from migrator.walker import branching, walk_shard
 
 pytestmark = pytest.mark.slow

@@ -20,11 +20,11 @@ from conftest import file_hash, listing, run_cli
 from oci import pull
 
 from migrator.errors import StoppedSafely
-from migrator.omnibus_fake import GITLAB_RB, FakeOmnibus
 from migrator.pipeline import Migration, Options, migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient
 from migrator.state import StateStore
+from migrator.testing.omnibus_fake import GITLAB_RB, FakeOmnibus
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,11 @@ from test_e2e import assert_all_pull, push_images, storage_of
 
 from migrator.errors import StoppedSafely
 from migrator.layout import FILESYSTEM_IN_USE
-from migrator.omnibus_fake import GITLAB_RB, FakeOmnibus
 from migrator.pipeline import Migration, Options, migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient
 from migrator.state import StateStore
+from migrator.testing.omnibus_fake import GITLAB_RB, FakeOmnibus
 
 pytestmark = pytest.mark.slow
 

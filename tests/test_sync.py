@@ -16,7 +16,7 @@ from conftest import bucket_contents, listing, run_cli, source_files
 from migrator.errors import Refused
 from migrator.pipeline import migration
 from migrator.plan import load_plan
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.synthetic import RegistryTree, populate
 
 
 def one_pass(plan_path, phase="pass"):

@@ -24,7 +24,7 @@ from migrator.changefeed import ChangeFeed, FeedUnavailable, mount_point, mounts
 from migrator.errors import DeleteFailed, StoppedSafely
 from migrator.pipeline import Migration, migration
 from migrator.plan import load_plan
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.synthetic import RegistryTree, populate
 
 REPOS = "docker/registry/v2/repositories/"
 
