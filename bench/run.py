@@ -32,7 +32,7 @@ from bench.tree import generate
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, shards
 from migrator.march import md5_of
-from migrator.pipeline import migration
+from migrator.migration.context import open_context
 from migrator.plan import load_plan
 from migrator.testing.local import DaskProcesses, LocalRegistry, MotoServer
 from migrator.testing.omnibus_fake import FakeOmnibus
@@ -109,7 +109,7 @@ def seed_journal(plan_path: Path) -> int:
     after one delta pass over it, as a run's journal is when its read-only window opens."""
     time.sleep(3.1)  # files older than the racy window, as after any real pass
     count = 0
-    with migration(load_plan(plan_path)) as job:
+    with open_context(load_plan(plan_path)) as job:
         for shard in shards():
             rows = []
             for src in walk_shard(job.plan.source, shard):

@@ -448,3 +448,25 @@ class DaskEngine:
         if self.cluster is not None:
             self.cluster.close()
         self.client = self.cluster = None
+
+
+class DaskSyncEngine(SyncEngine):
+    """``sync.engine: dask``: online passes and online verification run their shards on a Dask cluster; the window's
+    pass (``prove_changes``) and dry runs stay on this process's threads."""
+
+    def __init__(self, *args, cluster: DaskEngine, **kwargs) -> None:  # noqa: ANN002, ANN003 - SyncEngine's
+        super().__init__(*args, **kwargs)
+        self.cluster = cluster
+
+    def run_pass(self) -> PassResult:
+        if self.prove_changes or self.dry_run:
+            return super().run_pass()
+        self.list_unfinished_tasks()
+        return self.cluster.run_pass(self)
+
+    def verify_online(self, verifier: Verifier, changed_since_ns: int) -> VerifyResult:
+        return self.cluster.verify(self, changed_since_ns, self.progress)
+
+    def close(self) -> None:
+        super().close()
+        self.cluster.close()

@@ -11,7 +11,7 @@ import threading
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import boto3
 import botocore.exceptions
@@ -121,6 +121,31 @@ class Bucket:
         for chunk in body.iter_chunks(1024 * 1024):
             digest.update(chunk)
         return digest.hexdigest()
+
+    def head_bucket(self) -> None:
+        """The bucket exists and these credentials reach it (HeadBucket; a ClientError otherwise)."""
+        self.client.head_bucket(Bucket=self.settings.name)
+
+    def get_bytes(self, rel: str) -> bytes:
+        return self.client.get_object(Bucket=self.settings.name, Key=self.key(rel))["Body"].read()
+
+    def first_keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` keys (paths below the bucket prefix) under ``prefix``, in one ListObjectsV2 request."""
+        answer = self.client.list_objects_v2(Bucket=self.settings.name, Prefix=self.key(prefix), MaxKeys=limit)
+        return [self.rel(item["Key"]) for item in answer.get("Contents", ())]
+
+    def listing(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under ``prefix`` (a path below the bucket prefix), in key order, ``_uploads`` included."""
+        for page in list_pages(self, prefix):
+            for item in page.get("Contents", ()):
+                yield StoredObject(self.rel(item["Key"]), item["Size"], item["ETag"], item["LastModified"].timestamp())
+
+    def delete_keys(self, rels: Sequence[str]) -> None:
+        """DeleteObjects (quiet) in batches of 1000, for keys outside the copy (canaries, probe leftovers); the
+        copy's own deletes go through ``Transfer.delete`` with its guards."""
+        for start in range(0, len(rels), 1000):
+            self.client.delete_objects(Bucket=self.settings.name, Delete={
+                "Objects": [{"Key": self.key(rel)} for rel in rels[start:start + 1000]], "Quiet": True})
 
     def check_etags(self, extra_args: dict) -> None:
         """Decide whether listed ETags are MD5s: not when our uploads or the bucket's default use SSE-KMS (the only
@@ -272,6 +297,16 @@ COMPATIBILITY = {  # errors from S3-compatible stores that name a header we sent
                         "x-amz-server-side-encryption (registry.storage.encrypt/keyid) or x-amz-checksum-* "
                         "(bucket.checksums: when_required)"),
 }
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing names it, with its LastModified (seconds since the epoch)."""
+
+    rel: str
+    size: int
+    etag: str
+    modified: float
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, blob_digest, is_blob_data, shards
@@ -19,6 +20,38 @@ from migrator.sync import Progress
 from migrator.walker import SourceFile, read_bytes, walk_shard
 
 FIRST_KEYS = 50
+
+
+class Difference(str, Enum):
+    """How a bucket object differs from the source file at the same path."""
+
+    MISSING = "missing"  # in the source, not in the bucket
+    EXTRA = "extra"  # in the bucket, gone from the source
+    SIZE = "size"
+    CONTENT = "content"  # same size, other bytes (not decided for a blob's data: written once, named by its digest)
+
+
+def difference(rel: str, source_size: Optional[int], bucket_size: Optional[int], source_md5: Callable[[], str],
+               bucket_md5: Callable[[], Optional[str]]) -> Optional[Difference]:
+    """THE rule for "is this bucket object the same as the source file" (a size of None: not there): the same
+    presence and size, and, for anything but a blob's data, the same MD5 (asked for only when needed). None: the
+    same."""
+    if source_size is None or bucket_size is None:
+        if source_size is bucket_size:
+            return None
+        return Difference.EXTRA if source_size is None else Difference.MISSING
+    if source_size != bucket_size:
+        return Difference.SIZE
+    if is_blob_data(rel):
+        return None
+    return None if source_md5() == bucket_md5() else Difference.CONTENT
+
+
+def file_difference(rel: str, path: Path, bucket_size: Optional[int],
+                    bucket_md5: Callable[[], Optional[str]]) -> Optional[Difference]:
+    """``difference`` against the file at ``path`` (absent when it is not a regular file)."""
+    size = path.stat().st_size if path.is_file() else None
+    return difference(rel, size, bucket_size, lambda: md5_of(path.read_bytes()), bucket_md5)
 
 
 @dataclass
@@ -163,15 +196,11 @@ class Verifier:
         return max(src.mtime_ns, src.ctime_ns) >= self.changed_since_ns
 
     def _same(self, src: SourceFile, obj: ListedObject) -> bool:
-        if src.size != obj.size:
-            return False
-        if is_blob_data(src.rel):
-            return True
-        try:
-            local = md5_of(read_bytes(self.source, src.rel))
+        try:  # a multipart or KMS ETag: the bytes are read
+            return difference(src.rel, src.size, obj.size, lambda: md5_of(read_bytes(self.source, src.rel)),
+                              lambda: self.bucket.content_md5(obj.rel, obj.etag)) is None
         except FileNotFoundError:
             return False
-        return local == self.bucket.content_md5(obj.rel, obj.etag)  # a multipart or KMS ETag: the bytes are read
 
     def _deep_or_sample(self, rel: str, result: VerifyResult) -> None:
         """Every blob is checked as it is listed; a sample is kept (N lowest random priorities) for later."""

@@ -208,7 +208,7 @@ def test_keys_left_by_a_task_whose_answer_never_came_are_found_and_deleted(tree,
     still lists the task in flight. Its shard is listed before the next pass (whatever the engine), so a key whose
     file is gone since is known and deleted (otherwise nothing would ever delete it): the next run leaves the
     bucket equal to a plain os.walk of the source."""
-    from migrator.pipeline import migration
+    from migrator.migration.context import open_context as migration
     from migrator.plan import load_plan
     from migrator.sync import IN_FLIGHT_META, set_tasks_in_flight
 
