@@ -10,7 +10,7 @@ import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import click
 
@@ -143,7 +143,7 @@ def _seconds(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.1f}s"
 
 
-def summary_lines(result: dict) -> list[str]:
+def summary_lines(result: Mapping[str, Any]) -> list[str]:
     """The end of 'run', in 80 columns."""
     window = result["read_only_window_seconds"]
     lines = [f"done: {result['passes']} passes; read-only window {_seconds(window)} "
@@ -284,7 +284,7 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
                 return _verify_images(job, json_path)
             result = proofs.verify(job, deep=deep, sample=sample)
             graph = proofs.check_images(job)
-        rows = [("source objects (excl. _uploads)", result.source_objects),
+        rows: list[tuple[str, object]] = [("source objects (excl. _uploads)", result.source_objects),
                 ("bucket objects (excl. _uploads)", result.bucket_objects),
                 ("missing from bucket", result.missing), ("extra in bucket", result.extra),
                 ("size or content mismatch", result.mismatched)]

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from migrator.errors import InvalidInput
 from migrator.journal import Journal, JournalRow
@@ -292,8 +292,8 @@ class DaskEngine:
     job: Job
     scheduler: Optional[str] = None
     processes: Optional[int] = None
-    client: object = None
-    cluster: object = None
+    client: Any = None  # distributed.Client, once started
+    cluster: Any = None  # distributed.LocalCluster, without sync.dask.scheduler
 
     def start(self) -> None:
         import dask

@@ -11,7 +11,7 @@ import threading
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import boto3
 import botocore.exceptions
@@ -33,15 +33,15 @@ class RequestCounter:
         self.attempts: Counter = Counter()
         self.calls: Counter = Counter()
 
-    def attach(self, client) -> None:
+    def attach(self, client: Any) -> None:
         client.meta.events.register("before-send.s3", self._on_send)
         client.meta.events.register("before-call.s3", self._on_call)
 
-    def _on_send(self, **kwargs) -> None:
+    def _on_send(self, **kwargs: object) -> None:
         with self._lock:
             self.attempts[self.phase] += 1
 
-    def _on_call(self, **kwargs) -> None:
+    def _on_call(self, **kwargs: object) -> None:
         with self._lock:
             self.calls[self.phase] += 1
 
@@ -75,7 +75,7 @@ class Bucket:
 
     settings: BucketSettings
     key_prefix: str
-    client: object
+    client: Any  # botocore's S3 client
     counter: RequestCounter
     credentials: object = None  # the session's (refreshable) credentials, for requests signed outside the client
     etags_are_md5: bool = True  # listed single-part ETags are content MD5s (no SSE-KMS by default); see check_etags
@@ -175,15 +175,16 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     ``max_attempts`` overrides the plan's (preflight wants to fail fast on an unreachable endpoint).
     """
     checksums = checksum_mode(settings)
-    config = Config(
-        max_pool_connections=sync.workers + sync.shard_workers + 4,
-        retries={"mode": sync.retry_mode, "max_attempts": max_attempts or sync.max_attempts},
-        s3={"addressing_style": "path"} if settings.endpoint else None,
-        connect_timeout=10,
-        read_timeout=60,
-        request_checksum_calculation=checksums,
-        response_checksum_validation=checksums,
-    )
+    options: dict[str, Any] = {  # retry_mode and checksums: validated by the plan against botocore's values
+        "max_pool_connections": sync.workers + sync.shard_workers + 4,
+        "retries": {"mode": sync.retry_mode, "max_attempts": max_attempts or sync.max_attempts},
+        "s3": {"addressing_style": "path"} if settings.endpoint else None,
+        "connect_timeout": 10,
+        "read_timeout": 60,
+        "request_checksum_calculation": checksums,
+        "response_checksum_validation": checksums,
+    }
+    config = Config(**options)
     try:
         session = boto3.session.Session(profile_name=settings.profile)
     except botocore.exceptions.ProfileNotFound:
@@ -227,7 +228,7 @@ def _add_content_md5(params: dict, **_: object) -> None:
         params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
-def _cache_endpoints(client) -> None:
+def _cache_endpoints(client: Any) -> None:
     """botocore resolves the endpoint ruleset per request with the object key among its inputs, so its cache
     never hits; no S3 rule reads the key. Dropping it (only while that holds) saves ~15 % CPU a request."""
     resolver = getattr(client, "_ruleset_resolver", None)
@@ -239,7 +240,7 @@ def _cache_endpoints(client) -> None:
         definitions.pop("Key")
 
 
-def _ruleset_refs(node) -> list:
+def _ruleset_refs(node: object) -> list:
     """Every parameter a ruleset's rules reference."""
     if isinstance(node, dict):
         found = [node["ref"]] if isinstance(node.get("ref"), str) else []

@@ -7,6 +7,7 @@ delete through ``copy``; a failed proof inside the window stops safely (``safety
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -98,9 +99,9 @@ def online_verification(ctx: Context) -> PassResult:
         ctx.journal.unseed()  # the journal was wrong: list the bucket again
         if ctx.tracker:
             ctx.tracker.forget_baseline()
-        result = sync_pass(ctx)
-        result.deleted_objects = delete(ctx, result)
-        repaired.add(result)
+        repair = sync_pass(ctx)
+        repair.deleted_objects = delete(ctx, repair)
+        repaired.add(repair)
     raise StoppedSafely("the bucket still differs from the source after 3 repairs; the registry was not touched")
 
 
@@ -195,7 +196,7 @@ def prove_on_s3(ctx: Context) -> None:
         result, where = ask_shadow(ctx, tags)
     except InvalidInput as exc:
         raise StoppedSafely(f"{exc}. The registry was not touched") from None
-    result.excuse(tag_changed_since_last_pass)
+    result.excuse(functools.partial(tag_changed_since_last_pass, ctx))
     record_images(ctx, "sample_on_s3", result.to_json() | {"where": where})
     log.info("asked %s before the window: %d tags (%d in flight), %d manifests, %d blobs; %d failed", where,
              result.tags, result.in_flight, result.manifests, result.blobs, len(result.failed))
@@ -276,7 +277,7 @@ def check_window_changes(ctx: Context) -> WindowCheck:
         delta += int(path.is_file()) - int(existed)
         if proof is not None:
             present, size, md5 = proof
-            if file_difference(rel, path, size if present else None, lambda md5=md5: md5) is None:
+            if file_difference(rel, path, size if present else None, functools.partial(_known, md5)) is None:
                 continue
         heads += 1
         found = bucket_difference(ctx, rel, path)
@@ -295,6 +296,10 @@ def check_window_changes(ctx: Context) -> WindowCheck:
         check.count_problem = (f"count: {ctx.state.online_verified_objects} proven online + {delta} changed = "
                                f"{expected}, but the frozen source has {source_count} files (excluding _uploads)")
     return check
+
+
+def _known(md5: Optional[str]) -> Optional[str]:
+    return md5
 
 
 def bucket_difference(ctx: Context, rel: str, path: Path) -> Optional[ObjectDifference]:

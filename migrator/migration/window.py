@@ -98,6 +98,8 @@ def reconfigure(ctx: Context) -> None:
     """Omnibus, after the window: one ``gitlab-ctl reconfigure`` must keep s3, read-write, and a healthy
     registry that takes writes."""
     restart = ctx.managed.after_window(target_s3(ctx, readonly=False))
+    if restart is None:
+        return  # this registry needs nothing after the window
     record_restart(ctx, restart)
     if restart.problem:
         raise StoppedSafely(f"the registry runs on s3, read-write, and takes pushes; but {restart.problem}. Keep "

@@ -109,6 +109,7 @@ class FakeOmnibus:
         self.template = workdir / "registry-config.yml.erb"
         text = registry.config.read_text()
         storage = re.search(r"^storage:\n(?:[ #].*\n|\n)*", text, re.M)
+        assert storage is not None, f"{registry.config} has no storage section"
         self.template.write_text(text[:storage.start()] + "storage: {{storage}}\n" + text[storage.end():]
                                  + "{{database}}\n")
         self.log = workdir / "gitlab-ctl.log"

@@ -177,7 +177,8 @@ class RadosGateway:
         while time.monotonic() < deadline:
             for daemon in self._daemons:
                 if daemon.poll() is not None:
-                    raise RadosGatewayUnavailable(f"{daemon.args[0]} exited with {daemon.returncode}; "
+                    program = str(daemon.args[0])  # type: ignore[index]  # started with a list of str
+                    raise RadosGatewayUnavailable(f"{program} exited with {daemon.returncode}; "
                                                   f"see {self.workdir / 'log'}")
             try:
                 with urllib.request.urlopen(self.endpoint, timeout=2):
