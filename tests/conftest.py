@@ -135,6 +135,19 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def apply_changes(data: dict, changes: dict) -> None:
+    """A plan's ``data`` with ``changes`` applied: dotted keys (``bucket.name``), None deletes."""
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+
+
 def run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real console entry point in a subprocess (exit codes, stdout and stderr as an operator sees them)."""
     return subprocess.run([sys.executable, "-m", "migrator", "--quiet", *map(str, args)], capture_output=True,

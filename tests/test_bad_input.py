@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import file_hash, listing, run_cli
+from conftest import apply_changes, file_hash, listing, run_cli
 from test_plan_keys import PLAN_CASES
 
 from migrator.net import free_port
@@ -43,15 +43,7 @@ class World:
             return path
         data = yaml.safe_load(self.registry.write_plan("base.yml").read_text())
         data["state"] = str(self.tmp / f"state-{uuid.uuid4().hex[:8]}")
-        for dotted, value in changes.items():
-            *parents, leaf = dotted.split(".")
-            node = data
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            if value is None:
-                node.pop(leaf, None)
-            else:
-                node[leaf] = value
+        apply_changes(data, changes)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 

@@ -10,6 +10,7 @@ from typing import Callable
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import apply_changes
 
 from migrator.cli import main
 from migrator.testing.synthetic import RegistryTree
@@ -35,15 +36,7 @@ class Plans:
         data: dict = {"source": str(self.source), "state": str(self.state),
                       "bucket": {"name": "bucket", "prefix": "reg", "endpoint": "http://127.0.0.1:9"},
                       "registry": {"config": str(self.config), "restart": "true", "url": "http://127.0.0.1:9"}}
-        for dotted, value in changes.items():
-            *parents, leaf = dotted.split(".")
-            node = data
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            if value is None:
-                node.pop(leaf, None)
-            else:
-                node[leaf] = value
+        apply_changes(data, changes)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
