@@ -219,7 +219,7 @@ def check_worker(job: Job) -> Optional[str]:
                     f"coordinator: {size}, {mtime_ns})")
     try:
         bucket = open_bucket(job.bucket, job.sync, job.key_prefix, max_attempts=2)
-        bucket.client.head_bucket(Bucket=job.bucket.name)
+        bucket.head_bucket()
     except BUCKET_ERRORS as exc:
         return f"it cannot reach the bucket with its own credentials: {explain(exc, job.bucket.name)}"
     except InvalidInput as exc:

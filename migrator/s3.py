@@ -116,11 +116,14 @@ class Bucket:
         known = self.etag_md5(etag, encryption, customer_key)
         if known is not None:
             return known
-        body = self.client.get_object(Bucket=self.settings.name, Key=self.key(rel))["Body"]
         digest = hashlib.md5(usedforsecurity=False)
-        for chunk in body.iter_chunks(1024 * 1024):
+        for chunk in self.read_chunks(rel):
             digest.update(chunk)
         return digest.hexdigest()
+
+    def read_chunks(self, rel: str) -> Iterator[bytes]:
+        """The object's bytes, a MiB at a time (GetObject)."""
+        yield from self.client.get_object(Bucket=self.settings.name, Key=self.key(rel))["Body"].iter_chunks(1024 * 1024)
 
     def head_bucket(self) -> None:
         """The bucket exists and these credentials reach it (HeadBucket; a ClientError otherwise)."""

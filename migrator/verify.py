@@ -218,8 +218,7 @@ class Verifier:
 
     def _blob_matches(self, rel: str) -> bool:
         digest = hashlib.sha256()
-        body = self.bucket.client.get_object(Bucket=self.bucket.settings.name, Key=self.bucket.key(rel))["Body"]
-        for chunk in body.iter_chunks(1024 * 1024):
+        for chunk in self.bucket.read_chunks(rel):
             digest.update(chunk)
         return digest.hexdigest() == blob_digest(rel)
 
