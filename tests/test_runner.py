@@ -12,7 +12,7 @@ from fakes import context, plan
 
 from migrator.cli import status_snapshot
 from migrator.errors import RestoreFailed, StoppedSafely
-from migrator.migration import runner, safety
+from migrator.migration import copy, runner, safety
 from migrator.migration.estimate import WindowEstimate, estimate_window
 from migrator.migration.proofs import check_window_changes
 from migrator.state import StateStore
@@ -219,3 +219,25 @@ def test_the_estimate_uses_what_the_initial_sync_and_the_last_pass_measured(tmp_
     estimate = estimate_window(ctx, result, pass_seconds=9.0)
     assert (estimate.changes, estimate.seconds_per_object, estimate.walk_seconds) == (100, 0.02, 4.0)
     assert not estimate.change_feed and estimate.restarts == 0 and estimate.tags_pulled == 0
+
+
+class ScriptedEngine:
+    """An engine whose passes find the given numbers of changes, in turn."""
+
+    def __init__(self, changes: list[int]):
+        self.changes = list(changes)
+        self.passes = 0
+
+    def run_pass(self) -> PassResult:
+        self.passes += 1
+        return PassResult(source_objects=10, uploaded_objects=self.changes.pop(0))
+
+
+@pytest.mark.parametrize("changes, passes", [([500, 120, 99, 5], 3), ([500] * 7, 5), ([0], 1)])
+def test_delta_passes_stop_once_a_pass_finds_few_changes_or_after_the_limit(tmp_path, changes, passes):
+    ctx = context(tmp_path, registry=None)  # sync.delta_stop_below 100, sync.max_delta_passes 5
+    ctx.engine = ScriptedEngine(changes)
+    total = copy.delta_passes(ctx)
+    assert ctx.engine.passes == passes == ctx.state.passes == len(ctx.state.pass_history)
+    assert total.uploaded_objects == sum(changes[:passes])
+    assert StateStore(ctx.plan.state_dir).load().last_pass_changes == changes[passes - 1]
