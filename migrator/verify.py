@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional, cast
 
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, blob_digest, is_blob_data, shards
@@ -142,7 +142,8 @@ class Verifier:
             listed = list(listed)
             self.progress.listed(len(listed))
             known = self._check_journal(shard, listed, result)
-        for src, obj in march(walk_shard(self.source, shard), iter(listed)):
+        files = cast(Iterator[SourceFile], walk_shard(self.source, shard))  # no DigestDir without digest_dirs
+        for src, obj in march(files, iter(listed)):
             if src is not None:
                 result.source_objects += 1
             if obj is not None:
@@ -157,18 +158,22 @@ class Verifier:
                 kind = "mismatched"
             else:
                 continue
+            rel = src.rel if src is not None else obj.rel if obj is not None else ""
             if self._in_flight(src, obj, known):
                 result.in_flight += 1
-                result.in_flight_keys.append((src or obj).rel)
+                result.in_flight_keys.append(rel)
             else:
-                _note(result, kind, (src or obj).rel)
+                _note(result, kind, rel)
         self.progress.checked(result.source_objects + result.bucket_objects)
         return result
 
-    def _check_journal(self, shard: Shard, listed: list, result: VerifyResult) -> set:
+    def _check_journal(self, shard: Shard, listed: list[ListedObject], result: VerifyResult) -> set[str]:
         """Bucket vs journal; returns the keys both hold. Rows left unconfirmed by an interrupted change are
         settled from the listing (the bucket's truth), so the journal says exactly what the bucket holds."""
-        both, settled, gone = set(), [], []
+        assert self.journal is not None, "checked against the journal online only"
+        both: set[str] = set()
+        settled: list[JournalRow] = []
+        gone: list[str] = []
         for obj, row in march(iter(listed), self.journal.rows(shard)):
             if row is not None and not row.confirmed:
                 if obj is None:
@@ -180,7 +185,7 @@ class Verifier:
             if obj is None or row is None or obj.size != row.size or (
                 row.md5 is not None and obj.md5 is not None and obj.md5 != row.md5
             ):
-                _note(result, "journal_mismatched", (obj or row).rel)
+                _note(result, "journal_mismatched", obj.rel if obj is not None else row.rel if row is not None else "")
             else:
                 both.add(obj.rel)
         self.journal.record(settled)
@@ -192,7 +197,8 @@ class Verifier:
         if self.journal is None:
             return False
         if src is None:
-            return obj.rel in known  # deleted from the source; the journal has it, so the final pass deletes it
+            # deleted from the source; the journal has it, so the final pass deletes it
+            return obj is not None and obj.rel in known
         return max(src.mtime_ns, src.ctime_ns) >= self.changed_since_ns
 
     def _same(self, src: SourceFile, obj: ListedObject) -> bool:
