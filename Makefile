@@ -20,5 +20,6 @@ bench: setup
 	$(PYTHON) -m bench.run
 	$(PYTHON) -m bench.put_cpu
 
-lint:
+lint: setup
 	$(PYTHON) -m ruff check migrator tests bench
+	$(PYTHON) -m mypy  # over migrator/, configured in pyproject.toml

@@ -2,7 +2,7 @@
 
 Knobs (environment): BENCH_OBJECTS (default 40000), BENCH_MB (700), BENCH_SCALE_OBJECTS (1000000; 0 skips
 the scale run), BENCH_CHURN (changes, default 300), BENCH_DIR (work directory, default /tmp/migrator-bench),
-BENCH_S3 (the S3 servers, comma-separated, default ``rgw,moto``: a throw-away Ceph RGW (``migrator.rgw``), a local
+BENCH_S3 (the S3 servers, comma-separated, default ``rgw,moto``: a throw-away Ceph RGW (``migrator.testing.rgw``), a local
 moto_server, or an endpoint URL (peers' request counts then read "n/a"); the initial sync and the window's work
 run against each on the same tree; engines, the registry windows, growth and scale against the first), BENCH_ONLY (parts,
 comma-separated, of initial, engines, registry, growth and scale; only those, written beside latest.md; registry also runs
@@ -31,12 +31,12 @@ import yaml
 from bench.tree import generate
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, shards
-from migrator.local import DaskProcesses, LocalRegistry, MotoServer
 from migrator.march import md5_of
-from migrator.omnibus_fake import FakeOmnibus
-from migrator.pipeline import migration
+from migrator.migration.context import open_context
 from migrator.plan import load_plan
-from migrator.rgw import RadosGateway
+from migrator.testing.local import DaskProcesses, LocalRegistry, MotoServer
+from migrator.testing.omnibus_fake import FakeOmnibus
+from migrator.testing.rgw import RadosGateway
 from migrator.walker import read_bytes, walk_shard
 
 GNU_TIME = "/usr/bin/time"
@@ -109,7 +109,7 @@ def seed_journal(plan_path: Path) -> int:
     after one delta pass over it, as a run's journal is when its read-only window opens."""
     time.sleep(3.1)  # files older than the racy window, as after any real pass
     count = 0
-    with migration(load_plan(plan_path)) as job:
+    with open_context(load_plan(plan_path)) as job:
         for shard in shards():
             rows = []
             for src in walk_shard(job.plan.source, shard):

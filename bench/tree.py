@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from migrator.synthetic import RegistryTree
+from migrator.testing.synthetic import RegistryTree
 
 OBJECTS_PER_IMAGE = 10  # ~2 layers + config + manifest blobs, ~6 links (shared layers dedupe)
 

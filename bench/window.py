@@ -11,23 +11,25 @@ import time
 
 from bench.tree import churn
 from migrator.changefeed import PassTracker
-from migrator.pipeline import migration
+from migrator.migration.context import open_context
+from migrator.migration.copy import final_sync_and_delete, sync_pass
+from migrator.migration.proofs import verify_window
 from migrator.plan import load_plan
 
 
 def main() -> int:
     plan = load_plan(sys.argv[1])
     online, changes, seed = (int(arg) for arg in sys.argv[2:5])
-    with migration(plan) as job:
+    with open_context(plan) as job:
         job.tracker = PassTracker(job.plan.source, job.plan.sync.change_feed)
-        job.sync_pass()  # the last online pass: the feed watches from its start
+        sync_pass(job)  # the last online pass: the feed watches from its start
         described = churn(job.plan.source, changes, seed)
         job.journal.start_window()
         job.state.online_verified_objects = online
         started = time.monotonic()
         with job.bucket.counter.phase_scope("window"):
-            result = job.final_sync_and_delete()
-            job.verify_window()
+            result = final_sync_and_delete(job)
+            verify_window(job)
         seconds = time.monotonic() - started
         print(json.dumps({"seconds": seconds, "source_objects": result.source_objects, "churn": described,
                           "uploaded": result.uploaded_objects, "deleted": result.deleted_objects,

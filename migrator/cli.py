@@ -1,4 +1,4 @@
-"""The ``migrator`` command: thin click commands over the library (pipeline, sync, verify)."""
+"""The ``migrator`` command: thin click commands over the library (``migrator.migration``: its phases and runner)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import click
 
@@ -20,7 +20,10 @@ from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorErr
 from migrator.gc import collect_garbage, would_free
 from migrator.html_report import write_html
 from migrator.live import LiveStatus, read_live
-from migrator.pipeline import Migration, Options, migration, planned_phases
+from migrator.migration import preflight, proofs, runner, safety
+from migrator.migration.context import Context as MigrationContext
+from migrator.migration.context import Options, open_context
+from migrator.migration.estimate import dry_run_report
 from migrator.plan import Plan, load_plan
 from migrator.registry_config import is_readonly, open_config
 from migrator.state import StateStore
@@ -140,7 +143,7 @@ def _seconds(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.1f}s"
 
 
-def summary_lines(result: dict) -> list[str]:
+def summary_lines(result: Mapping[str, Any]) -> list[str]:
     """The end of 'run', in 80 columns."""
     window = result["read_only_window_seconds"]
     lines = [f"done: {result['passes']} passes; read-only window {_seconds(window)} "
@@ -183,8 +186,8 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
         plan = _load(ctx, plan_path)
         options = Options(yes=yes, allow_mass_delete=allow_mass_delete, full_verify=full_verify, confirm=_confirm)
         with _live(ctx, plan) as progress:
-            with migration(plan, progress, options) as job:
-                result = job.run()
+            with open_context(plan, progress, options) as job:
+                result = runner.run(job)
         for line in summary_lines(result):
             click.echo(line)
         click.echo(f"report: {plan.state_dir / 'report.json'}")
@@ -210,8 +213,8 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
         plan = _load(ctx, plan_path)
         if html_path:
             return _html_report(plan, Path(html_path))
-        with migration(plan, _progress(ctx), Options(allow_mass_delete=allow_mass_delete), dry_run=True) as job:
-            result = job.dry_run_report()
+        with open_context(plan, _progress(ctx), Options(allow_mass_delete=allow_mass_delete), dry_run=True) as job:
+            result = dry_run_report(job)
         up, down = result["would_upload"], result["would_delete"]
         click.echo(f"source: {result['source_objects']} files, {human_bytes(result['source_bytes'])} (excluding _uploads)")
         click.echo(f"would upload: {up['objects']} objects, {human_bytes(up['bytes'])}")
@@ -250,13 +253,11 @@ def sync(ctx: click.Context, plan_path: str) -> None:
     def work() -> int:
         plan = _load(ctx, plan_path)
         with _live(ctx, plan) as progress:
-            with migration(plan, progress) as job:
-                job.preflight(canary=True)
-                with job.bucket.counter.phase_scope("sync"):
-                    result = job.sync_pass()
+            with open_context(plan, progress) as job:
+                result, requests = runner.sync_once(job)
         click.echo(f"synced: {result.uploaded_objects} objects uploaded ({human_bytes(result.uploaded_bytes)}) of "
                    f"{result.source_objects} files; {len(result.delete_candidates)} delete candidates left for 'run'; "
-                   f"{job.bucket.counter.attempts['sync']} S3 requests")
+                   f"{requests} S3 requests")
         return EXIT_OK
 
     _guarded(work)
@@ -277,13 +278,13 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
 
     def work() -> int:
         plan = _load(ctx, plan_path)
-        with migration(plan, _progress(ctx), lock=False) as job:
-            job.check_bucket(canary=False)
+        with open_context(plan, _progress(ctx), lock=False) as job:
+            preflight.check_bucket(job, canary=False)
             if images:
                 return _verify_images(job, json_path)
-            result = job.verify(deep=deep, sample=sample)
-            graph = job.check_images()
-        rows = [("source objects (excl. _uploads)", result.source_objects),
+            result = proofs.verify(job, deep=deep, sample=sample)
+            graph = proofs.check_images(job)
+        rows: list[tuple[str, object]] = [("source objects (excl. _uploads)", result.source_objects),
                 ("bucket objects (excl. _uploads)", result.bucket_objects),
                 ("missing from bucket", result.missing), ("extra in bucket", result.extra),
                 ("size or content mismatch", result.mismatched)]
@@ -316,8 +317,8 @@ def _html_report(plan: Plan, path: Path) -> int:
     return EXIT_OK
 
 
-def _verify_images(job: Migration, json_path: Optional[str]) -> int:
-    graph, through = job.verify_images()
+def _verify_images(job: MigrationContext, json_path: Optional[str]) -> int:
+    graph, through = proofs.verify_images(job)
     rows = [("tags", graph.tags), ("manifests (index children too)", graph.manifests), ("blobs", graph.blobs),
             ("missing or different in bucket", graph.missing), ("broken in the source itself", graph.source_broken)]
     if through is not None:
@@ -346,7 +347,7 @@ def status_snapshot(plan: Plan) -> dict:
         "running": bool(live.get("running")),
         "phase": live.get("phase") if live.get("running") else None,
         "phases_done": state.done,
-        "phases_left": [p for p in planned_phases(plan) if p not in state.done],
+        "phases_left": [p for p in runner.planned_phases(plan) if p not in state.done],
         "passes": state.passes,
         "last_pass_seconds": state.last_pass_seconds,
         "last_pass_changes": state.last_pass_changes,
@@ -425,8 +426,8 @@ def status(ctx: click.Context, plan_path: str, watch: bool, interval: float, as_
 
 def _would_free(plan: Plan) -> dict:
     """What the registry's garbage-collect --dry-run would free (or why it could not say)."""
-    with migration(plan, lock=False, dry_run=True) as job:
-        if not job.registry.binary():
+    with open_context(plan, lock=False, dry_run=True) as job:
+        if not job.managed.binary():
             return {"skipped": "registry.binary is not on this host"}
         try:
             collection = would_free(job)
@@ -453,8 +454,8 @@ def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry
         plan = _load(ctx, plan_path)
         if plan.registry is None:
             raise InvalidInput("the plan has no 'registry' section: gc needs the registry's config and restart command")
-        with migration(plan, _progress(ctx), Options(yes=yes, confirm=_confirm), lock=not dry_run) as job:
-            job.check_registry()
+        with open_context(plan, _progress(ctx), Options(yes=yes, confirm=_confirm), lock=not dry_run) as job:
+            preflight.check_registry(job)
             collection = would_free(job, delete_untagged) if dry_run else collect_garbage(job, delete_untagged)
         verb = "would free" if dry_run else "freed"
         click.echo(f"garbage collection {verb}: {collection.blobs} blobs, {human_bytes(collection.bytes)}, "
@@ -484,8 +485,8 @@ def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None
         if not yes and not _confirm("Restore the original registry config and restart it?"):
             click.echo("rollback declined; nothing changed")
             return EXIT_DIFFERENCES
-        with migration(plan, _progress(ctx)) as job:
-            job.rollback(force=force)
+        with open_context(plan, _progress(ctx)) as job:
+            safety.rollback(job, force=force)
         click.echo("rolled back: the registry runs with its original config again")
         return EXIT_OK
 

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, cast
 
 from migrator.errors import InvalidInput
 from migrator.journal import Journal, JournalRow
@@ -44,7 +44,7 @@ from migrator.s3 import BUCKET_ERRORS, RequestCounter, explain, open_bucket
 from migrator.sync import PassResult, Progress, SyncEngine, set_tasks_in_flight, tasks_in_flight
 from migrator.transfer import Transfer
 from migrator.verify import Verifier, VerifyResult
-from migrator.walker import branching, walk_shard
+from migrator.walker import SourceFile, branching, walk_shard
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,16 @@ class Job:
         return repr(self)
 
 
+Result = TypeVar("Result", PassResult, VerifyResult)
+
+
 @dataclass
-class Outcome:
+class Outcome(Generic[Result]):
     """A task's answer: the rows to record (last word per key), the keys to forget, what it saw and did; or, for a
     shard too large for one task, its children (nothing done)."""
 
     rows: list[JournalRow]
-    result: Union[PassResult, VerifyResult]
+    result: Result
     requests: tuple[int, int] = (0, 0)  # S3 attempts and calls the task made, for the coordinator's report
     forgotten: list[str] = field(default_factory=list)
     split: list[Shard] = field(default_factory=list)
@@ -173,7 +176,7 @@ def packed_rows(journal: Journal, shard: Shard) -> bytes:
     return pickle.dumps(list(journal.rows(shard)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def run_shard(job: Job, shard: Shard, rows: bytes, seeded: bool) -> Outcome:
+def run_shard(job: Job, shard: Shard, rows: bytes, seeded: bool) -> Outcome[PassResult]:
     """On a worker: seed the shard from the bucket if needed, walk it, decide, upload; the rows to record. A shard
     met for the first time with more than ``split_above`` files answers with its children instead."""
     bucket, transfer = _prepared(job)
@@ -184,19 +187,20 @@ def run_shard(job: Job, shard: Shard, rows: bytes, seeded: bool) -> Outcome:
             return Outcome([], PassResult(), split=children)
     before = _requests(bucket.counter)
     journal = TaskJournal(pickle.loads(rows), seeded)
-    engine = SyncEngine(Path(job.source), bucket, journal, transfer, shard_workers=1)
+    # a TaskJournal: the journal's interface, in memory
+    engine = SyncEngine(Path(job.source), bucket, journal, transfer, shard_workers=1)  # type: ignore[arg-type]
     engine.seed(shard)
     result = engine.sync_shard(shard)
     return Outcome(list(journal.written.values()), result, _requests_since(bucket.counter, before))
 
 
-def verify_shard(job: Job, shard: Shard, rows: bytes, changed_since_ns: int) -> Outcome:
+def verify_shard(job: Job, shard: Shard, rows: bytes, changed_since_ns: int) -> Outcome[VerifyResult]:
     """On a worker: online verification of one shard (bucket against journal rows and source); the journal rows the
     listing settled or showed gone."""
     bucket, _ = _prepared(job)
     before = _requests(bucket.counter)
     journal = TaskJournal(pickle.loads(rows), seeded=True)
-    verifier = Verifier(Path(job.source), bucket, 1, job.sync.workers, journal=journal,
+    verifier = Verifier(Path(job.source), bucket, 1, job.sync.workers, journal=journal,  # type: ignore[arg-type]
                         changed_since_ns=changed_since_ns)
     result = verifier.verify_shard(shard)
     return Outcome(list(journal.written.values()), result, _requests_since(bucket.counter, before),
@@ -219,7 +223,7 @@ def check_worker(job: Job) -> Optional[str]:
                     f"coordinator: {size}, {mtime_ns})")
     try:
         bucket = open_bucket(job.bucket, job.sync, job.key_prefix, max_attempts=2)
-        bucket.client.head_bucket(Bucket=job.bucket.name)
+        bucket.head_bucket()
     except BUCKET_ERRORS as exc:
         return f"it cannot reach the bucket with its own credentials: {explain(exc, job.bucket.name)}"
     except InvalidInput as exc:
@@ -250,7 +254,7 @@ def journal_branching(journal: Journal, shard: Shard) -> tuple[str, list[str]]:
     """Where the shard's keys in the journal branch: their common prefix and the characters that come next."""
     ranges = list(shard.ranges())
     first, last = journal.first_in(ranges), journal.last_in(ranges)
-    if first is None:
+    if first is None or last is None:
         return shard.prefix, []
     common, chars = os.path.commonprefix([first, last]), []
     key = journal.first_in(ranges, common + "\0")  # the first key longer than the common prefix
@@ -266,7 +270,7 @@ def source_sample(source: Path) -> list[tuple[str, int, int]]:
     sample = []
     blob_shards = [shard for shard in shards() if shard.prefix.startswith(BLOBS)]
     for shard in blob_shards[:: max(1, len(blob_shards) // SAMPLE_FILES)]:
-        for found in walk_shard(source, shard):
+        for found in cast(Iterator[SourceFile], walk_shard(source, shard)):  # no DigestDir without digest_dirs
             if found.rel.endswith("/data"):
                 sample.append((found.rel, found.size, found.mtime_ns))
                 break
@@ -292,8 +296,8 @@ class DaskEngine:
     job: Job
     scheduler: Optional[str] = None
     processes: Optional[int] = None
-    client: object = None
-    cluster: object = None
+    client: Any = None  # distributed.Client, once started
+    cluster: Any = None  # distributed.LocalCluster, without sync.dask.scheduler
 
     def start(self) -> None:
         import dask
@@ -343,7 +347,7 @@ class DaskEngine:
 
         limit = TASKS_PER_THREAD * max(1, sum(self.client.nthreads().values()))
         futures = as_completed()
-        owners = {}
+        owners: dict[str, Any] = {}
         submitted = 0
         while True:
             while queue and len(owners) < limit:
@@ -356,7 +360,7 @@ class DaskEngine:
                 return submitted
             future = next(futures)
             item = owners.pop(future.key)
-            outcome: Outcome = future.result()
+            outcome: Outcome[Any] = future.result()
             engine.bucket.counter.add(*outcome.requests)
             queue.extendleft(reversed(list(handle(item, future, outcome))))
             future.release()
@@ -368,7 +372,7 @@ class DaskEngine:
         total = PassResult()
         unseeded = {}  # shard name -> the shard, while its tasks seed it (it is seeded when all are recorded)
         remaining = {}  # shard name -> its tasks not recorded yet
-        queue = deque()
+        queue: deque[tuple[str, Shard]] = deque()
         for shard in shards():
             if journal.is_seeded(shard):
                 subs = task_shards(shard, journal, self.job.split_above)
@@ -385,7 +389,7 @@ class DaskEngine:
             return self.client.submit(run_shard, self.job, sub, packed_rows(journal, sub), parent not in unseeded,
                                       pure=False)
 
-        def handle(item: tuple, future, outcome: Outcome) -> list:
+        def handle(item: tuple, future: Any, outcome: Outcome[PassResult]) -> list:
             parent, sub = item
             journal.record(outcome.rows)
             total.add(outcome.result)
@@ -418,7 +422,7 @@ class DaskEngine:
             return self.client.submit(verify_shard, self.job, sub, packed_rows(journal, sub), changed_since_ns,
                                       pure=False)
 
-        def handle(sub: Shard, future, outcome: Outcome) -> Iterable:
+        def handle(sub: Shard, future: Any, outcome: Outcome[VerifyResult]) -> Iterable:
             journal.record(outcome.rows)
             journal.forget(outcome.forgotten)
             total.add(outcome.result)
@@ -448,3 +452,25 @@ class DaskEngine:
         if self.cluster is not None:
             self.cluster.close()
         self.client = self.cluster = None
+
+
+class DaskSyncEngine(SyncEngine):
+    """``sync.engine: dask``: online passes and online verification run their shards on a Dask cluster; the window's
+    pass (``prove_changes``) and dry runs stay on this process's threads."""
+
+    def __init__(self, *args, cluster: DaskEngine, **kwargs) -> None:  # noqa: ANN002, ANN003 - SyncEngine's
+        super().__init__(*args, **kwargs)
+        self.cluster = cluster
+
+    def run_pass(self) -> PassResult:
+        if self.prove_changes or self.dry_run:
+            return super().run_pass()
+        self.list_unfinished_tasks()
+        return self.cluster.run_pass(self)
+
+    def verify_online(self, verifier: Verifier, changed_since_ns: int) -> VerifyResult:
+        return self.cluster.verify(self, changed_since_ns, self.progress)
+
+    def close(self) -> None:
+        super().close()
+        self.cluster.close()

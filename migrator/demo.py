@@ -16,8 +16,8 @@ from pathlib import Path
 
 import boto3
 
-from migrator.local import LocalRegistry, MotoServer
 from migrator.registry_http import RegistryClient
+from migrator.testing.local import LocalRegistry, MotoServer
 
 
 def main() -> int:

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 from migrator.errors import InvalidInput, StoppedSafely
 from migrator.layout import BLOBS
-from migrator.pipeline import Migration
+from migrator.migration.context import Context
+from migrator.migration.safety import restore_original
+from migrator.migration.window import readonly_on
 from migrator.state import now
 
 log = logging.getLogger("migrator")
@@ -42,7 +44,7 @@ class Collection:
         return asdict(self)
 
 
-def eligible(migration: Migration, delete_untagged: bool) -> tuple[dict[str, int], int]:
+def eligible(migration: Context, delete_untagged: bool) -> tuple[dict[str, int], int]:
     """``garbage-collect --dry-run``: {digest: bytes on disk} of the blobs it would remove, and the manifest count."""
     completed = run_collector(migration, delete_untagged, dry_run=True)
     blobs = {}
@@ -53,15 +55,15 @@ def eligible(migration: Migration, delete_untagged: bool) -> tuple[dict[str, int
     return blobs, int(summary.group(2)) if summary else 0
 
 
-def run_collector(migration: Migration, delete_untagged: bool, dry_run: bool) -> subprocess.CompletedProcess:
-    completed = migration.registry.garbage_collect(delete_untagged, dry_run)
+def run_collector(migration: Context, delete_untagged: bool, dry_run: bool) -> subprocess.CompletedProcess:
+    completed = migration.managed.garbage_collect(delete_untagged, dry_run)
     if completed.returncode != 0:
-        raise InvalidInput(f"{migration.registry.binary()} garbage-collect{' --dry-run' if dry_run else ''} failed "
+        raise InvalidInput(f"{migration.managed.binary()} garbage-collect{' --dry-run' if dry_run else ''} failed "
                            f"(exit {completed.returncode}): {completed.stderr.strip()[-500:]}")
     return completed
 
 
-def would_free(migration: Migration, delete_untagged: bool = False) -> Collection:
+def would_free(migration: Context, delete_untagged: bool = False) -> Collection:
     """What ``gc`` would remove now; changes nothing (the collector's dry run only reads)."""
     started = time.monotonic()
     blobs, manifests = eligible(migration, delete_untagged)
@@ -69,29 +71,29 @@ def would_free(migration: Migration, delete_untagged: bool = False) -> Collectio
                       seconds=round(time.monotonic() - started, 3), first_blobs=list(blobs)[:20])
 
 
-def collect_garbage(migration: Migration, delete_untagged: bool) -> Collection:
+def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
     """Read-only on, collect, read-only off (see the module docstring)."""
     job = migration
     state = job.state
     if state.readonly_on_at is not None and state.gc_started_at is None:
         raise InvalidInput("a migration's read-only window is open (see 'migrator status'): finish it with "
                            "'migrator run' or end it with 'migrator rollback' before collecting garbage")
-    if not job.registry.binary():
-        raise InvalidInput(f"the registry executable {job.plan.registry.binary or job.registry.default_binary!r} "
+    if not job.managed.binary():
+        raise InvalidInput(f"the registry executable {job.settings.binary or job.managed.default_binary!r} "
                            "is not on this host; set registry.binary to the registry's binary")
     if state.gc_started_at is None:
         state.gc_started_at = now()
         job.store.save(state)
     started = time.monotonic()
-    job.readonly_on()
+    readonly_on(job)
     try:
         blobs, manifests = eligible(job, delete_untagged)
         log.info("garbage collection: %d blobs (%d bytes) and %d manifests eligible", len(blobs), sum(blobs.values()),
                  manifests)
         run_collector(job, delete_untagged, dry_run=False)
     except (Exception, KeyboardInterrupt) as exc:
-        job.restore_original(f"garbage collection failed: {exc}")
-        job.registry.config.drop_backup()
+        restore_original(job, f"garbage collection failed: {exc}")
+        job.managed.config.drop_backup()
         state.gc_started_at = None
         job.store.save(state)
         raise StoppedSafely(f"garbage collection failed ({exc}); the registry is back to read-write on the "
@@ -99,8 +101,8 @@ def collect_garbage(migration: Migration, delete_untagged: bool) -> Collection:
     removed = {digest: size for digest, size in blobs.items()
                if not (job.plan.source / BLOBS / digest[:2] / digest / "data").exists()}
     read_only_from = state.readonly_on_at
-    job.restore_original("garbage collection done")
-    job.registry.config.drop_backup()
+    restore_original(job, "garbage collection done")
+    job.managed.config.drop_backup()
     state.gc_started_at = None
     job.store.save(state)
     return Collection(dry_run=False, blobs=len(removed), bytes=sum(removed.values()), manifests=manifests,

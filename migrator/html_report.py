@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import html
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 WIDTH = 1000  # timeline drawing width (px)
 LABEL = 170  # left column for row labels
@@ -46,7 +46,7 @@ def _size(count: float) -> str:
     return ""
 
 
-def timeline(report: dict) -> str:
+def timeline(report: Mapping[str, Any]) -> str:
     """An SVG: one row a phase, passes beneath, the read-only window shaded across, restarts as red bars."""
     phases = [p for p in report.get("phases", []) if p.get("started_at")]
     if not phases:
@@ -103,7 +103,7 @@ def timeline(report: dict) -> str:
     return "".join(parts)
 
 
-def client_rows(report: dict) -> list[tuple[str, str, list]]:
+def client_rows(report: Mapping[str, Any]) -> list[tuple[str, str, list]]:
     """(label, colour, [start, end] spans) of what clients saw: pushes refused, reads unanswered."""
     rows = []
     if report.get("pushes_refused_from") and report.get("readonly_off_at"):
@@ -126,7 +126,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render(report: dict, title: str = "migrator report") -> str:
+def render(report: Mapping[str, Any], title: str = "migrator report") -> str:
     """The whole page, from a report.json's contents."""
     window = report.get("read_only_window_seconds")
     verification = report.get("verification") or {}
@@ -171,7 +171,7 @@ final pass: {html.escape(str((report.get('final_pass') or {}).get('method', 'n/a
 """
 
 
-def write_html(path: Path, report: dict) -> Path:
+def write_html(path: Path, report: Mapping[str, Any]) -> Path:
     """report.html beside report.json (written whole, then renamed into place)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(render(report, f"migrator report: {report.get('outcome') or 'in progress'}"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Protocol, TypeVar, Union
 
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data
@@ -45,9 +45,16 @@ class Decision:
     md5: Optional[str] = None  # content hash computed while deciding, when there was one
 
 
-def march(
-    sources: Iterator[SourceFile], rows: Iterator[JournalRow]
-) -> Iterator[tuple[Optional[SourceFile], Optional[JournalRow]]]:
+class Keyed(Protocol):
+    @property
+    def rel(self) -> str: ...
+
+
+Left = TypeVar("Left", bound=Keyed)
+Right = TypeVar("Right", bound=Keyed)
+
+
+def march(sources: Iterator[Left], rows: Iterator[Right]) -> Iterator[tuple[Optional[Left], Optional[Right]]]:
     """Pair two key-ordered streams: (source, None), (None, row) or (source, row)."""
     src = next(sources, None)
     dst = next(rows, None)

@@ -11,7 +11,7 @@ import threading
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import boto3
 import botocore.exceptions
@@ -33,15 +33,15 @@ class RequestCounter:
         self.attempts: Counter = Counter()
         self.calls: Counter = Counter()
 
-    def attach(self, client) -> None:
+    def attach(self, client: Any) -> None:
         client.meta.events.register("before-send.s3", self._on_send)
         client.meta.events.register("before-call.s3", self._on_call)
 
-    def _on_send(self, **kwargs) -> None:
+    def _on_send(self, **kwargs: object) -> None:
         with self._lock:
             self.attempts[self.phase] += 1
 
-    def _on_call(self, **kwargs) -> None:
+    def _on_call(self, **kwargs: object) -> None:
         with self._lock:
             self.calls[self.phase] += 1
 
@@ -75,7 +75,7 @@ class Bucket:
 
     settings: BucketSettings
     key_prefix: str
-    client: object
+    client: Any  # botocore's S3 client
     counter: RequestCounter
     credentials: object = None  # the session's (refreshable) credentials, for requests signed outside the client
     etags_are_md5: bool = True  # listed single-part ETags are content MD5s (no SSE-KMS by default); see check_etags
@@ -116,11 +116,39 @@ class Bucket:
         known = self.etag_md5(etag, encryption, customer_key)
         if known is not None:
             return known
-        body = self.client.get_object(Bucket=self.settings.name, Key=self.key(rel))["Body"]
         digest = hashlib.md5(usedforsecurity=False)
-        for chunk in body.iter_chunks(1024 * 1024):
+        for chunk in self.read_chunks(rel):
             digest.update(chunk)
         return digest.hexdigest()
+
+    def read_chunks(self, rel: str) -> Iterator[bytes]:
+        """The object's bytes, a MiB at a time (GetObject)."""
+        yield from self.client.get_object(Bucket=self.settings.name, Key=self.key(rel))["Body"].iter_chunks(1024 * 1024)
+
+    def head_bucket(self) -> None:
+        """The bucket exists and these credentials reach it (HeadBucket; a ClientError otherwise)."""
+        self.client.head_bucket(Bucket=self.settings.name)
+
+    def get_bytes(self, rel: str) -> bytes:
+        return self.client.get_object(Bucket=self.settings.name, Key=self.key(rel))["Body"].read()
+
+    def first_keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` keys (paths below the bucket prefix) under ``prefix``, in one ListObjectsV2 request."""
+        answer = self.client.list_objects_v2(Bucket=self.settings.name, Prefix=self.key(prefix), MaxKeys=limit)
+        return [self.rel(item["Key"]) for item in answer.get("Contents", ())]
+
+    def listing(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under ``prefix`` (a path below the bucket prefix), in key order, ``_uploads`` included."""
+        for page in list_pages(self, prefix):
+            for item in page.get("Contents", ()):
+                yield StoredObject(self.rel(item["Key"]), item["Size"], item["ETag"], item["LastModified"].timestamp())
+
+    def delete_keys(self, rels: Sequence[str]) -> None:
+        """DeleteObjects (quiet) in batches of 1000, for keys outside the copy (canaries, probe leftovers); the
+        copy's own deletes go through ``Transfer.delete`` with its guards."""
+        for start in range(0, len(rels), 1000):
+            self.client.delete_objects(Bucket=self.settings.name, Delete={
+                "Objects": [{"Key": self.key(rel)} for rel in rels[start:start + 1000]], "Quiet": True})
 
     def check_etags(self, extra_args: dict) -> None:
         """Decide whether listed ETags are MD5s: not when our uploads or the bucket's default use SSE-KMS (the only
@@ -150,15 +178,16 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     ``max_attempts`` overrides the plan's (preflight wants to fail fast on an unreachable endpoint).
     """
     checksums = checksum_mode(settings)
-    config = Config(
-        max_pool_connections=sync.workers + sync.shard_workers + 4,
-        retries={"mode": sync.retry_mode, "max_attempts": max_attempts or sync.max_attempts},
-        s3={"addressing_style": "path"} if settings.endpoint else None,
-        connect_timeout=10,
-        read_timeout=60,
-        request_checksum_calculation=checksums,
-        response_checksum_validation=checksums,
-    )
+    options: dict[str, Any] = {  # retry_mode and checksums: validated by the plan against botocore's values
+        "max_pool_connections": sync.workers + sync.shard_workers + 4,
+        "retries": {"mode": sync.retry_mode, "max_attempts": max_attempts or sync.max_attempts},
+        "s3": {"addressing_style": "path"} if settings.endpoint else None,
+        "connect_timeout": 10,
+        "read_timeout": 60,
+        "request_checksum_calculation": checksums,
+        "response_checksum_validation": checksums,
+    }
+    config = Config(**options)
     try:
         session = boto3.session.Session(profile_name=settings.profile)
     except botocore.exceptions.ProfileNotFound:
@@ -202,7 +231,7 @@ def _add_content_md5(params: dict, **_: object) -> None:
         params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
-def _cache_endpoints(client) -> None:
+def _cache_endpoints(client: Any) -> None:
     """botocore resolves the endpoint ruleset per request with the object key among its inputs, so its cache
     never hits; no S3 rule reads the key. Dropping it (only while that holds) saves ~15 % CPU a request."""
     resolver = getattr(client, "_ruleset_resolver", None)
@@ -214,7 +243,7 @@ def _cache_endpoints(client) -> None:
         definitions.pop("Key")
 
 
-def _ruleset_refs(node) -> list:
+def _ruleset_refs(node: object) -> list:
     """Every parameter a ruleset's rules reference."""
     if isinstance(node, dict):
         found = [node["ref"]] if isinstance(node.get("ref"), str) else []
@@ -272,6 +301,16 @@ COMPATIBILITY = {  # errors from S3-compatible stores that name a header we sent
                         "x-amz-server-side-encryption (registry.storage.encrypt/keyid) or x-amz-checksum-* "
                         "(bucket.checksums: when_required)"),
 }
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing names it, with its LastModified (seconds since the epoch)."""
+
+    rel: str
+    size: int
+    etag: str
+    modified: float
 
 
 @dataclass(frozen=True)

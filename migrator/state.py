@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from migrator.errors import InvalidInput, Refused
 
@@ -100,7 +100,7 @@ class StateStore:
     def save(self, state: RunState) -> None:
         self.write_json("state.json", asdict(state))
 
-    def write_json(self, name: str, data: dict) -> Path:
+    def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         """Atomically replace a JSON file in the state directory."""
         target = self.directory / name
         tmp = target.with_name(f".{name}.{os.getpid()}.tmp")

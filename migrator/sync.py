@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 from migrator.errors import Refused
 from migrator.failpoints import failpoint
@@ -24,6 +24,9 @@ from migrator.march import Action, Decision, Unit, decide, march_units, md5_of
 from migrator.s3 import Bucket, list_shard
 from migrator.transfer import Transfer
 from migrator.walker import SourceFile, read_bytes, walk_path, walk_shard
+
+if TYPE_CHECKING:
+    from migrator.verify import Verifier, VerifyResult
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,6 @@ class SyncEngine:
         self.transfer = transfer
         self.shard_workers = shard_workers
         self.progress = progress or Progress()
-        self.cluster = None  # a DaskEngine (sync.engine: dask): online passes run their shards on it
         self._claim_journal()
 
     def _claim_journal(self) -> None:
@@ -283,13 +285,11 @@ class SyncEngine:
         passes are bound by the walk, which is syscall-bound and holds the GIL in between: more walking threads
         make it slower (timed by hand on the bench's 400,000-object tree, nothing changed: 9.0 s on one thread,
         14.3 s on four), so they walk on one thread while uploads overlap on the transfer pool. A cluster engine
-        would run ``sync_shard`` in processes: with ``sync.engine: dask`` online passes do (``migrator.cluster``);
-        the window's pass (``prove_changes``) and dry runs stay here.
+        would run ``sync_shard`` in processes: with ``sync.engine: dask`` online passes do
+        (``migrator.cluster.DaskSyncEngine``); the window's pass (``prove_changes``) and dry runs stay here.
         """
         if not self.dry_run:
             self.list_unfinished_tasks()
-        if self.cluster is not None and not self.prove_changes and not self.dry_run:
-            return self.cluster.run_pass(self)
         unseeded = [shard for shard in shards() if not self.journal.is_seeded(shard)]
         total = PassResult()
         with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
@@ -305,6 +305,13 @@ class SyncEngine:
         while in_flight:
             self._finish_uploads(in_flight.popleft(), total)
         return total
+
+    def verify_online(self, verifier: Verifier, changed_since_ns: int) -> VerifyResult:
+        """Online verification: ``verifier`` (with the journal) on this process's threads."""
+        return verifier.run()
+
+    def close(self) -> None:
+        self.transfer.close()
 
     def list_unfinished_tasks(self) -> None:
         """Cluster tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may

@@ -8,8 +8,9 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional, cast
 
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, blob_digest, is_blob_data, shards
@@ -19,6 +20,38 @@ from migrator.sync import Progress
 from migrator.walker import SourceFile, read_bytes, walk_shard
 
 FIRST_KEYS = 50
+
+
+class Difference(str, Enum):
+    """How a bucket object differs from the source file at the same path."""
+
+    MISSING = "missing"  # in the source, not in the bucket
+    EXTRA = "extra"  # in the bucket, gone from the source
+    SIZE = "size"
+    CONTENT = "content"  # same size, other bytes (not decided for a blob's data: written once, named by its digest)
+
+
+def difference(rel: str, source_size: Optional[int], bucket_size: Optional[int], source_md5: Callable[[], str],
+               bucket_md5: Callable[[], Optional[str]]) -> Optional[Difference]:
+    """THE rule for "is this bucket object the same as the source file" (a size of None: not there): the same
+    presence and size, and, for anything but a blob's data, the same MD5 (asked for only when needed). None: the
+    same."""
+    if source_size is None or bucket_size is None:
+        if source_size is bucket_size:
+            return None
+        return Difference.EXTRA if source_size is None else Difference.MISSING
+    if source_size != bucket_size:
+        return Difference.SIZE
+    if is_blob_data(rel):
+        return None
+    return None if source_md5() == bucket_md5() else Difference.CONTENT
+
+
+def file_difference(rel: str, path: Path, bucket_size: Optional[int],
+                    bucket_md5: Callable[[], Optional[str]]) -> Optional[Difference]:
+    """``difference`` against the file at ``path`` (absent when it is not a regular file)."""
+    size = path.stat().st_size if path.is_file() else None
+    return difference(rel, size, bucket_size, lambda: md5_of(path.read_bytes()), bucket_md5)
 
 
 @dataclass
@@ -109,7 +142,8 @@ class Verifier:
             listed = list(listed)
             self.progress.listed(len(listed))
             known = self._check_journal(shard, listed, result)
-        for src, obj in march(walk_shard(self.source, shard), iter(listed)):
+        files = cast(Iterator[SourceFile], walk_shard(self.source, shard))  # no DigestDir without digest_dirs
+        for src, obj in march(files, iter(listed)):
             if src is not None:
                 result.source_objects += 1
             if obj is not None:
@@ -124,18 +158,22 @@ class Verifier:
                 kind = "mismatched"
             else:
                 continue
+            rel = src.rel if src is not None else obj.rel if obj is not None else ""
             if self._in_flight(src, obj, known):
                 result.in_flight += 1
-                result.in_flight_keys.append((src or obj).rel)
+                result.in_flight_keys.append(rel)
             else:
-                _note(result, kind, (src or obj).rel)
+                _note(result, kind, rel)
         self.progress.checked(result.source_objects + result.bucket_objects)
         return result
 
-    def _check_journal(self, shard: Shard, listed: list, result: VerifyResult) -> set:
+    def _check_journal(self, shard: Shard, listed: list[ListedObject], result: VerifyResult) -> set[str]:
         """Bucket vs journal; returns the keys both hold. Rows left unconfirmed by an interrupted change are
         settled from the listing (the bucket's truth), so the journal says exactly what the bucket holds."""
-        both, settled, gone = set(), [], []
+        assert self.journal is not None, "checked against the journal online only"
+        both: set[str] = set()
+        settled: list[JournalRow] = []
+        gone: list[str] = []
         for obj, row in march(iter(listed), self.journal.rows(shard)):
             if row is not None and not row.confirmed:
                 if obj is None:
@@ -147,7 +185,7 @@ class Verifier:
             if obj is None or row is None or obj.size != row.size or (
                 row.md5 is not None and obj.md5 is not None and obj.md5 != row.md5
             ):
-                _note(result, "journal_mismatched", (obj or row).rel)
+                _note(result, "journal_mismatched", obj.rel if obj is not None else row.rel if row is not None else "")
             else:
                 both.add(obj.rel)
         self.journal.record(settled)
@@ -159,19 +197,16 @@ class Verifier:
         if self.journal is None:
             return False
         if src is None:
-            return obj.rel in known  # deleted from the source; the journal has it, so the final pass deletes it
+            # deleted from the source; the journal has it, so the final pass deletes it
+            return obj is not None and obj.rel in known
         return max(src.mtime_ns, src.ctime_ns) >= self.changed_since_ns
 
     def _same(self, src: SourceFile, obj: ListedObject) -> bool:
-        if src.size != obj.size:
-            return False
-        if is_blob_data(src.rel):
-            return True
-        try:
-            local = md5_of(read_bytes(self.source, src.rel))
+        try:  # a multipart or KMS ETag: the bytes are read
+            return difference(src.rel, src.size, obj.size, lambda: md5_of(read_bytes(self.source, src.rel)),
+                              lambda: self.bucket.content_md5(obj.rel, obj.etag)) is None
         except FileNotFoundError:
             return False
-        return local == self.bucket.content_md5(obj.rel, obj.etag)  # a multipart or KMS ETag: the bytes are read
 
     def _deep_or_sample(self, rel: str, result: VerifyResult) -> None:
         """Every blob is checked as it is listed; a sample is kept (N lowest random priorities) for later."""
@@ -189,8 +224,7 @@ class Verifier:
 
     def _blob_matches(self, rel: str) -> bool:
         digest = hashlib.sha256()
-        body = self.bucket.client.get_object(Bucket=self.bucket.settings.name, Key=self.bucket.key(rel))["Body"]
-        for chunk in body.iter_chunks(1024 * 1024):
+        for chunk in self.bucket.read_chunks(rel):
             digest.update(chunk)
         return digest.hexdigest() == blob_digest(rel)
 

@@ -13,7 +13,7 @@ if [ ! -x /usr/bin/docker-registry ] || [ ! -x /usr/bin/skopeo ] || [ ! -x /usr/
   # headless Chromium renders report.html in the tests; they skip, saying why, if it cannot be installed
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null \
     || echo "setup: chromium could not be installed; the report.html rendering test will skip"
-  # Ceph RGW, a real S3 implementation (migrator/rgw.py runs a throw-away one); its tests skip, saying why, without it
+  # Ceph RGW, a real S3 implementation (migrator/testing/rgw.py runs a throw-away one); its tests skip, saying why, without it
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd radosgw \
     ceph-common >/dev/null || echo "setup: Ceph RGW could not be installed; the tests against it will skip"
 fi

@@ -15,9 +15,9 @@ import boto3
 import pytest
 import yaml
 
-from migrator.local import REGISTRY_BINARY, LocalRegistry, MotoServer
-from migrator.rgw import RadosGateway, RadosGatewayUnavailable
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.local import REGISTRY_BINARY, LocalRegistry, MotoServer
+from migrator.testing.rgw import RadosGateway, RadosGatewayUnavailable
+from migrator.testing.synthetic import RegistryTree, populate
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +133,19 @@ def listing(s3, bucket: str) -> dict[str, str]:
 
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def apply_changes(data: dict, changes: dict) -> None:
+    """A plan's ``data`` with ``changes`` applied: dotted keys (``bucket.name``), None deletes."""
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
 
 
 def run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,9 @@ from conftest import bucket_contents, source_files
 
 from migrator import changefeed
 from migrator.changefeed import ChangeFeed, PassTracker
-from migrator.pipeline import migration
+from migrator.migration.context import open_context as migration
+from migrator.migration.copy import final_sync_and_delete, sync_pass
+from migrator.migration.proofs import verify_window
 from migrator.plan import load_plan
 
 BLOBS = "docker/registry/v2/blobs/sha256/"
@@ -74,17 +76,17 @@ def window(plan_path, churn, blind=False):
     final_pass, the pass result and the job's verification."""
     with migration(load_plan(plan_path)) as job:
         job.tracker = PassTracker(job.plan.source, job.plan.sync.change_feed)
-        job.sync_pass()
+        sync_pass(job)
         if blind:  # a writer the feed cannot see
             job.tracker.feed.changed_since = lambda generation: set()
         churn_before_last_pass, churn_after = churn
         churn_before_last_pass()
-        job.sync_pass()  # the last online pass: finds the first churn
+        sync_pass(job)  # the last online pass: finds the first churn
         churn_after()
         job.state.online_verified_objects = job.journal.count()
         job.journal.start_window()
-        result = job.final_sync_and_delete()
-        job.verify_window()
+        result = final_sync_and_delete(job)
+        verify_window(job)
         return job.state.final_pass, result, job.state.verification
 
 

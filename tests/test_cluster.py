@@ -21,9 +21,9 @@ from test_e2e import assert_all_pull, push_images
 from migrator.cluster import TaskJournal, task_shards
 from migrator.journal import Journal, JournalRow
 from migrator.layout import BLOBS, Shard, shards, split
-from migrator.local import DaskProcesses
 from migrator.registry_http import RegistryClient
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.local import DaskProcesses
+from migrator.testing.synthetic import RegistryTree, populate
 from migrator.walker import branching, walk_shard
 
 pytestmark = pytest.mark.slow
@@ -208,7 +208,7 @@ def test_keys_left_by_a_task_whose_answer_never_came_are_found_and_deleted(tree,
     still lists the task in flight. Its shard is listed before the next pass (whatever the engine), so a key whose
     file is gone since is known and deleted (otherwise nothing would ever delete it): the next run leaves the
     bucket equal to a plain os.walk of the source."""
-    from migrator.pipeline import migration
+    from migrator.migration.context import open_context as migration
     from migrator.plan import load_plan
     from migrator.sync import IN_FLIGHT_META, set_tasks_in_flight
 

@@ -20,11 +20,14 @@ from conftest import file_hash, listing, run_cli
 from oci import pull
 
 from migrator.errors import StoppedSafely
-from migrator.omnibus_fake import GITLAB_RB, FakeOmnibus
-from migrator.pipeline import Migration, Options, migration
+from migrator.migration import copy, runner, window
+from migrator.migration.context import Options
+from migrator.migration.context import open_context as migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient
 from migrator.state import StateStore
+from migrator.testing.omnibus_fake import GITLAB_RB, FakeOmnibus
+from migrator.testing.phases import replace_phase
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +211,7 @@ def test_window_change_is_proven(local_registry, s3, bucket, monkeypatch, how):
     push_images(client, 2, seed=4)
     plan = load_plan(local_registry.write_plan())
     original = file_hash(local_registry.config)
-    real_final_sync = Migration.final_sync_and_delete
+    real_final_sync = copy.final_sync_and_delete
     new_link = "docker/registry/v2/repositories/team0/app0/_manifests/tags/late/current/link"
     links = sorted(local_registry.root.glob("docker/registry/v2/repositories/*/*/_manifests/revisions/sha256/*/link"))
 
@@ -226,10 +229,10 @@ def test_window_change_is_proven(local_registry, s3, bucket, monkeypatch, how):
             target.write_bytes(links[1].read_bytes())
         return result
 
-    monkeypatch.setattr(Migration, "final_sync_and_delete", late_tag_then_trouble)
+    replace_phase(monkeypatch, "final_sync", late_tag_then_trouble)
     with migration(plan, options=Options(yes=True)) as job:
         with pytest.raises(StoppedSafely, match="other content"):
-            job.run()
+            runner.run(job)
     assert file_hash(local_registry.config) == original
     assert client.write_probe("probe/after") == 202
 
@@ -238,17 +241,17 @@ def test_an_image_that_does_not_pull_from_s3_returns_the_registry_to_the_filesys
     client = RegistryClient(local_registry.url)
     pushed = push_images(client, 2, seed=9)
     original = file_hash(local_registry.config)
-    real_cutover = Migration.cutover
+    real_cutover = window.cutover
 
     def lose_blobs_in_the_window(self):  # the sample pulled before the window; then the bucket "lost" blobs: the window
         # changed no tag, so the cut-over check asks tags of all, before production runs on s3
         monkeypatch.setattr(RegistryClient, "head_blob", lambda self, repository, digest: 404)
         real_cutover(self)
 
-    monkeypatch.setattr(Migration, "cutover", lose_blobs_in_the_window)
+    replace_phase(monkeypatch, "cutover", lose_blobs_in_the_window)
     with migration(load_plan(local_registry.write_plan()), options=Options(yes=True)) as job:
         with pytest.raises(StoppedSafely, match="do not pull from the registry on s3"):
-            job.run()
+            runner.run(job)
         assert job.state.readonly_on_at is None and "cutover" not in job.state.done
     monkeypatch.undo()
     assert file_hash(local_registry.config) == original
@@ -329,7 +332,7 @@ def test_failed_write_probe_after_read_only_off_never_strands_pushes(local_regis
     monkeypatch.setattr(RegistryClient, "write_probe", failing_probe)
     with migration(load_plan(local_registry.write_plan()), options=Options(yes=True)) as job:
         with pytest.raises(StoppedSafely) as stopped:
-            job.run()
+            runner.run(job)
     monkeypatch.undo()
     if pushed_meanwhile:
         assert "left on s3" in str(stopped.value) and "strand" in str(stopped.value)

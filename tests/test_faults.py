@@ -10,9 +10,12 @@ from faultproxy import FaultProxy
 from test_e2e import assert_all_pull, push_images, storage_of
 
 from migrator.errors import StoppedSafely
-from migrator.pipeline import Migration, Options, migration
+from migrator.migration import copy, runner
+from migrator.migration.context import Options
+from migrator.migration.context import open_context as migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient
+from migrator.testing.phases import replace_phase
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +84,7 @@ def test_bucket_lost_inside_the_window_returns_the_registry_to_the_filesystem(lo
     original = file_hash(local_registry.config)
     plan_path = local_registry.write_plan(sync={"workers": 4, "shard_workers": 4, "max_attempts": 2})
     plan_path.write_text(plan_path.read_text().replace(local_registry.s3_endpoint, proxy.endpoint))
-    real_final_sync = Migration.final_sync_and_delete
+    real_final_sync = copy.final_sync_and_delete
 
     def outage_then_final_sync(self):
         client.request("GET", "/v2/")  # the registry is read-only now
@@ -89,10 +92,10 @@ def test_bucket_lost_inside_the_window_returns_the_registry_to_the_filesystem(lo
         proxy.mode = "down"
         return real_final_sync(self)
 
-    monkeypatch.setattr(Migration, "final_sync_and_delete", outage_then_final_sync)
+    replace_phase(monkeypatch, "final_sync", outage_then_final_sync)
     with migration(load_plan(plan_path), options=Options(yes=True)) as job:
         with pytest.raises(StoppedSafely, match="back on the filesystem"):
-            job.run()
+            runner.run(job)
     assert file_hash(local_registry.config) == original
     assert client.write_probe("probe/after") == 202
     assert_all_pull(client, pushed)

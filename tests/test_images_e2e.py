@@ -13,10 +13,13 @@ from conftest import UPLOADS, bucket_contents, run_cli, source_files
 from oci import Layout, pull, push
 
 from migrator.errors import RestoreFailed
-from migrator.pipeline import Migration, Options, migration
+from migrator.migration import runner
+from migrator.migration.context import Options
+from migrator.migration.context import open_context as migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient
 from migrator.state import StateStore
+from migrator.testing.phases import replace_phase
 
 pytestmark = pytest.mark.slow
 
@@ -105,10 +108,10 @@ def test_a_failed_restore_is_reported_as_it_is(local_registry, tmp_path, monkeyp
         broken.touch()  # from now on the restart command fails: the registry keeps running read-only
         raise RuntimeError("the bucket caught fire")
 
-    monkeypatch.setattr(Migration, "final_sync_and_delete", fail_in_the_window)
+    replace_phase(monkeypatch, "final_sync", fail_in_the_window)
     with migration(load_plan(plan), options=Options(yes=True)) as job:
         with pytest.raises(RestoreFailed) as failed:
-            job.run()
+            runner.run(job)
     message = str(failed.value)
     assert "the bucket caught fire" in message and "may still refuse pushes" in message
     assert "nothing was lost" not in message and "back on the filesystem" not in message

@@ -9,7 +9,7 @@ import time
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, is_digest_dir, shards
 from migrator.march import Action, decide, march, md5_of
-from migrator.synthetic import RegistryTree
+from migrator.testing.synthetic import RegistryTree
 from migrator.walker import SourceFile, walk_shard
 
 LINK = "docker/registry/v2/repositories/app/_manifests/tags/latest/current/link"

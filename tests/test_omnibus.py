@@ -16,11 +16,14 @@ from test_e2e import assert_all_pull, push_images, storage_of
 
 from migrator.errors import StoppedSafely
 from migrator.layout import FILESYSTEM_IN_USE
-from migrator.omnibus_fake import GITLAB_RB, FakeOmnibus
-from migrator.pipeline import Migration, Options, migration
+from migrator.migration import proofs, runner
+from migrator.migration.context import Options
+from migrator.migration.context import open_context as migration
 from migrator.plan import load_plan
 from migrator.registry_http import RegistryClient
 from migrator.state import StateStore
+from migrator.testing.omnibus_fake import GITLAB_RB, FakeOmnibus
+from migrator.testing.phases import replace_phase
 
 pytestmark = pytest.mark.slow
 
@@ -121,16 +124,16 @@ def test_missing_marker_stops_before_the_cutover(local_registry, s3, bucket, mon
     marker.parent.mkdir(parents=True)
     marker.write_text("filesystem-in-use\n")
     original = file_hash(local_registry.config)
-    real_verify_window = Migration.verify_window
+    real_verify_window = proofs.verify_window
 
     def verify_then_lose_the_marker(self):
         real_verify_window(self)
         s3.delete_object(Bucket=bucket, Key=f"reg/{FILESYSTEM_IN_USE}")
 
-    monkeypatch.setattr(Migration, "verify_window", verify_then_lose_the_marker)
+    replace_phase(monkeypatch, "verify_window", verify_then_lose_the_marker)
     with migration(load_plan(local_registry.write_plan()), options=Options(yes=True)) as job:
         with pytest.raises(StoppedSafely, match="metadata marker"):
-            job.run()
+            runner.run(job)
         assert not job.state.s3_config_written
     assert file_hash(local_registry.config) == original
     assert RegistryClient(local_registry.url).write_probe("probe/after") == 202

@@ -8,7 +8,7 @@ import pytest
 
 from migrator.errors import InvalidInput
 from migrator.plan import load_plan, normalise_prefix
-from migrator.synthetic import RegistryTree
+from migrator.testing.synthetic import RegistryTree
 
 GOOD = """\
 source: {source}

@@ -1,4 +1,5 @@
-"""Against a real S3 implementation: Ceph RGW (``migrator.rgw``), over http and https (a certificate from a throw-away CA).
+"""Against a real S3 implementation: Ceph RGW (``migrator.testing.rgw``), over http and https
+(a certificate from a throw-away CA).
 
 moto accepts anything; RGW answers 411 to boto3's default aws-chunked uploads over https, returns an empty ETag from
 CompleteMultipartUpload and rejects storage classes it does not have. The oracles are the bucket's own answers
@@ -18,9 +19,9 @@ import yaml
 from conftest import UPLOADS, bucket_contents, run_cli, source_files
 from oci import Layout, pull, push
 
-from migrator.local import LocalRegistry
 from migrator.registry_http import RegistryClient
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.local import LocalRegistry
+from migrator.testing.synthetic import RegistryTree, populate
 
 pytestmark = pytest.mark.slow
 

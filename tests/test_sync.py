@@ -14,16 +14,19 @@ import pytest
 from conftest import bucket_contents, listing, run_cli, source_files
 
 from migrator.errors import Refused
-from migrator.pipeline import migration
+from migrator.migration import copy, runner
+from migrator.migration.context import Options
+from migrator.migration.context import open_context as migration
 from migrator.plan import load_plan
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.phases import replace_phase
+from migrator.testing.synthetic import RegistryTree, populate
 
 
 def one_pass(plan_path, phase="pass"):
     """One sync pass in-process; returns (result, S3 attempts made by the pass)."""
     with migration(load_plan(plan_path)) as job:
         with job.bucket.counter.phase_scope(phase):
-            result = job.sync_pass()
+            result = copy.sync_pass(job)
         return result, job.bucket.counter.attempts[phase]
 
 
@@ -195,10 +198,8 @@ def test_canary_left_by_a_killed_preflight_is_swept(tree, make_plan, s3, bucket)
 
 def test_window_changes_are_proven_by_the_buckets_own_answers(tree, make_plan, monkeypatch):
     """Uploads proven by their ETag and deletes by DeleteObjects' own list: no HEAD inside the window."""
-    from migrator.pipeline import Migration, Options
-
     plan = make_plan(tree.root)
-    real_final_sync = Migration.final_sync_and_delete
+    real_final_sync = copy.final_sync_and_delete
     files = sorted(source_files(tree.root))
     link = next(p for p in files if p.endswith("current/link"))
     other = next(p for p in files if "/revisions/" in p and source_files(tree.root)[p] != source_files(tree.root)[link])
@@ -209,9 +210,9 @@ def test_window_changes_are_proven_by_the_buckets_own_answers(tree, make_plan, m
         tree.image("late/app", "v1", [b"late layer"])  # a new image
         return real_final_sync(self)
 
-    monkeypatch.setattr(Migration, "final_sync_and_delete", changes_just_before_the_flip)
+    replace_phase(monkeypatch, "final_sync", changes_just_before_the_flip)
     with migration(load_plan(plan), options=Options(yes=True)) as job:
-        report = job.run()
+        report = runner.run(job)
     phases = {p["name"]: p for p in report["phases"]}
     assert phases["final_sync"]["uploaded_objects"] >= 5 and phases["final_sync"]["deleted_objects"] == 1
     assert phases["verify_window"]["s3_requests"] == 0

@@ -22,9 +22,11 @@ from conftest import bucket_contents, run_cli, source_files
 from migrator import layout, walker
 from migrator.changefeed import ChangeFeed, FeedUnavailable, mount_point, mounts_under
 from migrator.errors import DeleteFailed, StoppedSafely
-from migrator.pipeline import Migration, migration
+from migrator.migration import copy, proofs, runner
+from migrator.migration.context import open_context as migration
 from migrator.plan import load_plan
-from migrator.synthetic import RegistryTree, populate
+from migrator.testing.phases import replace_phase
+from migrator.testing.synthetic import RegistryTree, populate
 
 REPOS = "docker/registry/v2/repositories/"
 
@@ -71,7 +73,7 @@ def test_a_bucket_seeded_by_aws_s3_sync_keeps_linked_keys_through_a_full_walk_wi
 def test_a_link_turns_the_change_feed_off(tmp_path, make_plan):
     tree = linked_tree(tmp_path)
     with migration(load_plan(make_plan(tree.root))) as job:
-        report = job.run()
+        report = runner.run(job)
     assert report["final_pass"]["method"] == "full walk"
     assert "symbolic link" in report["final_pass"]["why"]
 
@@ -156,7 +158,7 @@ def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_buc
     assert run_cli("sync", plan).returncode == 0  # the pass that seals settled directories
     neighbour = next(rel for rel in files if "/_layers/" in rel and rel != good)
     assert sealed(plan, neighbour), "the test needs sealing to happen"
-    real_final_sync = Migration.final_sync_and_delete
+    real_final_sync = copy.final_sync_and_delete
 
     def repush_then_final_sync(self):
         before = os.stat(empty_link.parent)
@@ -166,9 +168,9 @@ def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_buc
         assert os.stat(empty_link.parent).st_mtime_ns == before.st_mtime_ns
         return real_final_sync(self)
 
-    monkeypatch.setattr(Migration, "final_sync_and_delete", repush_then_final_sync)
+    replace_phase(monkeypatch, "final_sync", repush_then_final_sync)
     with migration(load_plan(plan)) as job:
-        job.run()
+        runner.run(job)
     assert s3.get_object(Bucket=bucket, Key=good)["Body"].read() == files[good]
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
@@ -182,7 +184,7 @@ def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tre
     age_everything(plan, tree)
     assert run_cli("sync", plan).returncode == 0
     assert sealed(plan, rel)
-    real_verify = Migration.verify
+    real_verify = proofs.verify
 
     def rewrite_then_verify(self, *args, **kwargs):
         with open(tree.path(rel), "r+b") as handle:  # in place; the bucket must not keep the stale bytes
@@ -190,9 +192,9 @@ def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tre
             handle.write(b"sha256:" + b"f" * 64)
         return real_verify(self, *args, **kwargs)
 
-    monkeypatch.setattr(Migration, "verify", rewrite_then_verify)
+    monkeypatch.setattr(proofs, "verify", rewrite_then_verify)
     with migration(load_plan(plan)) as job:
-        job.run()
+        runner.run(job)
     assert s3.get_object(Bucket=bucket, Key=rel)["Body"].read() == b"sha256:" + b"f" * 64
 
 
@@ -215,7 +217,7 @@ def test_an_image_object_the_verification_cannot_see_is_a_loud_bug(tree, make_pl
                         lambda directory: [pair for pair in real_entries(directory) if pair[1].name != "_layers"])
     with migration(load_plan(make_plan(tree.root))) as job:
         with pytest.raises(StoppedSafely, match="BUG: the image graph needs .*/_layers/"):
-            job.run()
+            runner.run(job)
 
 
 def test_delete_objects_errors_name_the_keys_and_the_cause(tree, make_plan):
@@ -242,7 +244,7 @@ def test_bytes_held_by_uploads_stay_under_the_memory_budget(tmp_path, make_plan,
         tree.blob(os.urandom(1024 * 1024) + bytes([index]))
     plan = make_plan(tree.root, sync={"workers": 8, "shard_workers": 4, "max_memory_mb": 3})
     with migration(load_plan(plan)) as job:
-        job.sync_pass()
+        copy.sync_pass(job)
         budget = job.engine.transfer.memory
     assert 1024 * 1024 < budget.peak <= 3 * 1024 * 1024  # uploads overlapped, within the budget
     assert bucket_contents(s3, bucket) == source_files(tree.root)
@@ -264,15 +266,15 @@ def test_sse_kms_etags_are_not_taken_for_md5s(tree, tmp_path, kms_moto_server, m
     files = source_files(tree.root)
     tag = next(rel for rel in files if rel.endswith("current/link"))
     other = next(rel for rel in files if "/revisions/" in rel and files[rel] != files[tag])
-    real_final_sync = Migration.final_sync_and_delete
+    real_final_sync = copy.final_sync_and_delete
 
     def tag_moved_before_the_flip(self):
         tree.link(tag, files[other].decode())  # the window uploads it: its ETag proves nothing, a read must
         return real_final_sync(self)
 
-    monkeypatch.setattr(Migration, "final_sync_and_delete", tag_moved_before_the_flip)
+    replace_phase(monkeypatch, "final_sync", tag_moved_before_the_flip)
     with migration(load_plan(plan)) as job:
-        report = job.run()
+        report = runner.run(job)
     assert report["verification"]["missing"] == report["verification"]["mismatched"] == 0
     assert bucket_contents(s3, bucket) == source_files(tree.root)
     assert run_cli("verify", plan).returncode == 0
@@ -299,5 +301,5 @@ def test_a_tag_move_the_final_pass_missed_is_caught_by_the_image_graph(tree, mak
     monkeypatch.setattr(PassTracker, "final_paths", blind_feed)
     with migration(load_plan(make_plan(tree.root))) as job:
         with pytest.raises(StoppedSafely, match="BUG: the image graph needs 1 objects .*" + tag):
-            job.run()
+            runner.run(job)
         assert job.state.final_pass["method"] == "change feed (fanotify)"

@@ -1,5 +1,5 @@
 """A GitLab Omnibus node on local parts, for the tests and the benchmark: gitlab.rb, a stand-in for Omnibus'
-``gitlab-ctl`` (``python -m migrator.omnibus_fake ARGS``, behind a wrapper script), and a local docker-registry
+``gitlab-ctl`` (``python -m migrator.testing.omnibus_fake ARGS``, behind a wrapper script), and a local docker-registry
 running with the config.yml that stand-in renders. The stand-in is faithful where migrator depends on it:
 
 - ``reconfigure``: a Chef run of ``FAKE_RECONFIGURE_SECONDS`` (default 0), then config.yml rendered from gitlab.rb
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from migrator.local import LocalRegistry
+from migrator.testing.local import LocalRegistry
 
 GITLAB_RB = """external_url 'https://gitlab.example.com'
 # operator's comment: keep me
@@ -109,6 +109,7 @@ class FakeOmnibus:
         self.template = workdir / "registry-config.yml.erb"
         text = registry.config.read_text()
         storage = re.search(r"^storage:\n(?:[ #].*\n|\n)*", text, re.M)
+        assert storage is not None, f"{registry.config} has no storage section"
         self.template.write_text(text[:storage.start()] + "storage: {{storage}}\n" + text[storage.end():]
                                  + "{{database}}\n")
         self.log = workdir / "gitlab-ctl.log"
@@ -118,7 +119,7 @@ class FakeOmnibus:
                     "FAKE_GITLAB_CTL_LOG": self.log}
         exports = "".join(f"export {name}={shlex.quote(str(value))}\n" for name, value in settings.items())
         self.ctl.write_text(f"#!/bin/sh\n{exports}export FAKE_RECONFIGURE_SECONDS=${{FAKE_RECONFIGURE_SECONDS:-"
-                            f"{reconfigure_seconds}}}\nexec {sys.executable} -m migrator.omnibus_fake \"$@\"\n")
+                            f"{reconfigure_seconds}}}\nexec {sys.executable} -m migrator.testing.omnibus_fake \"$@\"\n")
         self.ctl.chmod(0o755)
         self.reconfigure()  # the node as installed: config.yml rendered by Omnibus from gitlab.rb
         self.log.write_text("")

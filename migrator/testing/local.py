@@ -1,6 +1,6 @@
 """Local parts for the demo, the tests and the benchmarks: a docker-registry and a moto S3 server on loopback.
 
-``python -m migrator.local restart --config C --pidfile P`` is the restart command a plan uses for a
+``python -m migrator.testing.local restart --config C --pidfile P`` is the restart command a plan uses for a
 registry started here: stop the running one, start a new one detached, wait until it listens.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from migrator.managed import registry_environment
+from migrator.net import free_port
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float) -> bool:
@@ -173,7 +167,7 @@ class DaskProcesses:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m migrator.local")
+    parser = argparse.ArgumentParser(prog="python -m migrator.testing.local")
     parser.add_argument("action", choices=["start", "stop", "restart"])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--pidfile", type=Path, required=True)
@@ -193,7 +187,7 @@ if __name__ == "__main__":
 
 
 REGISTRY_CONFIG = """\
-# docker-registry on loopback, started by migrator.local
+# docker-registry on loopback, started by migrator.testing.local
 version: 0.1
 log:
   level: warn
@@ -234,7 +228,7 @@ class LocalRegistry:
 
     @property
     def restart_command(self) -> str:
-        return (f"{sys.executable} -m migrator.local restart --config {self.config} --pidfile {self.pidfile} "
+        return (f"{sys.executable} -m migrator.testing.local restart --config {self.config} --pidfile {self.pidfile} "
                 f"--url {self.url} --log {self.logfile}")
 
     def start(self) -> LocalRegistry:

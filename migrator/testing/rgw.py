@@ -2,7 +2,7 @@
 
 One monitor, one in-memory OSD (``memstore``: objects live in RAM, about three times their size) and one
 ``radosgw`` with a plain-http and a TLS port (a certificate signed by a throw-away CA made here), all started from one
-directory without systemd. ``python -m migrator.rgw DIR`` starts one and prints its endpoints and keys.
+directory without systemd. ``python -m migrator.testing.rgw DIR`` starts one and prints its endpoints and keys.
 
 Facts it is built on (Ceph 16.2): the OSD's data directory must be named ``osd.0``; with authentication off the
 monitor must also offer ``crc`` to clients (``ms mon client mode = crc secure``) or radosgw waits 300 s for an
@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from migrator.local import free_port
+from migrator.net import free_port
 
 PACKAGES = ("ceph-mon", "ceph-osd", "radosgw", "ceph-common")
 BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
@@ -177,7 +177,8 @@ class RadosGateway:
         while time.monotonic() < deadline:
             for daemon in self._daemons:
                 if daemon.poll() is not None:
-                    raise RadosGatewayUnavailable(f"{daemon.args[0]} exited with {daemon.returncode}; "
+                    program = str(daemon.args[0])  # type: ignore[index]  # started with a list of str
+                    raise RadosGatewayUnavailable(f"{program} exited with {daemon.returncode}; "
                                                   f"see {self.workdir / 'log'}")
             try:
                 with urllib.request.urlopen(self.endpoint, timeout=2):
@@ -213,7 +214,7 @@ class RadosGateway:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m migrator.rgw", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m migrator.testing.rgw", description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path)
     args = parser.parse_args(argv)
     gateway = RadosGateway(args.workdir).start()

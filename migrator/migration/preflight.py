@@ -1,0 +1,176 @@
+"""Preflight: everything checked before anything changes (any failure: exit 2, nothing changed). The bucket's
+canary, the registry's config, restart command, credentials and answers, and hints for its settings.
+
+Reads the plan, the state and the registry; changes only ``state.uses_database`` and ``ctx.hints``, and the
+bucket's ``etags_are_md5`` (what the canary found)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shlex
+import urllib.parse
+import uuid
+from pathlib import Path
+
+from migrator.errors import InvalidInput
+from migrator.managed import command_exists
+from migrator.march import md5_of
+from migrator.migration.context import Context
+from migrator.registry_config import S3_DRIVERS, filesystem_root, storage_driver
+from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
+
+log = logging.getLogger("migrator")
+
+CANARIES = ".migrator-canary/"  # below the bucket prefix: the canary's objects, removed again
+
+
+def preflight(ctx: Context, canary: bool) -> None:
+    """Everything checked before anything changes; any failure is exit 2 with nothing changed."""
+    with ctx.bucket.counter.phase_scope("preflight"):
+        check_bucket(ctx, canary)
+    if ctx.plan.registry is not None:
+        check_registry(ctx)
+
+
+def check_bucket(ctx: Context, canary: bool) -> None:
+    """The bucket answers with these credentials; the canary proves put/get/list/delete on the prefix."""
+    probe = open_bucket(ctx.plan.bucket, ctx.plan.sync, ctx.plan.key_prefix, max_attempts=2)  # fails fast
+    name = ctx.plan.bucket.name
+    rel = f"{CANARIES}{uuid.uuid4()}"
+    try:
+        probe.head_bucket()
+        ctx.bucket.check_etags(ctx.engine.transfer.extra_args)
+        if not canary:
+            probe.first_keys("docker/", limit=1)
+            return
+        body = b"migrator canary " + ctx.bucket.key(rel).encode()
+        rels = [rel, rel + "-multipart"]  # the copy's two upload paths, with its headers and checksum setting
+        try:
+            if ctx.engine.transfer.put(ctx.bucket.key(rel), body).strip('"') != md5_of(body):
+                ctx.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
+            ctx.engine.transfer.put_multipart(ctx.bucket.key(rels[1]), body)
+            for stored in rels:
+                if probe.get_bytes(stored) != body:
+                    raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object "
+                                       f"{probe.key(stored)}; check bucket.endpoint")
+            if len(probe.first_keys(rel)) != len(rels):
+                raise InvalidInput(f"bucket {name!r} does not list the canary objects it just stored")
+        finally:  # DeleteObjects, as the delete step sends it
+            probe.delete_keys(rels)
+        probe.delete_keys(probe.first_keys(CANARIES))  # from a run killed mid-preflight
+    except BUCKET_ERRORS as exc:
+        raise InvalidInput(explain(exc, name)) from None
+
+
+def check_registry(ctx: Context) -> None:
+    """The registry's config, restart command, credentials and answers: what every registry change relies on."""
+    check_registry_config(ctx)
+    if ctx.settings.write_credentials and not (
+        os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
+    ):
+        raise InvalidInput("registry.write_credentials is true but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
+    command = ctx.managed.restart_command
+    if not command_exists(command):
+        key = "registry.restart" if ctx.settings.restart else "registry.gitlab_ctl"
+        raise InvalidInput(f"the restart command {command!r} runs {shlex.split(command)[0]!r}, which is not an "
+                           f"executable on PATH; fix {key}")
+    warn_about_redirects(ctx)
+    advise_on_registry_settings(ctx)
+    resuming = bool(ctx.state.done) and ctx.state.outcome is None
+    wait = ctx.settings.health_timeout_seconds if resuming else 5  # a crash may have left a restart running
+    if not ctx.managed.client.wait_healthy(wait):
+        raise InvalidInput(
+            f"the registry at {ctx.settings.url} does not answer GET /v2/ with 200 or 401; "
+            "check registry.url and that the registry is running"
+        )
+    if ctx.state.uses_database is None:
+        ctx.state.uses_database = source_uses_database(ctx)
+    if ctx.managed.client.health() == 401:
+        given = "rejects MIGRATOR_PROBE_USER's credentials" if ctx.managed.client.user else "asks for credentials"
+        raise InvalidInput(
+            f"the registry at {ctx.settings.url} {given} (HTTP 401), so its read-only state and the image "
+            "pulls after the cut-over cannot be proven: set MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a "
+            "user allowed to push and pull"
+        )
+
+
+def check_registry_config(ctx: Context) -> None:
+    storage = ctx.managed.config.effective_storage()
+    driver, _ = storage_driver(storage)
+    if ctx.state.is_done("cutover"):
+        return  # resuming after the cut-over: the registry is on s3 by our hand
+    if ctx.state.readonly_on_at is not None:  # mid-migration: the file holds our edit, judge the original
+        storage = ctx.managed.config.original_storage()
+        driver, _ = storage_driver(storage)
+    if driver != "filesystem":
+        hint = "already migrated? see 'migrator status'" if driver in S3_DRIVERS else "only filesystem storage is migrated"
+        raise InvalidInput(f"the registry config {ctx.managed.config.path} uses the {driver} driver, not "
+                           f"filesystem ({hint})")
+    root = Path(filesystem_root(storage)).resolve()
+    if root != ctx.plan.source:
+        raise InvalidInput(
+            f"the registry's filesystem rootdirectory is {root} but the plan's source is {ctx.plan.source}; "
+            "set 'source' to the registry's rootdirectory"
+        )
+
+
+def source_uses_database(ctx: Context) -> bool:
+    """Whether GitLab's registry runs with its metadata database now: its answer to GET /v2/ when it gives one,
+    else the original config's ``database.enabled`` (true only; 'prefer' without the database is off)."""
+    header = ctx.managed.database_header()
+    if header is not None:
+        return header.lower() == "true"
+    database = ctx.managed.config.original_running().get("database") or {}
+    return database.get("enabled") in (True, "true")
+
+
+def advise_on_registry_settings(ctx: Context) -> None:
+    """Hints for settings that make restarts or the bucket harder on clients than they need to be (logged, and
+    kept for ``report``)."""
+    ctx.hints = []
+    if ctx.managed.draintimeout() is None:
+        ctx.hints.append("http.draintimeout is unset (0) in the registry config, so each restart cuts requests "
+                          "in flight; e.g. 'draintimeout: 10s' under http lets them finish (it lengthens a restart)")
+    storage = ctx.settings.storage
+    gitlab = ctx.settings.format == "omnibus" or ctx.plan.bucket.driver == "s3_v2"
+    if gitlab and ctx.plan.bucket.endpoint:
+        missing = [key for key in ("pathstyle", "checksum_disabled") if key not in storage]
+        if missing:
+            ctx.hints.append("an S3-compatible endpoint with GitLab's registry: its s3_v2 driver (GitLab 19 runs "
+                              "s3 as s3_v2) sends CRC64NVME checksums and path-style requests unless told; set "
+                              f"{' and '.join(f'{k}: true' for k in missing)} under registry.storage if the store "
+                              "needs it")
+    if ctx.plan.bucket.ca_bundle and "skipverify" not in storage:
+        ctx.hints.append("bucket.ca_bundle is set, but the registry's s3 driver takes no CA bundle: it trusts its "
+                          "host's CAs. Add the certificate to the registry host's trust store, or set "
+                          "skipverify: true under registry.storage (the check on s3 before the window fails "
+                          "otherwise)")
+    for hint in ctx.hints:
+        log.info("hint: %s", hint)
+    if gitlab and storage.get("v4auth") is False:
+        raise InvalidInput("registry.storage.v4auth is false, but GitLab's registry removed SigV2 in 18.0: remove "
+                           "v4auth from registry.storage")
+
+
+def warn_about_redirects(ctx: Context) -> None:
+    """After the cut-over the registry answers blob pulls with a 307 to the bucket's endpoint, unless
+    ``registry.redirect.disable``: say so, loudly when clients elsewhere cannot reach that endpoint."""
+    if ctx.settings.redirect.get("disable"):
+        return
+    endpoint = ctx.plan.bucket.endpoint
+    host = urllib.parse.urlparse(endpoint).hostname if endpoint else None
+    try:
+        private = host is not None and (host == "localhost" or ipaddress.ip_address(host).is_private
+                                        or ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        private = False
+    where = endpoint or f"S3 in {ctx.plan.bucket.region}"
+    if private:
+        log.warning("AFTER THE CUT-OVER, BLOB PULLS ARE REDIRECTED (307) TO %s, a loopback or private address that "
+                    "clients on other hosts may not reach. Set registry.redirect: {disable: true} to have the "
+                    "registry serve blobs itself, or use an endpoint clients reach", where)
+    else:
+        log.info("after the cut-over, blob pulls are redirected (307) to %s: clients must reach it "
+                 "(registry.redirect: {disable: true} makes the registry serve blobs itself)", where)

@@ -1,0 +1,148 @@
+"""Safety: the failure path inside the window, the restore of the original config, the strand guard, rollback.
+
+Reads the state and the bucket (what the registry may have written there); changes the registry's config (back to
+the original) and the state (``reset_to_online``: what the window proved no longer holds)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
+from migrator.layout import is_uploads
+from migrator.migration.context import Context
+from migrator.migration.registry import PROBE_REPOSITORY, record_restart, sweep_probe_leftovers
+from migrator.s3 import BUCKET_ERRORS, explain
+from migrator.verify import file_difference
+
+log = logging.getLogger("migrator")
+
+CLOCK_SKEW_SECONDS = 30
+KEPT_AFTER_RESTORE = ("initial_sync",)  # the copy the journal holds stays; every proof is made again
+
+
+@contextmanager
+def back_to_filesystem_on_failure(ctx: Context) -> Iterator[None]:
+    """Inside the window no write reached the bucket: any failure returns the registry to the filesystem,
+    read-write, so an outage of the bucket or a bug never leaves the registry read-only."""
+    try:
+        yield
+    except (StoppedSafely, RestoreFailed):
+        raise
+    except (Exception, KeyboardInterrupt) as exc:
+        if ctx.state.readonly_off_at is not None:
+            raise
+        log.error("failure inside the read-only window (%s): returning the registry to the filesystem", exc)
+        stop_safely(ctx, f"stopped inside the read-only window: {exc}")
+
+
+def stop_safely(ctx: Context, problem: str) -> NoReturn:
+    """Back to the filesystem, read-write (when the plan has a registry), and stop with exit 1.
+
+    Once the registry may have taken writes on s3, it goes back only if the bucket proves it took none."""
+    if ctx.registry is not None:
+        refuse_to_strand_writes(ctx, problem)
+        restore_original(ctx, problem)
+    raise StoppedSafely(f"{problem}. The registry is back on the filesystem, read-write (a write probe was "
+                        "accepted); nothing was lost")
+
+
+def refuse_to_strand_writes(ctx: Context, problem: str) -> None:
+    """Stop here, the registry left on s3, unless the bucket proves no push would be stranded by going back."""
+    since = ctx.state.writes_on_s3_since
+    if since is None:
+        return
+    try:
+        written = objects_written_since(ctx, since)
+    except BUCKET_ERRORS as exc:
+        written, why = None, f"the bucket cannot be listed to check ({explain(exc, ctx.plan.bucket.name)})"
+    else:
+        why = f"the bucket holds {written} objects written since the registry could write there that the filesystem lacks"
+    if written == 0:
+        return
+    raise StoppedSafely(
+        f"{problem}. {why}, so the registry is left on s3, read-write: returning it to the filesystem could "
+        "strand pushes in the bucket. Check the registry, then re-run the same command to finish, or run "
+        "'migrator rollback --force' to return to the filesystem without those pushes"
+    )
+
+
+def restore_original(ctx: Context, why: str) -> None:
+    """The original config (filesystem, as it was) back in place, restarted, and writes proven accepted; the
+    state then says the registry is online again. If any of that fails, ``RestoreFailed`` says what is true and
+    the state keeps what ``status`` and ``rollback`` need (read-only since when, why)."""
+    restart = ctx.managed.restore()
+    record_restart(ctx, restart)
+    problem = restart.problem
+    status = ctx.managed.client.write_probe(PROBE_REPOSITORY) if ctx.managed.client.health() in (200, 401) else None
+    if problem is None:
+        if status == 401:
+            log.warning("WRITE PROBE COULD NOT PROVE THE REGISTRY TAKES WRITES AGAIN: HTTP 401. Set "
+                        "MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
+        elif status != 202:
+            problem = f"a write probe still gets HTTP {status}, not 202"
+    elif status == 202 and not ctx.state.s3_config_written:
+        log.warning("%s; but the registry answers writes: it kept running its original (filesystem) config", problem)
+        problem = None
+    if problem is None:
+        sweep_probe_leftovers(ctx, on_s3=False)
+        reset_to_online(ctx)
+        return
+    ctx.state.restore_problem = problem
+    ctx.store.save(ctx.state)
+    raise RestoreFailed(
+        f"{why}. The original config (filesystem, read-write) was written back to {ctx.managed.config.path}, "
+        f"but {problem}: "
+        "the registry may still refuse pushes. Fix the registry (see its log), then run 'migrator rollback PLAN', "
+        "which restarts it and proves it takes writes"
+    )
+
+
+def reset_to_online(ctx: Context) -> None:
+    """The registry is proven back on the filesystem, read-write: what the window proved no longer holds."""
+    ctx.journal.close_window()
+    ctx.state.restore_problem = None
+    ctx.state.s3_config_written = False
+    ctx.state.images = {}
+    ctx.state.done = [p for p in ctx.state.done if p in KEPT_AFTER_RESTORE]
+    ctx.state.readonly_on_at = None
+    ctx.state.readonly_off_at = None
+    ctx.state.writes_on_s3_since = None
+    ctx.state.restart_seconds = 0.0
+    ctx.state.pushes_refused_from = None
+    ctx.state.online_verified_objects = None
+    ctx.store.save(ctx.state)
+
+
+def rollback(ctx: Context, force: bool) -> None:
+    """Restore the original config; refused after the registry took writes on s3 unless forced."""
+    if not ctx.managed.config.backup.exists():
+        raise InvalidInput(f"no backup of the original config in {ctx.managed.config.backup_dir}: nothing to roll back to")
+    since = ctx.state.writes_on_s3_since or ctx.state.readonly_off_at
+    if since is not None and not force:
+        written = objects_written_since(ctx, since)
+        if written:
+            raise Refused(
+                f"the bucket holds {written} objects written since the cut-over that the filesystem lacks; "
+                "rolling back would strand those pushes in the bucket. Re-run with --force if you accept losing them"
+            )
+    restore_original(ctx, "rollback requested")
+    ctx.state.outcome = "rolled back"
+    ctx.store.save(ctx.state)
+
+
+def objects_written_since(ctx: Context, since: float) -> int:
+    """Objects written to the bucket since ``since`` that the filesystem does not hold: what returning the
+    registry to the filesystem would strand (``_uploads`` aside; the cutoff allows for LastModified's
+    one-second resolution and clock skew, our own copies being told apart by their content)."""
+    cutoff = math.floor(since) - CLOCK_SKEW_SECONDS
+    count = 0
+    for item in ctx.bucket.listing("docker/"):
+        if item.modified < cutoff or is_uploads(item.rel):
+            continue
+        count += file_difference(item.rel, ctx.plan.source / item.rel, item.size,
+                                 functools.partial(ctx.bucket.content_md5, item.rel, item.etag)) is not None
+    return count

@@ -1,0 +1,155 @@
+"""The window: the read-only flip, the cut-over to s3, back to read-write on s3 (and Omnibus's reconfigure after).
+
+Reads the state and the registry's answers; changes the registry's config (each change restarts it) and the
+state's window figures (``readonly_on_at``, ``pushes_refused_from``, ``writes_on_s3_since``, ``readonly_off_at``).
+Any proof that fails stops safely (``safety``): back to the filesystem, read-write."""
+
+from __future__ import annotations
+
+import logging
+
+from migrator.errors import InvalidInput, StoppedSafely
+from migrator.failpoints import failpoint
+from migrator.images import check_through_registry
+from migrator.managed import Restart
+from migrator.migration.context import Context
+from migrator.migration.proofs import PRODUCTION_TAGS, ask_shadow, prove_lockfile, record_images, tags_to_pull
+from migrator.migration.registry import PROBE_REPOSITORY, record_restart, sweep_probe_leftovers, target_s3
+from migrator.migration.safety import restore_original, stop_safely
+from migrator.registry_config import TargetState
+from migrator.state import now
+
+log = logging.getLogger("migrator")
+
+
+def readonly_on(ctx: Context) -> None:
+    """Back up the config, flip to read-only, restart, and prove it: a write must get 405. Pushes are refused
+    from the first moment the restart left the registry without an answer (or, if none was seen, the 405)."""
+    if ctx.state.readonly_on_at is None and not ctx.options.yes:
+        if not ctx.options.confirm(f"Put the registry at {ctx.settings.url} in read-only mode now?"):
+            raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
+    ctx.managed.take_backup()
+    if ctx.state.readonly_on_at is None:
+        ctx.state.readonly_on_at = now()
+        ctx.store.save(ctx.state)
+    restart = apply(ctx, ctx.managed.target(on_s3=False, readonly=True), on_failure="restore")
+    prove_writes(ctx, expect=405)
+    if ctx.state.pushes_refused_from is None:
+        ctx.state.pushes_refused_from = restart.unanswered[0][0] if restart.unanswered else now()
+        ctx.store.save(ctx.state)
+
+
+def cutover(ctx: Context) -> None:
+    """Ask the registry on s3 before any client does: GitLab's filesystem-in-use marker must be in the bucket,
+    then a seeded ten of the tags the window changed (others of all when it changed fewer: the bucket must
+    answer now) must pull (manifest by tag and digest, every blob; the sample of all was asked before), from
+    the registry's own binary serving the s3 config read-only on loopback: production restarts once more only
+    (read-write on s3). Without that binary, production is
+    restarted read-only on s3 and asked for the whole sample and as many changed tags (a third restart)."""
+    prove_lockfile(ctx)
+    shadow = ctx.managed.binary() is not None
+    sample = ctx.settings.image_sample
+    tags = (tags_to_pull(ctx, changed=PRODUCTION_TAGS, others=0, fill_to=PRODUCTION_TAGS) if shadow
+            else tags_to_pull(ctx, sample, sample))
+    if shadow:
+        try:
+            result, where = ask_shadow(ctx, tags)
+        except InvalidInput as exc:
+            stop_safely(ctx, str(exc))
+    else:
+        where = "the registry restarted read-only on s3 (no registry.binary on this host)"
+        apply(ctx, target_s3(ctx, readonly=True), on_failure="rollback")
+        result = check_through_registry(ctx.managed.client, tags)
+    record_images(ctx, "through_registry", result.to_json() | {"where": where})
+    log.info("asked %s: %d tags, %d manifests, %d blobs; %d failed", where, result.tags, result.manifests,
+             result.blobs, len(result.failed))
+    if not tags:
+        log.info("the window changed no tag: nothing more to ask of the registry on s3" if shadow else
+                 "no tag to pull through the registry: the source has no tagged image")
+    if not result.ok:
+        stop_safely(ctx, f"{len(result.failed)} of {result.tags} tags do not pull from the registry on s3 "
+                         f"(first: {'; '.join(result.failed[:3])})")
+
+
+def readonly_off(ctx: Context) -> None:
+    """Production on s3, read-write, in one restart: the window ends when a write probe gets 202. Before that
+    moment is recorded, production must answer a few tags as the cut-over check did and say it runs with or
+    without GitLab's metadata database as before; otherwise it goes back (unless a push reached the bucket)."""
+    if ctx.state.writes_on_s3_since is None:  # a resumed run keeps the first moment pushes could reach s3
+        ctx.state.writes_on_s3_since = now()
+        ctx.store.save(ctx.state)
+    target = target_s3(ctx, readonly=False)
+    apply(ctx, target, on_failure="rollback")
+    prove_writes(ctx, expect=202)
+    accepted_at = now()
+    failpoint("writes-accepted")
+    check_database_header(ctx)
+    tags = tags_to_pull(ctx, changed=0, others=PRODUCTION_TAGS)
+    result = check_through_registry(ctx.managed.client, tags)
+    if not result.ok:
+        stop_safely(ctx, f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
+                         f"s3 (first: {'; '.join(result.failed[:3])})")
+    sweep_probe_leftovers(ctx, on_s3=True)
+    ctx.state.readonly_off_at = accepted_at
+    ctx.store.save(ctx.state)
+
+
+def reconfigure(ctx: Context) -> None:
+    """Omnibus, after the window: one ``gitlab-ctl reconfigure`` must keep s3, read-write, and a healthy
+    registry that takes writes."""
+    restart = ctx.managed.after_window(target_s3(ctx, readonly=False))
+    if restart is None:
+        return  # this registry needs nothing after the window
+    record_restart(ctx, restart)
+    if restart.problem:
+        raise StoppedSafely(f"the registry runs on s3, read-write, and takes pushes; but {restart.problem}. Keep "
+                            "the migrator block in gitlab.rb, fix what the message says, then re-run the same "
+                            "command to finish")
+    prove_writes(ctx, expect=202)
+    check_database_header(ctx)
+    sweep_probe_leftovers(ctx, on_s3=True)
+
+
+def check_database_header(ctx: Context) -> None:
+    """GitLab's fork says on GET /v2/ whether it runs with its metadata database: it must say what it said
+    before the migration (on a bucket without the marker, 'true' would mean an empty database)."""
+    header = ctx.managed.database_header()
+    if header is None:
+        return
+    expected = "true" if ctx.state.uses_database else "false"
+    if header.lower() != expected:
+        stop_safely(ctx, f"the registry on s3 answers Gitlab-Container-Registry-Database-Enabled: {header}, "
+                         f"expected {expected}: its metadata database does not hold the migrated images")
+
+
+def apply(ctx: Context, target: TargetState, on_failure: str) -> Restart:
+    """Write the config for ``target`` (atomic), restart, wait for health, check the effective config."""
+    if target.s3 is not None and not ctx.state.s3_config_written:
+        ctx.state.s3_config_written = True
+        ctx.store.save(ctx.state)
+    restart = ctx.managed.apply(target)
+    record_restart(ctx, restart)
+    if restart.problem is None:
+        return restart
+    if on_failure == "restore":
+        restore_original(ctx, restart.problem)
+        raise InvalidInput(f"{restart.problem}; the original config was restored and the registry takes writes again")
+    stop_safely(ctx, restart.problem)
+
+
+def prove_writes(ctx: Context, expect: int) -> None:
+    status = ctx.managed.client.write_probe(PROBE_REPOSITORY)
+    if status == expect:
+        log.info("write probe: HTTP %d as expected", status)
+        return
+    if status == 401:
+        log.warning("WRITE PROBE COULD NOT PROVE THE REGISTRY STATE: HTTP 401 (token auth). Set MIGRATOR_PROBE_USER "
+                    "and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
+        return
+    if expect == 405:
+        problem = f"write probe got HTTP {status}, not 405: the registry is not read-only"
+        restore_original(ctx, problem)
+        raise StoppedSafely(f"{problem}; original config restored, the registry takes writes")
+    stop_safely(ctx, f"write probe got HTTP {status}, not 202, after read-only off")
+
+

@@ -1,0 +1,243 @@
+"""The runner and the safety path with fakes (tests/fakes.py): the phase table, resume at every phase, the
+failure path inside the window, the strand guard, the estimate, and the one rule for "same as the source"."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+from fakes import context, plan
+
+from migrator.cli import status_snapshot
+from migrator.errors import RestoreFailed, StoppedSafely
+from migrator.migration import copy, runner, safety
+from migrator.migration.estimate import WindowEstimate, estimate_window
+from migrator.migration.proofs import check_window_changes
+from migrator.state import StateStore
+from migrator.sync import PassResult
+from migrator.verify import Difference, difference
+
+NO_REGISTRY = ["initial_sync", "delta_passes", "online_verification", "final_sync", "verify_window"]
+DISTRIBUTION = ["initial_sync", "delta_passes", "online_verification", "prove_on_s3", "readonly_on", "final_sync",
+                "verify_window", "cutover", "readonly_off"]
+
+
+@pytest.mark.parametrize("registry, restart, expected", [
+    (None, "true", NO_REGISTRY),
+    ("yaml", "true", DISTRIBUTION),
+    ("omnibus", "gitlab-ctl reconfigure", DISTRIBUTION),  # slow path: the restart command renders the config
+    ("omnibus", None, DISTRIBUTION + ["reconfigure"]),  # fast path: one reconfigure after the window
+])
+def test_planned_phases_for_every_plan_shape(tmp_path, registry, restart, expected):
+    assert runner.planned_phases(plan(tmp_path, registry, restart)) == expected
+
+
+def test_status_of_a_finished_run_without_a_registry_has_nothing_left(tmp_path):
+    """It listed prove_on_s3, readonly_on, cutover and readonly_off as still to do, forever."""
+    the_plan = plan(tmp_path, registry=None)
+    store = StateStore(the_plan.state_dir)
+    store.ensure_directory()
+    state = store.load()
+    state.done, state.outcome = list(NO_REGISTRY), "done"
+    store.save(state)
+    assert status_snapshot(the_plan)["phases_left"] == []
+
+
+def test_what_survives_a_restore_is_what_the_table_says_an_online_copy_established():
+    assert set(safety.KEPT_AFTER_RESTORE) == {p.name for p in runner.PHASES if p.online and not p.proof}
+
+
+def recording(monkeypatch, ran: list, fail: str = "", error: type = RuntimeError):
+    """Every phase replaced by one that records its name (and ``fail`` raising); preflight does nothing."""
+
+    def work_of(name):
+        def work(ctx):
+            ran.append(name)
+            if name == fail:
+                raise error(f"{name} broke")
+            if name == "readonly_on":
+                ctx.state.readonly_on_at = time.time()
+            if name == "readonly_off":
+                ctx.state.readonly_off_at = time.time()
+            return PassResult(uploaded_objects=1) if name == "initial_sync" else None
+        return work
+
+    monkeypatch.setattr(runner, "PHASES", tuple(dataclasses.replace(p, work=work_of(p.name)) for p in runner.PHASES))
+    monkeypatch.setattr(runner, "preflight", lambda ctx, canary: None)
+
+
+@pytest.mark.parametrize("registry", [None, "yaml"])
+def test_a_run_goes_through_the_planned_phases_and_writes_the_report(tmp_path, monkeypatch, registry):
+    ran: list[str] = []
+    recording(monkeypatch, ran)
+    ctx = context(tmp_path, registry)
+    report = runner.run(ctx)
+    assert ran == runner.planned_phases(ctx.plan)
+    assert [p["name"] for p in report["phases"]] == ran
+    assert report["phases"][0]["uploaded_objects"] == 1
+    assert json.loads((ctx.plan.state_dir / "report.json").read_text())["outcome"] == "done"
+    assert StateStore(ctx.plan.state_dir).load().done == ran
+
+
+@pytest.mark.parametrize("done", range(len(DISTRIBUTION) + 1))
+def test_resume_at_every_phase(tmp_path, monkeypatch, done):
+    """A run that stopped after ``done`` phases goes on from there; before the window, what the online phases
+    proved is proven again (the registry took writes meanwhile), the copy is kept."""
+    ran: list[str] = []
+    recording(monkeypatch, ran)
+    ctx = context(tmp_path)
+    ctx.state.done = DISTRIBUTION[:done]
+    in_window = "readonly_on" in ctx.state.done
+    if in_window:
+        ctx.state.readonly_on_at = time.time()
+    runner.run(ctx)
+    assert ran == (DISTRIBUTION[done:] if in_window else DISTRIBUTION[min(done, 1):])
+    assert ctx.state.done == DISTRIBUTION
+
+
+@pytest.mark.parametrize("phase", ["final_sync", "verify_window", "cutover", "readonly_off"])
+def test_a_failure_inside_the_window_returns_the_registry_to_the_filesystem(tmp_path, monkeypatch, phase):
+    ran: list[str] = []
+    recording(monkeypatch, ran, fail=phase)
+    ctx = context(tmp_path)
+    with pytest.raises(StoppedSafely, match=f"stopped inside the read-only window: {phase} broke.*back on the filesystem"):
+        runner.run(ctx)
+    assert ctx.registry.restores == 1
+    assert ctx.state.done == ["initial_sync"] and ctx.state.readonly_on_at is None  # the window's proofs are gone
+
+
+def test_a_failure_before_the_window_or_without_a_registry_is_not_turned_into_a_restore(tmp_path, monkeypatch):
+    recording(monkeypatch, [], fail="online_verification")
+    ctx = context(tmp_path)
+    with pytest.raises(RuntimeError, match="online_verification broke"):
+        runner.run(ctx)
+    assert ctx.registry.restores == 0
+    recording(monkeypatch, [], fail="final_sync")
+    ctx = context(tmp_path / "no-registry", registry=None)
+    with pytest.raises(RuntimeError, match="final_sync broke"):
+        runner.run(ctx)
+
+
+def test_a_failure_after_writes_were_accepted_on_s3_is_not_undone(tmp_path, monkeypatch):
+    recording(monkeypatch, [], fail="readonly_off")
+    ctx = context(tmp_path)
+    ctx.state.done, ctx.state.readonly_on_at, ctx.state.readonly_off_at = DISTRIBUTION[:-1], 1.0, 2.0
+    with pytest.raises(RuntimeError, match="readonly_off broke"):
+        runner.run(ctx)
+    assert ctx.registry.restores == 0
+
+
+def test_a_restore_that_does_not_take_writes_says_so(tmp_path, monkeypatch):
+    recording(monkeypatch, [], fail="cutover")
+    ctx = context(tmp_path)
+    ctx.registry.client.write_status = 405
+    with pytest.raises(RestoreFailed, match="may still refuse pushes"):
+        runner.run(ctx)
+    assert ctx.state.restore_problem == "a write probe still gets HTTP 405, not 202"
+
+
+def test_the_strand_guard_keeps_the_registry_on_s3_when_the_bucket_took_a_push(tmp_path):
+    ctx = context(tmp_path)
+    since = time.time() - 5
+    ctx.state.writes_on_s3_since = since
+    layer = "docker/registry/v2/repositories/a/_layers/sha256/" + "1" * 64 + "/link"
+    (ctx.plan.source / layer).parent.mkdir(parents=True)
+    (ctx.plan.source / layer).write_bytes(b"sha256:" + b"1" * 64)
+    ctx.bucket.put(layer, b"sha256:" + b"1" * 64)  # our own copy: the same content
+    ctx.bucket.put("docker/registry/v2/repositories/a/_uploads/x/data", b"in progress")  # not a push
+    ctx.bucket.put("docker/registry/v2/blobs/sha256/00/" + "0" * 64 + "/data", b"old", modified=since - 60)
+    assert safety.objects_written_since(ctx, since) == 0
+    ctx.bucket.put("docker/registry/v2/repositories/a/_manifests/tags/new/current/link", b"sha256:" + b"2" * 64)
+    assert safety.objects_written_since(ctx, since) == 1
+    with pytest.raises(StoppedSafely, match="left on s3, read-write"):
+        safety.stop_safely(ctx, "the probe failed")
+    assert ctx.registry.restores == 0
+
+
+def test_the_strand_guard_lets_the_registry_go_back_when_the_bucket_took_nothing(tmp_path):
+    ctx = context(tmp_path)
+    ctx.state.writes_on_s3_since = time.time()
+    with pytest.raises(StoppedSafely, match="back on the filesystem"):
+        safety.stop_safely(ctx, "the probe failed")
+    assert ctx.registry.restores == 1 and ctx.state.writes_on_s3_since is None
+
+
+def test_the_window_proof_names_each_difference_by_kind(tmp_path):
+    ctx = context(tmp_path)
+    link = "docker/registry/v2/repositories/a/_manifests/tags/v1/current/link"
+    gone = "docker/registry/v2/repositories/a/_manifests/tags/v0/current/link"
+    (ctx.plan.source / link).parent.mkdir(parents=True)
+    (ctx.plan.source / link).write_bytes(b"sha256:" + b"a" * 64)
+    ctx.bucket.put(link, b"sha256:" + b"b" * 64)  # same size, other content
+    ctx.bucket.put(gone, b"sha256:" + b"c" * 64)  # deleted from the source, still in the bucket
+    ctx.journal.window_changes = lambda: [(link, False, None), (gone, True, None)]
+    ctx.state.online_verified_objects, ctx.state.final_source_objects = 1, 1
+    check = check_window_changes(ctx)
+    assert [(d.rel, d.kind) for d in check.differences] == [(link, Difference.CONTENT), (gone, Difference.EXTRA)]
+    assert check.count_problem is None
+    assert check.problems() == [f"{link} has other content in the bucket",
+                                f"{gone} is still in the bucket but gone from the source"]
+    assert ctx.state.verification | {"method": ""} == {"method": "", "source_objects": 1, "bucket_objects": 1,
+                                                       "missing": 0, "extra": 1, "mismatched": 1}
+
+
+@pytest.mark.parametrize("rel, source, bucket, expected", [
+    ("docker/x/link", None, None, None),
+    ("docker/x/link", b"abc", None, Difference.MISSING),
+    ("docker/x/link", None, b"abc", Difference.EXTRA),
+    ("docker/x/link", b"abc", b"abcd", Difference.SIZE),
+    ("docker/x/link", b"abc", b"abd", Difference.CONTENT),
+    ("docker/x/link", b"abc", b"abc", None),
+    ("docker/registry/v2/blobs/sha256/ab/" + "ab" * 32 + "/data", b"abc", b"abd", None),  # named by its digest
+])
+def test_one_rule_decides_same_as_the_source(rel, source, bucket, expected):
+    def size(data):
+        return None if data is None else len(data)
+
+    assert difference(rel, size(source), size(bucket), lambda: str(source), lambda: str(bucket)) == expected
+
+
+def test_the_estimate_adds_the_final_pass_proofs_pulls_and_restarts():
+    estimate = WindowEstimate(changes=100, seconds_per_object=0.01, change_feed=False, walk_seconds=5.0,
+                              seconds_per_restart=3.0, restart_measured=True, restarts=2, tags_pulled=10,
+                              tag_pull_seconds=1.5)
+    figures = estimate.to_json()
+    assert figures["final_pass"] == 6.0 and figures["proofs"] == 1.0 and figures["restarts"] == 6.0
+    assert figures["total"] == 14.5
+    assert dataclasses.replace(estimate, change_feed=True).to_json()["final_pass"] == 1.0
+    assert figures["assumed"] == {"changes_left_for_the_window": 100, "seconds_per_object": 0.01, "change_feed": False,
+                                  "seconds_per_restart": 3.0, "restart_measured": True, "tags_pulled": 10}
+
+
+def test_the_estimate_uses_what_the_initial_sync_and_the_last_pass_measured(tmp_path):
+    ctx = context(tmp_path, registry=None)
+    ctx.state.phases = [{"name": "initial_sync", "seconds": 20.0, "uploaded_objects": 1000}]
+    ctx.state.last_pass_seconds = 4.0
+    result = PassResult(uploaded_objects=500)  # more than sync.delta_stop_below (100): the delta passes cap it
+    estimate = estimate_window(ctx, result, pass_seconds=9.0)
+    assert (estimate.changes, estimate.seconds_per_object, estimate.walk_seconds) == (100, 0.02, 4.0)
+    assert not estimate.change_feed and estimate.restarts == 0 and estimate.tags_pulled == 0
+
+
+class ScriptedEngine:
+    """An engine whose passes find the given numbers of changes, in turn."""
+
+    def __init__(self, changes: list[int]):
+        self.changes = list(changes)
+        self.passes = 0
+
+    def run_pass(self) -> PassResult:
+        self.passes += 1
+        return PassResult(source_objects=10, uploaded_objects=self.changes.pop(0))
+
+
+@pytest.mark.parametrize("changes, passes", [([500, 120, 99, 5], 3), ([500] * 7, 5), ([0], 1)])
+def test_delta_passes_stop_once_a_pass_finds_few_changes_or_after_the_limit(tmp_path, changes, passes):
+    ctx = context(tmp_path, registry=None)  # sync.delta_stop_below 100, sync.max_delta_passes 5
+    ctx.engine = ScriptedEngine(changes)
+    total = copy.delta_passes(ctx)
+    assert ctx.engine.passes == passes == ctx.state.passes == len(ctx.state.pass_history)
+    assert total.uploaded_objects == sum(changes[:passes])
+    assert StateStore(ctx.plan.state_dir).load().last_pass_changes == changes[passes - 1]
