@@ -162,6 +162,7 @@ class SyncEngine:
         )
         result = self._sync_units(units)
         result.source_objects += unchanged
+        self._abort_left_uploads()
         return result
 
     def _sync_units(self, units: Iterator[Unit], in_flight: Optional[deque] = None) -> PassResult:
@@ -288,6 +289,12 @@ class SyncEngine:
         """
         if not self.dry_run:
             self.list_unfinished_tasks()
+        result = self._copy_pass()
+        self._abort_left_uploads()
+        return result
+
+    def _copy_pass(self) -> PassResult:
+        """The pass's walk and uploads: on the cluster, or here on the shard pool (see ``run_pass``)."""
         if self.cluster is not None and not self.prove_changes and not self.dry_run:
             return self.cluster.run_pass(self)
         unseeded = [shard for shard in shards() if not self.journal.is_seeded(shard)]
@@ -305,6 +312,14 @@ class SyncEngine:
         while in_flight:
             self._finish_uploads(in_flight.popleft(), total)
         return total
+
+    def _abort_left_uploads(self) -> None:
+        """Every upload of the pass has finished: a multipart upload still open was left by a killed run for a key no
+        longer copied (or copied whole since), and is aborted (it would hold its parts' bytes in the bucket)."""
+        if not self.dry_run:
+            aborted = self.transfer.abort_left_uploads()
+            if aborted:
+                log.info("aborted %d multipart uploads a previous run left open and this pass did not resume", aborted)
 
     def list_unfinished_tasks(self) -> None:
         """Cluster tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may
