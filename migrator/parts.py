@@ -14,7 +14,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import botocore.exceptions
 
@@ -106,7 +106,7 @@ class PartUploader:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part")
         self.parts_kept = 0  # parts found uploaded by an earlier run and not sent again
 
-    def upload(self, key: str, size: int, read: Reader, resumable: bool) -> str:
+    def upload(self, key: str, size: int, read: Reader, resumable: bool, crash_point: Optional[str] = "multipart") -> str:
         """Send ``size`` bytes as ``key`` in parts; returns the object's ETag. ``resumable`` (content that cannot
         change under the key, a blob's data): an upload left open for the key is continued, keeping its parts of the
         right size. A failure leaves the upload open for the next run to resume; the pass's end aborts any not
@@ -125,7 +125,7 @@ class PartUploader:
                     self.budget.release(length, part=True)
                     break
                 pending.append((number, length, self.pool.submit(self._part, key, upload_id, number, offset, length,
-                                                                 read)))
+                                                                 read, crash_point)))
             for number, _, future in pending:
                 parts[number] = future.result()
         except BaseException:
@@ -138,14 +138,16 @@ class PartUploader:
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
         return answer.get("ETag", "")
 
-    def _part(self, key: str, upload_id: str, number: int, offset: int, length: int, read: Reader) -> str:
+    def _part(self, key: str, upload_id: str, number: int, offset: int, length: int, read: Reader,
+              crash_point: Optional[str]) -> str:
         try:
             data = read(offset, length)
             if len(data) != length:
                 raise OSError(f"{key}: read {len(data)} bytes at {offset}, expected {length} (the file changed)")
             etag = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
                                            Body=data)["ETag"]
-            failpoint("multipart")
+            if crash_point:
+                failpoint(crash_point)
             return etag
         finally:
             self.budget.release(length, part=True)

@@ -32,6 +32,7 @@ UPLOADS_IN_FLIGHT = 2 * UPLOAD_CHUNK  # queued on the transfer pool while the wa
 RECORD_CHUNK = 2000
 FIRST_KEYS = 20
 CHECKED_CHANGES = 100_000  # source changes a pass keeps by name, for checking the change feed
+MULTIPART_META = "multipart_uploads_may_be_open"  # set before a large file's upload, cleared when none is left open
 IN_FLIGHT_META = "dask_tasks_in_flight"  # shards a cluster task may have uploaded into without its rows recorded
 
 
@@ -115,6 +116,7 @@ class SyncEngine:
         self.shard_workers = shard_workers
         self.progress = progress or Progress()
         self.cluster = None  # a DaskEngine (sync.engine: dask): online passes run their shards on it
+        self._multipart_noted = False  # MULTIPART_META set by this engine since its last clean-up
         self._claim_journal()
 
     def _claim_journal(self) -> None:
@@ -254,6 +256,8 @@ class SyncEngine:
             result.uploaded_bytes += sum(s.size for s in sources)
             result.first_uploads = (result.first_uploads + [s.rel for s in sources])[:FIRST_KEYS]
             return
+        if any(s.size >= self.transfer.threshold for s in sources):
+            self._multipart_started()
         self.journal.mark_unconfirmed(s.rel for s in sources)
         failpoint("intent-committed")
         in_flight.append([self.transfer.submit(s, self.prove_changes) for s in sources])
@@ -296,6 +300,7 @@ class SyncEngine:
     def _copy_pass(self) -> PassResult:
         """The pass's walk and uploads: on the cluster, or here on the shard pool (see ``run_pass``)."""
         if self.cluster is not None and not self.prove_changes and not self.dry_run:
+            self._multipart_started()  # the workers' uploads are not seen from here
             return self.cluster.run_pass(self)
         unseeded = [shard for shard in shards() if not self.journal.is_seeded(shard)]
         total = PassResult()
@@ -313,13 +318,23 @@ class SyncEngine:
             self._finish_uploads(in_flight.popleft(), total)
         return total
 
+    def _multipart_started(self) -> None:
+        """Note in the journal, before the first large upload, that multipart uploads may be left open (a kill)."""
+        if not self._multipart_noted:
+            self.journal.set_meta(MULTIPART_META, "1")
+            self._multipart_noted = True
+
     def _abort_left_uploads(self) -> None:
         """Every upload of the pass has finished: a multipart upload still open was left by a killed run for a key no
-        longer copied (or copied whole since), and is aborted (it would hold its parts' bytes in the bucket)."""
-        if not self.dry_run:
-            aborted = self.transfer.abort_left_uploads()
-            if aborted:
-                log.info("aborted %d multipart uploads a previous run left open and this pass did not resume", aborted)
+        longer copied (or copied whole since), and is aborted (it would hold its parts' bytes in the bucket). Only
+        after large uploads were started: a pass without any sends no request."""
+        if self.dry_run or not self.journal.get_meta(MULTIPART_META):
+            return
+        aborted = self.transfer.abort_left_uploads()
+        if aborted:
+            log.info("aborted %d multipart uploads a previous run left open and this pass did not resume", aborted)
+        self.journal.set_meta(MULTIPART_META, "")
+        self._multipart_noted = False
 
     def list_unfinished_tasks(self) -> None:
         """Cluster tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may

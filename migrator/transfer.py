@@ -23,6 +23,7 @@ from migrator.walker import SourceFile
 
 MB = 1024 * 1024
 DELETE_BATCH = 1000
+CANARY_PREFIX = ".migrator-canary/"  # the preflight's objects, under the bucket prefix
 
 
 def _file_md5(path: str) -> str:
@@ -111,14 +112,15 @@ class Transfer:
 
     def put_multipart(self, key: str, data: bytes) -> None:
         """``data`` through the copy's multipart path and headers, whatever its size (the preflight canary)."""
-        self.parts.upload(key, len(data), lambda offset, length: data[offset : offset + length], resumable=False)
+        self.parts.upload(key, len(data), lambda offset, length: data[offset : offset + length], resumable=False,
+                          crash_point=None)
 
     def abort_left_uploads(self) -> int:
-        """Abort the multipart uploads left open under the prefix (the registry's own ``_uploads`` aside): called when
-        a pass has finished every upload, so any still open was left by a killed run and not resumed. Returns how
-        many."""
-        left = [upload for upload in open_uploads(self.bucket.client, self.bucket.settings.name,
-                                                  self.bucket.key("docker/"))
+        """Abort the multipart uploads left open under the prefix's ``docker/`` (the registry's own ``_uploads`` aside)
+        and by the preflight's canary: called when a pass has finished every upload, so any still open was left by a
+        killed run and not resumed. Returns how many."""
+        left = [upload for prefix in ("docker/", CANARY_PREFIX)
+                for upload in open_uploads(self.bucket.client, self.bucket.settings.name, self.bucket.key(prefix))
                 if not is_uploads(self.bucket.rel(upload["Key"]))]
         for upload in left:
             abort(self.bucket.client, self.bucket.settings.name, upload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -57,6 +58,12 @@ def assert_blob_stored(s3, bucket: str, key: str) -> None:
     """The bucket's bytes hash to the digest the key names (what ``verify --deep`` proves)."""
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == key.split("/")[-2]
+
+
+def killed_sync(plan, failpoint: str) -> subprocess.CompletedProcess:
+    """``migrator sync`` SIGKILLed at a failpoint (``multipart@N``: after the N-th part uploaded)."""
+    return subprocess.run([sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)], capture_output=True,
+                          env={**os.environ, "MIGRATOR_FAILPOINT": failpoint}, timeout=300)
 
 
 def test_part_size_fits_the_store():
@@ -137,15 +144,15 @@ class InFlight:
 
 
 def test_memory_bound_holds_with_several_large_files_in_flight(tmp_path, make_plan, s3, bucket):
-    tree, keys = tree_with_layers(tmp_path / "src", [21, 23, 26, 30])
-    plan = make_plan(tree.root, sync=SMALL_PARTS | {"workers": 8, "max_memory_mb": 32})
+    tree, keys = tree_with_layers(tmp_path / "src", [9, 10, 11, 12, 13, 14])  # more parts than fit the budget
+    plan = make_plan(tree.root, sync=SMALL_PARTS | {"workers": 8, "shard_workers": 8, "max_memory_mb": 16})
     seen = InFlight()
     with migration(load_plan(plan)) as job:
         seen.attach(job.engine.transfer)
         job.engine.run_pass()
     assert seen.peak_parts >= 2, "parts were sent one after another"
-    assert seen.peak_bytes <= 32 * MiB, f"{seen.peak_bytes / MiB:.1f} MiB in flight, over sync.max_memory_mb"
-    assert seen.peak_part_bytes <= 24 * MiB  # parts hold at most 0.75 of the budget
+    assert seen.peak_bytes <= 16 * MiB, f"{seen.peak_bytes / MiB:.1f} MiB in flight, over sync.max_memory_mb"
+    assert seen.peak_part_bytes <= 12 * MiB  # parts hold at most 0.75 of the budget
     for key in keys:
         assert_blob_stored(s3, bucket, key)
     assert bucket_contents(s3, bucket) == source_files(tree.root)
@@ -172,17 +179,19 @@ def test_parts_leave_room_for_small_files():
 def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_plan, s3, bucket, proxy):
     tree, keys = tree_with_layers(tmp_path / "src", [30])  # 6 parts of 5 MiB
     plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
-    killed = subprocess.run([sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)], capture_output=True,
-                            env={**os.environ, "MIGRATOR_FAILPOINT": "multipart@3"}, timeout=300)
+    killed = killed_sync(plan, "multipart@3")
     assert killed.returncode == -9, killed.stderr
     left = open_uploads(s3, bucket)
     assert [upload["Key"] for upload in left] == keys
     uploaded = s3.list_parts(Bucket=bucket, Key=keys[0], UploadId=left[0]["UploadId"]).get("Parts", [])
     assert len(uploaded) >= 3
-    parts_before = sum(1 for method, path, _ in proxy.seen if method == "PUT" and "partNumber=" in path)
+    def parts_of_the_layer() -> int:
+        return sum(1 for method, path, _ in proxy.seen if method == "PUT" and keys[0] in path and "partNumber=" in path)
+
+    parts_before = parts_of_the_layer()
     result = run_cli("sync", plan)
     assert result.returncode == 0, result.stderr
-    parts_sent = sum(1 for method, path, _ in proxy.seen if method == "PUT" and "partNumber=" in path) - parts_before
+    parts_sent = parts_of_the_layer() - parts_before
     assert parts_sent <= 6 - len(uploaded), "parts the killed run had uploaded were sent again"
     assert not open_uploads(s3, bucket)
     assert_blob_stored(s3, bucket, keys[0])
@@ -191,13 +200,16 @@ def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_pl
 
 
 def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, s3, bucket):
-    """A killed run's upload for a blob since gone is aborted by the next pass; the registry's own _uploads stay."""
-    tree, _ = tree_with_layers(tmp_path / "src", [])
-    gone = f"{BLOBS}00/{'0' * 64}/data"
+    """A killed run's upload for a blob since gone from the source is aborted by the next pass; an upload of the
+    registry's own (``_uploads``) stays."""
+    tree, keys = tree_with_layers(tmp_path / "src", [12])
+    plan = make_plan(tree.root, sync=SMALL_PARTS)
+    assert killed_sync(plan, "multipart@1").returncode == -9
+    assert [upload["Key"] for upload in open_uploads(s3, bucket)] == keys
+    shutil.rmtree(tree.path(keys[0]).parent)
     registry_upload = "docker/registry/v2/repositories/group0/service0/_uploads/6d1e5a0c/data"
-    for key in (gone, registry_upload):
-        s3.create_multipart_upload(Bucket=bucket, Key=key)
-    assert run_cli("sync", make_plan(tree.root, sync=SMALL_PARTS)).returncode == 0
+    s3.create_multipart_upload(Bucket=bucket, Key=registry_upload)
+    assert run_cli("sync", plan).returncode == 0
     assert [upload["Key"] for upload in open_uploads(s3, bucket)] == [registry_upload]
 
 
