@@ -569,14 +569,19 @@ def render_side_by_side(servers: dict, add: Callable[[str], None]) -> None:
 
 def render_initial(results: dict, add: Callable[[str], None]) -> None:
     add("### Initial sync\n")
-    add("| tool | wall s | client CPU s | CPU ms/object | peak RSS MB | S3 requests | server CPU s | bucket verified |")
+    render_tools(results["initial"], add, "CPU ms/object", lambda row: f"{row['cpu_ms_per_object']:.2f}")
+
+
+def render_tools(rows: list, add: Callable[[str], None], figure: str, value: Callable[[dict], str]) -> None:
+    """One row a tool: wall, client CPU, ``figure`` (``value`` of the row), peak RSS, requests, server CPU, verified."""
+    add(f"| tool | wall s | client CPU s | {figure} | peak RSS MB | S3 requests | server CPU s | bucket verified |")
     add("|---|---:|---:|---:|---:|---:|---:|---|")
-    for row in results["initial"]:
+    for row in rows:
         if "skipped" in row:
             add(f"| {row['tool']} | {row['skipped']} | | | | | | |")
             continue
         server = "n/a" if row.get("server_cpu") is None else f"{row['server_cpu']:.0f}"
-        add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu_ms_per_object']:.2f} | "
+        add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {value(row)} | "
             f"{row['rss_mb']:.0f} | {row['requests']} | {server} | {row['bucket']} |")
 
 
@@ -584,23 +589,11 @@ def render_bytes(figures: dict, add: Callable[[str], None]) -> None:
     tree = figures["tree"]
     add(f"\n### Bytes-heavy initial sync: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB, layers of "
         f"{', '.join(map(str, tree['layers_mib']))} MiB\n")
-    render_throughput(figures["initial"], add)
+    render_tools(figures["initial"], add, "MiB/s", lambda row: f"{row['mib_s']:.0f}")
     if "single" in figures:
         add(f"\n### One layer of {figures['single_tree']['layers_mib'][0]} MiB alone (and its image's few small "
             "files)\n")
-        render_throughput(figures["single"], add)
-
-
-def render_throughput(rows: list, add: Callable[[str], None]) -> None:
-    add("| tool | wall s | MiB/s | client CPU s | peak RSS MB | S3 requests | server CPU s | bucket verified |")
-    add("|---|---:|---:|---:|---:|---:|---:|---|")
-    for row in rows:
-        if "skipped" in row:
-            add(f"| {row['tool']} | {row['skipped']} | | | | | | |")
-            continue
-        server = "n/a" if row.get("server_cpu") is None else f"{row['server_cpu']:.0f}"
-        add(f"| {row['tool']} | {row['wall']:.1f} | {row['mib_s']:.0f} | {row['cpu']:.1f} | {row['rss_mb']:.0f} | "
-            f"{row['requests']} | {server} | {row['bucket']} |")
+        render_tools(figures["single"], add, "MiB/s", lambda row: f"{row['mib_s']:.0f}")
 
 
 def render_engines(rows: list, add: Callable[[str], None]) -> None:

@@ -116,7 +116,7 @@ class PartUploader:
         parts = dict(kept)
         pending: list[tuple[int, int, Future]] = []
         try:
-            for number, offset in enumerate(range(0, max(size, 1), part_size), start=1):
+            for number, offset in enumerate(range(0, size, part_size), start=1):
                 length = min(part_size, size - offset)
                 if number in parts:
                     continue
@@ -166,7 +166,7 @@ class PartUploader:
                                                                     UploadId=resumed["UploadId"]):
             for part in page.get("Parts", ()):
                 number = part["PartNumber"]
-                if part["Size"] == min(part_size, size - (number - 1) * part_size) > 0:
+                if part["Size"] == min(part_size, size - (number - 1) * part_size):
                     kept[number] = part["ETag"]
         self.parts_kept += len(kept)
         log.info("%s: resuming the multipart upload a previous run left open, %d parts already uploaded", key, len(kept))
