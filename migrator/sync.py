@@ -303,6 +303,9 @@ class SyncEngine:
             self._multipart_started()  # the workers' uploads are not seen from here
             return self.cluster.run_pass(self)
         unseeded = [shard for shard in shards() if not self.journal.is_seeded(shard)]
+        if unseeded and self._bucket_is_empty():  # a first copy into an empty prefix: no shard has anything to list
+            for shard in unseeded:
+                self.journal.mark_seeded(shard)
         total = PassResult()
         with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
             for future in [pool.submit(self.seed, shard) for shard in unseeded]:
@@ -317,6 +320,11 @@ class SyncEngine:
         while in_flight:
             self._finish_uploads(in_flight.popleft(), total)
         return total
+
+    def _bucket_is_empty(self) -> bool:
+        """Nothing under the prefix's ``docker/`` (one request instead of a listing per shard)."""
+        return not self.bucket.client.list_objects_v2(Bucket=self.bucket.settings.name,
+                                                      Prefix=self.bucket.key("docker/"), MaxKeys=1).get("KeyCount", 0)
 
     def _multipart_started(self) -> None:
         """Note in the journal, before the first large upload, that multipart uploads may be left open (a kill)."""
