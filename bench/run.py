@@ -5,8 +5,10 @@ the scale run), BENCH_CHURN (changes, default 300), BENCH_DIR (work directory, d
 BENCH_S3 (the S3 servers, comma-separated, default ``rgw,moto``: a throw-away Ceph RGW (``migrator.testing.rgw``), a local
 moto_server, or an endpoint URL (peers' request counts then read "n/a"); the initial sync and the window's work
 run against each on the same tree; engines, the registry windows, growth and scale against the first), BENCH_ONLY (parts,
-comma-separated, of initial, engines, registry, growth and scale; only those, written beside latest.md; registry also runs
-the manual procedure's steps it is compared with), BENCH_RECONFIGURE_SECONDS (the fake Omnibus reconfigure, default 90).
+comma-separated, of initial, bytes, engines, registry, growth and scale; only those, written beside latest.md; registry also
+runs the manual procedure's steps it is compared with), BENCH_RECONFIGURE_SECONDS (the fake Omnibus reconfigure, default
+90), BENCH_BYTES_LAYERS (the bytes-heavy tree's large layers in MiB, comma-separated, default 512,1024,1536,2048, beside
+BENCH_BYTES_OBJECTS small files, default 2000), BENCH_SINGLE_MIB (one layer alone, default 2048; 0 skips it).
 Results: a markdown table printed and written to bench/results/<date>.md and bench/results/latest.md.
 """
 
@@ -28,7 +30,7 @@ from typing import Callable, Iterator
 import boto3
 import yaml
 
-from bench.tree import generate
+from bench.tree import add_layers, generate
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, shards
 from migrator.march import md5_of
@@ -166,7 +168,7 @@ def main() -> int:
     scale_objects = int(os.environ.get("BENCH_SCALE_OBJECTS", 1_000_000))
     changes = int(os.environ.get("BENCH_CHURN", 300))
     only = os.environ.get("BENCH_ONLY")  # parts, comma-separated: just those (latest.md untouched)
-    parts = set(only.split(",")) if only else {"initial", "engines", "registry", "growth", "scale"}
+    parts = set(only.split(",")) if only else {"initial", "bytes", "engines", "registry", "growth", "scale"}
     servers = os.environ.get("BENCH_S3", "rgw,moto").split(",")
     root = Path(os.environ.get("BENCH_DIR", "/tmp/migrator-bench"))
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -190,6 +192,8 @@ def main() -> int:
                 if parts & {"initial", "registry"}:
                     tools = None if "initial" in parts else ("migrator sync", "aws s3 sync")  # what the window needs
                     figures["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
+            if "bytes" in parts:
+                figures["bytes"] = bytes_heavy(endpoint, s3, log, work)
             if "engines" in parts:
                 figures["engines"] = engines(source, endpoint, s3, log, work, tree["files"])
             if "registry" in parts:
@@ -219,19 +223,22 @@ def verified(source: Path, bucket: str, endpoint: str, work: Path) -> str:
 
 
 def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, files: int,
-                 tools: tuple | None = None) -> list:
+                 tools: tuple | None = None, label: str = "", nbytes: int = 0) -> list:
+    """Each tool's first copy of the tree into a bucket of its own (``label``-<tool>-initial). With ``label`` the
+    buckets are emptied after each tool (an in-memory RGW holds every byte) and rows carry MiB/s of ``nbytes``."""
     rows = []
-    plan = write_plan(work / "migrator.yml", source, "migrator-initial", endpoint, work / "migrator.state")
+    plan = write_plan(work / "migrator.yml", source, f"{label}migrator-initial", endpoint, work / "migrator.state")
     shutil.rmtree(work / "migrator.state", ignore_errors=True)
     commands = {
         "migrator sync": [sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)],
-        "aws s3 sync": ["aws", "s3", "sync", f"{source}/docker", "s3://aws-initial/docker", "--exclude", "*/_uploads/*",
-                        "--only-show-errors", "--endpoint-url", endpoint],
-        "rclone sync": ["rclone", "sync", f"{source}/docker", ":s3:rclone-initial/docker", "--exclude", "**/_uploads/**",
+        "aws s3 sync": ["aws", "s3", "sync", f"{source}/docker", f"s3://{label}aws-initial/docker", "--exclude",
+                        "*/_uploads/*", "--only-show-errors", "--endpoint-url", endpoint],
+        "rclone sync": ["rclone", "sync", f"{source}/docker", f":s3:{label}rclone-initial/docker", "--exclude",
+                        "**/_uploads/**",
                         "--s3-provider", "Other", "--s3-endpoint", endpoint, "--s3-env-auth", "--s3-region", "us-east-1",
                         "--transfers", "32", "--checkers", "32", "--s3-no-check-bucket"],
         "s5cmd sync": ["s5cmd", "--endpoint-url", endpoint, "sync", "--exclude", "*/_uploads/*", f"{source}/docker/",
-                       "s3://s5cmd-initial/docker/"],
+                       f"s3://{label}s5cmd-initial/docker/"],
     }
     for name, command in commands.items():
         if tools is not None and name not in tools:
@@ -239,8 +246,7 @@ def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, f
         if shutil.which(command[0]) is None:
             rows.append({"tool": name, "skipped": "not installed"})
             continue
-        bucket = {"migrator sync": "migrator-initial", "aws s3 sync": "aws-initial", "rclone sync": "rclone-initial",
-                  "s5cmd sync": "s5cmd-initial"}[name]
+        bucket = f"{label}{name.split()[0]}-initial"
         s3.create_bucket(Bucket=bucket)
         print(f"initial sync: {name} ...", flush=True)
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Go SDKs refuse it with custom transports
@@ -248,10 +254,42 @@ def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, f
         row.pop("output")
         row["cpu_ms_per_object"] = 1000 * row["cpu"] / files
         row["bucket"] = verified(source, bucket, endpoint, work)
+        if nbytes:
+            row["mib_s"] = nbytes / 2**20 / row["wall"]
+        if label:
+            empty_bucket(s3, bucket)
         rows.append(row)
         print(f"  {row['wall']:.1f}s wall, {row['cpu']:.1f}s CPU, {row['rss_mb']:.0f} MB, {row['requests']} requests, "
               f"bucket {row['bucket']}", flush=True)
     return rows
+
+
+def empty_bucket(s3, bucket: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+def bytes_heavy(endpoint: str, s3, log: RequestLog, work: Path) -> dict:
+    """A bytes-heavy registry (large layers among small files), then one large layer alone: each tool's initial
+    sync, wall, MiB/s, CPU, RSS and the server's CPU."""
+    layers = [int(size) for size in os.environ.get("BENCH_BYTES_LAYERS", "512,1024,1536,2048").split(",") if size]
+    single = int(os.environ.get("BENCH_SINGLE_MIB", 2048))
+    figures = {}
+    generate(work / "bytes-tree", int(os.environ.get("BENCH_BYTES_OBJECTS", 2000)), 20 * 2**20, seed=3)
+    tree = figures["tree"] = add_layers(work / "bytes-tree", layers, seed=3)
+    print(f"bytes-heavy tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB", flush=True)
+    figures["initial"] = initial_sync(Path(tree["root"]), endpoint, s3, log, work, tree["files"], label="bytes-",
+                                      nbytes=tree["bytes"])
+    shutil.rmtree(work / "bytes-tree", ignore_errors=True)
+    if single:
+        shutil.rmtree(work / "single-tree", ignore_errors=True)
+        tree = figures["single_tree"] = add_layers(work / "single-tree", [single], seed=4)
+        figures["single"] = initial_sync(Path(tree["root"]), endpoint, s3, log, work, tree["files"], label="single-",
+                                         nbytes=tree["bytes"])
+        shutil.rmtree(work / "single-tree", ignore_errors=True)
+    return figures
 
 
 ENGINES = {  # sync settings of each engine measured
@@ -483,6 +521,8 @@ def render(results: dict) -> str:
                 "excluded by every tool).\n")
         if "initial" in figures:
             render_initial(figures, add)
+        if "bytes" in figures:
+            render_bytes(figures["bytes"], add)
         if "engines" in figures:
             render_engines(figures["engines"], add)
         if "window" in figures:
@@ -529,15 +569,31 @@ def render_side_by_side(servers: dict, add: Callable[[str], None]) -> None:
 
 def render_initial(results: dict, add: Callable[[str], None]) -> None:
     add("### Initial sync\n")
-    add("| tool | wall s | client CPU s | CPU ms/object | peak RSS MB | S3 requests | server CPU s | bucket verified |")
+    render_tools(results["initial"], add, "CPU ms/object", lambda row: f"{row['cpu_ms_per_object']:.2f}")
+
+
+def render_tools(rows: list, add: Callable[[str], None], figure: str, value: Callable[[dict], str]) -> None:
+    """One row a tool: wall, client CPU, ``figure`` (``value`` of the row), peak RSS, requests, server CPU, verified."""
+    add(f"| tool | wall s | client CPU s | {figure} | peak RSS MB | S3 requests | server CPU s | bucket verified |")
     add("|---|---:|---:|---:|---:|---:|---:|---|")
-    for row in results["initial"]:
+    for row in rows:
         if "skipped" in row:
             add(f"| {row['tool']} | {row['skipped']} | | | | | | |")
             continue
         server = "n/a" if row.get("server_cpu") is None else f"{row['server_cpu']:.0f}"
-        add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu_ms_per_object']:.2f} | "
+        add(f"| {row['tool']} | {row['wall']:.1f} | {row['cpu']:.1f} | {value(row)} | "
             f"{row['rss_mb']:.0f} | {row['requests']} | {server} | {row['bucket']} |")
+
+
+def render_bytes(figures: dict, add: Callable[[str], None]) -> None:
+    tree = figures["tree"]
+    add(f"\n### Bytes-heavy initial sync: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB, layers of "
+        f"{', '.join(map(str, tree['layers_mib']))} MiB\n")
+    render_tools(figures["initial"], add, "MiB/s", lambda row: f"{row['mib_s']:.0f}")
+    if "single" in figures:
+        add(f"\n### One layer of {figures['single_tree']['layers_mib'][0]} MiB alone (and its image's few small "
+            "files)\n")
+        render_tools(figures["single"], add, "MiB/s", lambda row: f"{row['mib_s']:.0f}")
 
 
 def render_engines(rows: list, add: Callable[[str], None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from migrator.layout import BLOBS, REPOSITORIES
 from migrator.testing.synthetic import RegistryTree
 
 OBJECTS_PER_IMAGE = 10  # ~2 layers + config + manifest blobs, ~6 links (shared layers dedupe)
@@ -48,13 +50,45 @@ def generate(root: Path, objects: int, total_bytes: int, seed: int = 0) -> dict:
         tree.image(repository, f"v{index}", layers)
     for index in range(5):
         tree.upload_in_progress(f"group{index}/project{index}/image{index}", f"bench-upload-{index}", rng.randbytes(50_000))
+    return {**describe(root), "images": images, "seconds": time.monotonic() - started}
+
+
+def add_layers(root: Path, sizes_mib: list[int], seed: int = 0) -> dict:
+    """Large layers (one repository each, linked from its ``_layers``), written in 64 MiB blocks and hashed on the way:
+    a bytes-heavy registry's ML and CI images. Returns the tree's description with the layers'."""
+    rng = random.Random(seed)
+    tree = RegistryTree(root)
+    started = time.monotonic()
+    for index, size in enumerate(sizes_mib):
+        scratch = root / f"layer-{index}.tmp"
+        digest = hashlib.sha256()
+        with open(scratch, "wb") as handle:
+            for _ in range(size // 64):
+                block = rng.randbytes(64 * 2**20)
+                digest.update(block)
+                handle.write(block)
+            block = rng.randbytes(size % 64 * 2**20)
+            digest.update(block)
+            handle.write(block)
+        hexdigest = digest.hexdigest()
+        target = root / f"{BLOBS}{hexdigest[:2]}/{hexdigest}/data"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch.rename(target)
+        repository = f"bytes/layer{index}"
+        tree.image(repository, "v1", [rng.randbytes(2000)])
+        tree.link(f"{REPOSITORIES}{repository}/_layers/sha256/{hexdigest}/link", f"sha256:{hexdigest}")
+    return {**describe(root), "layers_mib": sizes_mib, "seconds": time.monotonic() - started}
+
+
+def describe(root: Path) -> dict:
+    """The tree's files and bytes, as every tool copies them (``_uploads`` left out)."""
     files = size = 0
     for dirpath, dirnames, filenames in os.walk(root / "docker"):
         dirnames[:] = [d for d in dirnames if d != "_uploads"]
         for name in filenames:
             files += 1
             size += os.path.getsize(os.path.join(dirpath, name))
-    return {"root": str(root), "images": images, "files": files, "bytes": size, "seconds": time.monotonic() - started}
+    return {"root": str(root), "files": files, "bytes": size}
 
 
 def churn(root: Path, changes: int, seed: int = 1) -> dict:

@@ -462,10 +462,10 @@ class DaskSyncEngine(SyncEngine):
         super().__init__(*args, **kwargs)
         self.cluster = cluster
 
-    def run_pass(self) -> PassResult:
+    def _copy_pass(self) -> PassResult:
         if self.prove_changes or self.dry_run:
-            return super().run_pass()
-        self.list_unfinished_tasks()
+            return super()._copy_pass()
+        self._multipart_started()  # the workers' uploads are not seen from here
         return self.cluster.run_pass(self)
 
     def verify_online(self, verifier: Verifier, changed_since_ns: int) -> VerifyResult:

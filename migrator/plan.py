@@ -11,6 +11,7 @@ from typing import Any, Optional
 import yaml
 
 from migrator.errors import InvalidInput
+from migrator.parts import MAX_PART, MIN_PART, MiB
 
 SECRET_KEYS = {"accesskey", "secretkey", "aws_access_key_id", "aws_secret_access_key", "sessiontoken"}
 
@@ -288,6 +289,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if sync.workers < 1 or sync.shard_workers < 1 or sync.max_attempts < 1 or sync.max_memory_mb < 1:
         raise InvalidInput(f"{plan_path}: sync.workers, sync.shard_workers, sync.max_attempts and sync.max_memory_mb "
                            "must be at least 1")
+    if not MIN_PART <= sync.multipart_chunksize_mb * MiB <= MAX_PART or sync.multipart_threshold_mb < 1:
+        raise InvalidInput(f"{plan_path}: sync.multipart_chunksize_mb must be between 5 and 5120 (S3's part sizes; "
+                           "larger objects get larger parts by themselves) and sync.multipart_threshold_mb at least 1")
     if sync.put not in ("direct", "obstore"):
         raise InvalidInput(f"{plan_path}: sync.put must be direct or obstore, not {sync.put!r}")
     if sync.put == "obstore" and importlib.util.find_spec("obstore") is None:

@@ -271,7 +271,9 @@ def explain(exc: Exception, bucket: str) -> str:
         hints = {
             "NoSuchBucket": f"bucket {bucket!r} does not exist; create it or fix bucket.name",
             "404": f"bucket {bucket!r} does not exist; create it or fix bucket.name",
-            "AccessDenied": f"access to bucket {bucket!r} denied; grant s3:ListBucket/GetObject/PutObject/DeleteObject",
+            "AccessDenied": (f"access to bucket {bucket!r} denied; grant s3:ListBucket/GetObject/PutObject/DeleteObject "
+                             "and, for large files, s3:ListBucketMultipartUploads/ListMultipartUploadParts/"
+                             "AbortMultipartUpload"),
             "403": f"access to bucket {bucket!r} denied; check the credentials and the bucket policy",
             "InvalidAccessKeyId": "the AWS access key id is not valid; check the credentials in the environment or profile",
             "SignatureDoesNotMatch": "the AWS secret key does not match the access key id; check the credentials",

@@ -35,6 +35,7 @@ UPLOADS_IN_FLIGHT = 2 * UPLOAD_CHUNK  # queued on the transfer pool while the wa
 RECORD_CHUNK = 2000
 FIRST_KEYS = 20
 CHECKED_CHANGES = 100_000  # source changes a pass keeps by name, for checking the change feed
+MULTIPART_META = "multipart_uploads_may_be_open"  # set before a large file's upload, cleared when none is left open
 IN_FLIGHT_META = "dask_tasks_in_flight"  # shards a cluster task may have uploaded into without its rows recorded
 
 
@@ -117,6 +118,7 @@ class SyncEngine:
         self.transfer = transfer
         self.shard_workers = shard_workers
         self.progress = progress or Progress()
+        self._multipart_noted = False  # MULTIPART_META set by this engine since its last clean-up
         self._claim_journal()
 
     def _claim_journal(self) -> None:
@@ -164,6 +166,7 @@ class SyncEngine:
         )
         result = self._sync_units(units)
         result.source_objects += unchanged
+        self._abort_left_uploads()
         return result
 
     def _sync_units(self, units: Iterator[Unit], in_flight: Optional[deque] = None) -> PassResult:
@@ -255,6 +258,8 @@ class SyncEngine:
             result.uploaded_bytes += sum(s.size for s in sources)
             result.first_uploads = (result.first_uploads + [s.rel for s in sources])[:FIRST_KEYS]
             return
+        if any(s.size >= self.transfer.threshold for s in sources):
+            self._multipart_started()
         self.journal.mark_unconfirmed(s.rel for s in sources)
         failpoint("intent-committed")
         in_flight.append([self.transfer.submit(s, self.prove_changes) for s in sources])
@@ -290,7 +295,17 @@ class SyncEngine:
         """
         if not self.dry_run:
             self.list_unfinished_tasks()
+        result = self._copy_pass()
+        self._abort_left_uploads()
+        return result
+
+    def _copy_pass(self) -> PassResult:
+        """The pass's walk and uploads, here on the shard pool (see ``run_pass``; Dask's engine runs them on its
+        cluster)."""
         unseeded = [shard for shard in shards() if not self.journal.is_seeded(shard)]
+        if unseeded and self._bucket_is_empty():  # a first copy into an empty prefix: no shard has anything to list
+            for shard in unseeded:
+                self.journal.mark_seeded(shard)
         total = PassResult()
         with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
             for future in [pool.submit(self.seed, shard) for shard in unseeded]:
@@ -312,6 +327,29 @@ class SyncEngine:
 
     def close(self) -> None:
         self.transfer.close()
+
+    def _bucket_is_empty(self) -> bool:
+        """Nothing under the prefix's ``docker/`` (one request instead of a listing per shard)."""
+        return not self.bucket.client.list_objects_v2(Bucket=self.bucket.settings.name,
+                                                      Prefix=self.bucket.key("docker/"), MaxKeys=1).get("KeyCount", 0)
+
+    def _multipart_started(self) -> None:
+        """Note in the journal, before the first large upload, that multipart uploads may be left open (a kill)."""
+        if not self._multipart_noted:
+            self.journal.set_meta(MULTIPART_META, "1")
+            self._multipart_noted = True
+
+    def _abort_left_uploads(self) -> None:
+        """Every upload of the pass has finished: a multipart upload still open was left by a killed run for a key no
+        longer copied (or copied whole since), and is aborted (it would hold its parts' bytes in the bucket). Only
+        after large uploads were started: a pass without any sends no request."""
+        if self.dry_run or not self.journal.get_meta(MULTIPART_META):
+            return
+        aborted = self.transfer.abort_left_uploads()
+        if aborted:
+            log.info("aborted %d multipart uploads a previous run left open and this pass did not resume", aborted)
+        self.journal.set_meta(MULTIPART_META, "")
+        self._multipart_noted = False
 
     def list_unfinished_tasks(self) -> None:
         """Cluster tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may

@@ -4,15 +4,10 @@ a threshold."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
-
-from boto3.s3.transfer import TransferConfig
+from typing import Optional, Sequence
 
 from migrator.direct_put import direct_put
 from migrator.errors import DeleteFailed, Refused
@@ -21,12 +16,14 @@ from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, is_uploads
 from migrator.march import md5_of
 from migrator.obstore_put import ObstorePut
+from migrator.parts import ByteBudget, PartUploader, abort, open_uploads
 from migrator.plan import SyncSettings
 from migrator.s3 import Bucket
 from migrator.walker import SourceFile
 
 MB = 1024 * 1024
 DELETE_BATCH = 1000
+CANARY_PREFIX = ".migrator-canary/"  # the preflight's objects, under the bucket prefix
 
 
 def _file_md5(path: str) -> str:
@@ -49,30 +46,6 @@ def s3_extra_args(storage: dict) -> dict:
     return extra
 
 
-class ByteBudget:
-    """Bytes of file content held in memory by uploads at once, like s3transfer's memory limits: a file waits
-    until its bytes fit; one larger than the whole budget waits until nothing else is held."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.held = 0
-        self.peak = 0
-        self._changed = threading.Condition()
-
-    @contextmanager
-    def hold(self, size: int) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.limit)
-            self.held += size
-            self.peak = max(self.peak, self.held)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self.held -= size
-                self._changed.notify_all()
-
-
 class Transfer:
     """Copies source files to the bucket and deletes keys, on ``workers`` threads."""
 
@@ -81,13 +54,11 @@ class Transfer:
         self.source = source
         self.threshold = settings.multipart_threshold_mb * MB
         self.extra_args = extra_args
-        self.config = TransferConfig(
-            multipart_threshold=self.threshold,
-            multipart_chunksize=settings.multipart_chunksize_mb * MB,
-            use_threads=False,
-        )
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
-        self.memory = ByteBudget(settings.max_memory_mb * MB)  # small files are read whole to be sent in one request
+        # small files are read whole to be sent in one request, large ones part by part: one budget for both
+        self.memory = ByteBudget(settings.max_memory_mb * MB)
+        self.parts = PartUploader(bucket.client, bucket.settings.name, extra_args, settings.multipart_chunksize_mb * MB,
+                                  self.memory, settings.workers)
         # adaptive retries rate-limit on the client: every request must go through it
         if settings.retry_mode == "adaptive":
             self.direct = None
@@ -122,11 +93,10 @@ class Transfer:
                         proof = (src.rel, size, sent)
         else:
             md5 = None if blob else _file_md5(path)
-            self.bucket.client.upload_file(
-                path, self.bucket.settings.name, key, ExtraArgs=self.extra_args, Config=self.config,
-                Callback=lambda sent: failpoint("multipart"),
-            )
-            size = os.path.getsize(path)
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                self.parts.upload(key, size, lambda offset, length: os.pread(handle.fileno(), length, offset),
+                                  resumable=blob)  # a blob's content cannot change under its key: parts are kept
         return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns), proof
 
     def put(self, key: str, data: bytes) -> str:
@@ -142,10 +112,19 @@ class Transfer:
 
     def put_multipart(self, key: str, data: bytes) -> None:
         """``data`` through the copy's multipart path and headers, whatever its size (the preflight canary)."""
-        config = TransferConfig(multipart_threshold=1, multipart_chunksize=self.config.multipart_chunksize,
-                                use_threads=False)
-        self.bucket.client.upload_fileobj(io.BytesIO(data), self.bucket.settings.name, key, ExtraArgs=self.extra_args,
-                                          Config=config)
+        self.parts.upload(key, len(data), lambda offset, length: data[offset : offset + length], resumable=False,
+                          crash_point=None)
+
+    def abort_left_uploads(self) -> int:
+        """Abort the multipart uploads left open under the prefix's ``docker/`` (the registry's own ``_uploads`` aside)
+        and by the preflight's canary: called when a pass has finished every upload, so any still open was left by a
+        killed run and not resumed. Returns how many."""
+        left = [upload for prefix in ("docker/", CANARY_PREFIX)
+                for upload in open_uploads(self.bucket.client, self.bucket.settings.name, self.bucket.key(prefix))
+                if not is_uploads(self.bucket.rel(upload["Key"]))]
+        for upload in left:
+            abort(self.bucket.client, self.bucket.settings.name, upload)
+        return len(left)
 
     def delete(self, rels: Sequence[str]) -> list[str]:
         """DeleteObjects in batches of 1000; refuses any key outside docker/ or inside _uploads.
@@ -168,3 +147,4 @@ class Transfer:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.parts.close()

@@ -1,7 +1,10 @@
 """An HTTP proxy on loopback in front of moto_server that injects S3 faults for a share of requests.
 
 Modes: ``ok``; ``faults`` (503 SlowDown, 500 InternalError or a dropped connection, ``rate`` of requests);
-``stall`` (``rate`` of responses held for ``stall_seconds``); ``down`` (every connection dropped).
+``slowdown`` (503 SlowDown only); ``stall`` (``rate`` of responses held for ``stall_seconds``); ``down`` (every
+connection dropped). ``only`` limits the faults to requests whose path contains it (``partNumber=``: UploadPart).
+Every UploadPart is counted while it is in flight (``peak_parts``); with ``gather_parts`` N, each waits until N have
+arrived (at most ``gather_seconds``), so parts sent in parallel are seen in flight together, whatever the timing.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import socket
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
 from urllib.parse import urlparse
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -22,10 +27,16 @@ INTERNAL = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, mode: str = "ok", rate: float = 0.0, seed: int = 0, stall_seconds: float = 2.0):
+    def __init__(self, upstream: str, mode: str = "ok", rate: float = 0.0, seed: int = 0, stall_seconds: float = 2.0,
+                 only: str = "", gather_parts: int = 0, gather_seconds: float = 5.0):
         self.upstream = urlparse(upstream)
         self.mode = mode
         self.rate = rate
+        self.only = only
+        self.gather_parts = gather_parts
+        self.gather_seconds = gather_seconds
+        self.parts_arrived = self.parts_in_flight = self.peak_parts = 0
+        self.parts_changed = threading.Condition()
         self.stall_seconds = stall_seconds
         self.random = random.Random(seed)
         self.lock = threading.Lock()
@@ -57,7 +68,13 @@ class FaultProxy:
                 with proxy.lock:
                     proxy.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
                 body = self._body()
-                fault = proxy.pick()
+                if "partNumber=" in self.path and self.command == "PUT":
+                    with proxy.part_in_flight():
+                        self._answer(body, proxy.pick(self.path))
+                else:
+                    self._answer(body, proxy.pick(self.path))
+
+            def _answer(self, body: bytes, fault: str):
                 if fault == "drop":
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
@@ -97,13 +114,29 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def pick(self) -> str:
+    @contextmanager
+    def part_in_flight(self) -> Iterator[None]:
+        with self.parts_changed:
+            self.parts_arrived += 1
+            self.parts_in_flight += 1
+            self.peak_parts = max(self.peak_parts, self.parts_in_flight)
+            self.parts_changed.notify_all()
+            self.parts_changed.wait_for(lambda: self.parts_arrived >= self.gather_parts, self.gather_seconds)
+        try:
+            yield
+        finally:
+            with self.parts_changed:
+                self.parts_in_flight -= 1
+
+    def pick(self, path: str) -> str:
         with self.lock:
             self.requests += 1
             if self.mode == "down":
                 fault = "drop"
-            elif self.mode in ("faults", "stall") and self.random.random() < self.rate:
-                fault = self.random.choice(["503", "500", "drop"]) if self.mode == "faults" else "stall"
+            elif self.only not in path:
+                return "none"
+            elif self.mode in ("faults", "slowdown", "stall") and self.random.random() < self.rate:
+                fault = {"faults": self.random.choice(["503", "500", "drop"]), "slowdown": "503"}.get(self.mode, "stall")
             else:
                 return "none"
             self.injected[fault] += 1

@@ -1,0 +1,193 @@
+"""Large files in parallel parts: the store's part-size rule, one memory budget shared by every upload, and multipart
+uploads that resume where a killed run left them.
+
+Why not s3transfer's TransferManager: it cannot resume (every upload starts with CreateMultipartUpload, and a failed
+one is aborted, so a 20 GB layer cut at 90 % is sent again from zero), and its memory bound is a count of chunks of
+its own, which cannot share ``sync.max_memory_mb`` with the small files sent whole outside it (obstore, the direct
+PUT). The requests themselves stay botocore's (UploadPart on the shared client: its retry mode, standard or adaptive,
+backs off on 503 SlowDown).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+import botocore.exceptions
+
+from migrator.failpoints import failpoint
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+MIN_PART = 5 * MiB  # S3's smallest part (all but the last)
+MAX_PART = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+PART_SHARE = 0.75  # of the budget parts may hold at once: the rest stays free for small files
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """The part size an object of ``size`` bytes is sent in: ``preferred``, raised to S3's 5 MiB minimum and, when the
+    object would need more than 10,000 parts, to the smallest whole MiB that fits it in 10,000 (100 GiB at 10 MiB:
+    11 MiB). The registry's ``chunksize`` obeys the same rule for its own commits: a blob for which this answers more
+    than ``chunksize`` is too large for the registry to write. Raises ValueError past 5 GiB parts."""
+    part = max(preferred, MIN_PART)
+    if size > part * MAX_PARTS:
+        part = -(-size // (MAX_PARTS * MiB)) * MiB
+    if part > MAX_PART:
+        raise ValueError(f"an object of {size} bytes needs parts over 5 GiB: above S3's largest object")
+    return part
+
+
+class ByteBudget:
+    """Bytes of file content held in memory by uploads at once, like s3transfer's memory limits: whole small files
+    and large files' parts alike. A hold waits until its bytes fit; one larger than the whole budget waits until
+    nothing else is held. Parts may hold only ``PART_SHARE`` of the budget (one part always may), so a large layer
+    never leaves the small files queued behind it without room. ``peak`` and ``peak_parts`` are kept for the report
+    and the tests."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.part_limit = int(limit * PART_SHARE)
+        self.held = self.part_bytes = self.parts = 0
+        self.peak = self.peak_parts = 0
+        self._changed = threading.Condition()
+
+    def _fits(self, size: int, part: bool) -> bool:
+        if self.held == 0:
+            return True
+        if self.held + size > self.limit:
+            return False
+        return not part or self.parts == 0 or self.part_bytes + size <= self.part_limit
+
+    def acquire(self, size: int, part: bool = False) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._fits(size, part))
+            self.held += size
+            self.peak = max(self.peak, self.held)
+            if part:
+                self.parts += 1
+                self.part_bytes += size
+                self.peak_parts = max(self.peak_parts, self.parts)
+
+    def release(self, size: int, part: bool = False) -> None:
+        with self._changed:
+            self.held -= size
+            if part:
+                self.parts -= 1
+                self.part_bytes -= size
+            self._changed.notify_all()
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        self.acquire(size)
+        try:
+            yield
+        finally:
+            self.release(size)
+
+
+Reader = Callable[[int, int], bytes]  # (offset, length) -> the bytes there
+
+
+class PartUploader:
+    """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes held in the shared
+    budget from its read until UploadPart answers."""
+
+    def __init__(self, client, bucket: str, extra_args: dict, preferred_part: int, budget: ByteBudget, workers: int):
+        self.client = client
+        self.bucket = bucket
+        self.extra_args = extra_args
+        self.preferred_part = preferred_part
+        self.budget = budget
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part")
+        self.parts_kept = 0  # parts found uploaded by an earlier run and not sent again
+
+    def upload(self, key: str, size: int, read: Reader, resumable: bool, crash_point: Optional[str] = "multipart") -> str:
+        """Send ``size`` bytes as ``key`` in parts; returns the object's ETag. ``resumable`` (content that cannot
+        change under the key, a blob's data): an upload left open for the key is continued, keeping its parts of the
+        right size. A failure leaves the upload open for the next run to resume; the pass's end aborts any not
+        resumed."""
+        part_size = part_size_for(size, self.preferred_part)
+        upload_id, kept = self._open(key, size, part_size, resumable)
+        parts = dict(kept)
+        pending: list[tuple[int, int, Future]] = []
+        try:
+            for number, offset in enumerate(range(0, size, part_size), start=1):
+                length = min(part_size, size - offset)
+                if number in parts:
+                    continue
+                self.budget.acquire(length, part=True)
+                if any(future.done() and future.exception() for _, _, future in pending):
+                    self.budget.release(length, part=True)
+                    break
+                pending.append((number, length, self.pool.submit(self._part, key, upload_id, number, offset, length,
+                                                                 read, crash_point)))
+            for number, _, future in pending:
+                parts[number] = future.result()
+        except BaseException:
+            for _, length, future in pending:
+                if future.cancel():
+                    self.budget.release(length, part=True)
+            raise
+        answer = self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
+        return answer.get("ETag", "")
+
+    def _part(self, key: str, upload_id: str, number: int, offset: int, length: int, read: Reader,
+              crash_point: Optional[str]) -> str:
+        try:
+            data = read(offset, length)
+            if len(data) != length:
+                raise OSError(f"{key}: read {len(data)} bytes at {offset}, expected {length} (the file changed)")
+            etag = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                           Body=data)["ETag"]
+            if crash_point:
+                failpoint(crash_point)
+            return etag
+        finally:
+            self.budget.release(length, part=True)
+
+    def _open(self, key: str, size: int, part_size: int, resumable: bool) -> tuple[str, dict[int, str]]:
+        """The upload to send parts to and the parts it already holds: the newest left open for the key when
+        ``resumable`` (the others aborted), else a new one."""
+        left = sorted(open_uploads(self.client, self.bucket, key, exact=True), key=lambda u: u["Initiated"])
+        resumed = left.pop() if resumable and left else None
+        for upload in left:
+            abort(self.client, self.bucket, upload)
+        if resumed is None:
+            return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **self.extra_args)["UploadId"], {}
+        kept = {}
+        for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
+                                                                    UploadId=resumed["UploadId"]):
+            for part in page.get("Parts", ()):
+                number = part["PartNumber"]
+                if part["Size"] == min(part_size, size - (number - 1) * part_size):
+                    kept[number] = part["ETag"]
+        self.parts_kept += len(kept)
+        log.info("%s: resuming the multipart upload a previous run left open, %d parts already uploaded", key, len(kept))
+        return resumed["UploadId"], kept
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def open_uploads(client, bucket: str, prefix: str, exact: bool = False) -> Iterator[dict]:
+    """Multipart uploads left open under ``prefix`` (ListMultipartUploads); ``exact``: for that key only."""
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", ()):
+            if not exact or upload["Key"] == prefix:
+                yield upload
+
+
+def abort(client, bucket: str, upload: dict) -> None:
+    """AbortMultipartUpload; one already gone (completed or aborted meanwhile) is no error."""
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise

@@ -1,0 +1,226 @@
+"""Large layers: parts in parallel under the shared memory budget, resumed after a kill, through a 503 storm."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import bucket_contents, run_cli, source_files
+from faultproxy import FaultProxy
+
+from migrator.errors import InvalidInput
+from migrator.layout import BLOBS
+from migrator.migration.context import open_context
+from migrator.parts import MAX_PARTS, ByteBudget, part_size_for
+from migrator.plan import load_plan
+from migrator.testing.synthetic import RegistryTree, populate
+
+MiB = 1024 * 1024
+SMALL_PARTS = {"workers": 4, "shard_workers": 2, "multipart_threshold_mb": 8, "multipart_chunksize_mb": 5}
+
+
+@pytest.fixture
+def proxy(moto_server):
+    fault_proxy = FaultProxy(moto_server.endpoint).start()
+    yield fault_proxy
+    fault_proxy.stop()
+
+
+def through(proxy: FaultProxy, plan):
+    """The plan with its bucket reached through the proxy."""
+    plan.write_text(plan.read_text().replace(proxy.upstream.geturl(), proxy.endpoint))
+    return plan
+
+
+def tree_with_layers(root, sizes_mib: list[int], seed: int = 0) -> tuple[RegistryTree, list[str]]:
+    """A few small images and one image per large layer; returns the tree and the layers' blob keys."""
+    rng = random.Random(seed)
+    tree = RegistryTree(root)
+    populate(tree, images=6, seed=seed)
+    layers = [rng.randbytes(size * MiB) for size in sizes_mib]
+    for index, layer in enumerate(layers):
+        tree.image(f"big/layer{index}", "v1", [layer])
+    keys = [f"{BLOBS}{digest[:2]}/{digest}/data" for digest in (hashlib.sha256(layer).hexdigest() for layer in layers)]
+    return tree, keys
+
+
+def open_uploads(s3, bucket: str) -> list[dict]:
+    return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def assert_blob_stored(s3, bucket: str, key: str) -> None:
+    """The bucket's bytes hash to the digest the key names (what ``verify --deep`` proves)."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == key.split("/")[-2]
+
+
+def killed_sync(plan, failpoint: str) -> subprocess.CompletedProcess:
+    """``migrator sync`` SIGKILLed at a failpoint (``multipart@N``: after the N-th part uploaded)."""
+    return subprocess.run([sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)], capture_output=True,
+                          env={**os.environ, "MIGRATOR_FAILPOINT": failpoint}, timeout=300)
+
+
+def test_part_size_fits_the_store():
+    assert part_size_for(40 * MiB, 16 * MiB) == 16 * MiB
+    assert part_size_for(40 * MiB, 1 * MiB) == 5 * MiB  # S3's smallest part
+    for size in (100 * 1024 * MiB, 10 * 1024 * 1024 * MiB, 10_000 * 10 * MiB + 1):
+        part = part_size_for(size, 10 * MiB)
+        assert part > 10 * MiB and part % MiB == 0 and -(-size // part) <= MAX_PARTS
+    assert part_size_for(100 * 1024 * MiB, 10 * MiB) == 11 * MiB
+    with pytest.raises(ValueError):
+        part_size_for(49 * 1024 * 1024 * MiB, 16 * MiB)
+
+
+def test_plan_refuses_parts_below_the_stores_minimum(tmp_path, make_plan):
+    tree = RegistryTree(tmp_path / "src")
+    with pytest.raises(InvalidInput, match="multipart_chunksize_mb"):
+        load_plan(make_plan(tree.root, sync={"multipart_chunksize_mb": 4}))
+
+
+def test_a_large_layers_parts_go_in_parallel(tmp_path, make_plan, s3, bucket, proxy):
+    proxy.gather_parts = 2  # each UploadPart waits (at most 5 s) until a second one has arrived
+    tree, keys = tree_with_layers(tmp_path / "src", [24])
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
+    result = run_cli("sync", plan)
+    assert result.returncode == 0, result.stderr
+    assert proxy.peak_parts >= 2, "the layer's parts were sent one after another"
+    assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+
+
+class InFlight:
+    """Bytes of file content the client has in requests at once, counted outside the budget: UploadPart bodies
+    through botocore's events, small files around ``Transfer.put``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bytes = self.part_bytes = self.parts = self.small = 0
+        self.peak_bytes = self.peak_part_bytes = self.peak_parts = self.small_beside_parts = 0
+
+    def change(self, size: int, part: bool) -> None:
+        with self.lock:
+            self.bytes += size
+            if part:
+                self.parts += 1 if size > 0 else -1
+                self.part_bytes += size
+            else:
+                self.small += 1 if size > 0 else -1
+            self.peak_bytes = max(self.peak_bytes, self.bytes)
+            self.peak_parts = max(self.peak_parts, self.parts)
+            self.peak_part_bytes = max(self.peak_part_bytes, self.part_bytes)
+            if self.parts and self.small:
+                self.small_beside_parts += 1
+
+    def attach(self, transfer) -> None:
+        events = transfer.bucket.client.meta.events
+
+        def before(params, context, **_):
+            body = params["body"]  # the part's bytes, wrapped in a BytesIO by botocore
+            context["part_bytes"] = body.getbuffer().nbytes if hasattr(body, "getbuffer") else len(body)
+            self.change(context["part_bytes"], True)
+
+        def after(context, **_):
+            self.change(-context["part_bytes"], True)
+
+        events.register("before-call.s3.UploadPart", before)
+        events.register("after-call.s3.UploadPart", after)
+        events.register("after-call-error.s3.UploadPart", after)
+        put = transfer.put
+
+        def counted_put(key: str, data: bytes) -> str:
+            self.change(len(data), False)
+            try:
+                return put(key, data)
+            finally:
+                self.change(-len(data), False)
+
+        transfer.put = counted_put
+
+
+def test_memory_bound_holds_with_several_large_files_in_flight(tmp_path, make_plan, s3, bucket):
+    tree, keys = tree_with_layers(tmp_path / "src", [9, 10, 11, 12, 13, 14])  # more parts than fit the budget
+    plan = make_plan(tree.root, sync=SMALL_PARTS | {"workers": 8, "shard_workers": 8, "max_memory_mb": 16})
+    seen = InFlight()
+    with open_context(load_plan(plan)) as job:
+        seen.attach(job.engine.transfer)
+        job.engine.run_pass()
+    assert seen.peak_parts >= 2, "parts were sent one after another"
+    assert seen.peak_bytes <= 16 * MiB, f"{seen.peak_bytes / MiB:.1f} MiB in flight, over sync.max_memory_mb"
+    assert seen.peak_part_bytes <= 12 * MiB  # parts hold at most 0.75 of the budget
+    for key in keys:
+        assert_blob_stored(s3, bucket, key)
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+    assert not open_uploads(s3, bucket)
+
+
+def test_parts_leave_room_for_small_files():
+    """Parts held up to their share of the budget: the next part waits, a small file does not."""
+    budget = ByteBudget(32 * MiB)
+    coordinator = threading.Thread(target=lambda: [budget.acquire(5 * MiB, part=True) for _ in range(5)], daemon=True)
+    coordinator.start()
+    with budget._changed:
+        budget._changed.wait_for(lambda: budget.parts == 4, timeout=10)
+    small = threading.Thread(target=budget.acquire, args=(6 * MiB,), daemon=True)
+    small.start()
+    small.join(10)
+    assert not small.is_alive(), "a small file waited behind a large layer's parts"
+    assert budget.parts == 4 and coordinator.is_alive()  # the fifth part waits for room
+    budget.release(5 * MiB, part=True)
+    coordinator.join(10)
+    assert budget.parts == 4 and budget.held == 26 * MiB
+
+
+def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_plan, s3, bucket, proxy):
+    tree, keys = tree_with_layers(tmp_path / "src", [30])  # 6 parts of 5 MiB
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
+    killed = killed_sync(plan, "multipart@3")
+    assert killed.returncode == -9, killed.stderr
+    left = open_uploads(s3, bucket)
+    assert [upload["Key"] for upload in left] == keys
+    uploaded = s3.list_parts(Bucket=bucket, Key=keys[0], UploadId=left[0]["UploadId"]).get("Parts", [])
+    assert len(uploaded) >= 3
+    def parts_of_the_layer() -> int:
+        return sum(1 for method, path, _ in proxy.seen if method == "PUT" and keys[0] in path and "partNumber=" in path)
+
+    parts_before = parts_of_the_layer()
+    result = run_cli("sync", plan)
+    assert result.returncode == 0, result.stderr
+    parts_sent = parts_of_the_layer() - parts_before
+    assert parts_sent <= 6 - len(uploaded), "parts the killed run had uploaded were sent again"
+    assert not open_uploads(s3, bucket)
+    assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+    assert run_cli("verify", "--deep", plan).returncode == 0
+
+
+def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, s3, bucket):
+    """A killed run's upload for a blob since gone from the source is aborted by the next pass; an upload of the
+    registry's own (``_uploads``) stays."""
+    tree, keys = tree_with_layers(tmp_path / "src", [12])
+    plan = make_plan(tree.root, sync=SMALL_PARTS)
+    assert killed_sync(plan, "multipart@1").returncode == -9
+    assert [upload["Key"] for upload in open_uploads(s3, bucket)] == keys
+    shutil.rmtree(tree.path(keys[0]).parent)
+    registry_upload = "docker/registry/v2/repositories/group0/service0/_uploads/6d1e5a0c/data"
+    s3.create_multipart_upload(Bucket=bucket, Key=registry_upload)
+    assert run_cli("sync", plan).returncode == 0
+    assert [upload["Key"] for upload in open_uploads(s3, bucket)] == [registry_upload]
+
+
+def test_a_503_storm_on_parts_is_survived(tmp_path, make_plan, s3, bucket, proxy):
+    proxy.mode, proxy.rate, proxy.only = "slowdown", 0.3, "partNumber="
+    tree, keys = tree_with_layers(tmp_path / "src", [22, 26])
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
+    result = run_cli("sync", plan)
+    assert result.returncode == 0, result.stderr
+    assert proxy.injected["503"] > 0
+    for key in keys:
+        assert_blob_stored(s3, bucket, key)
+    assert not open_uploads(s3, bucket)
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
