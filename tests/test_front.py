@@ -5,6 +5,7 @@ operator's file, compared with what the test wrote."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import shutil
@@ -17,9 +18,11 @@ import pytest
 
 from migrator.errors import InvalidInput
 from migrator.front import MARKER, FrontSettings, NginxFront, Server, same_address, steered_text
-from migrator.local import free_port
+from migrator.local import LocalRegistry, free_port
 from migrator.managed import run_command
+from tests.clients import ClientLoad, large_image
 from tests.nginx import Nginx
+from tests.oci import Layout, pull, push
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
                                 reason="nginx is not installed (scripts/setup.sh installs it)")
@@ -219,3 +222,49 @@ def test_a_crash_while_steered_is_restored_from_the_kept_original(nginx, backend
     after_crash.restore()
     assert nginx.site.read_bytes() == edited
     assert answer(nginx.url) == "registry"
+
+
+@pytest.mark.slow
+def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_path):
+    """The choreography the window uses: a read-only standby on the same storage takes every request, the primary
+    restarts with nobody's request on it, the front goes back. Real docker-registry, nginx and skopeo: no read fails,
+    no slow layer pull is cut, and pushes are refused (405) only while the front is steered."""
+    primary = LocalRegistry(tmp_path / "primary", "http://127.0.0.1:1", "unused").start()
+    standby_port = free_port()
+    standby_config = tmp_path / "standby.yml"
+    standby_config.write_text(primary.config.read_text().replace(f"127.0.0.1:{primary.port}", f"127.0.0.1:{standby_port}")
+                              .replace("storage:\n", "storage:\n  maintenance:\n    readonly:\n      enabled: true\n", 1))
+    standby = LocalRegistry(tmp_path / "standby", "http://127.0.0.1:1", "unused", root=primary.root)
+    standby.config, standby.port, standby.url = standby_config, standby_port, f"http://127.0.0.1:{standby_port}"
+    site = OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{primary.port}")
+    proxy = Nginx(tmp_path / "nginx", site).start()
+    try:
+        layout = Layout(tmp_path / "seed")
+        layout.image("v1", "app")
+        layer = large_image(layout, "big", 100 * 1024 * 1024)
+        push(layout, "v1", proxy.url[7:], "team/app:v1")
+        push(layout, "big", proxy.url[7:], "team/big:v1")
+        standby.start()
+        steering = NginxFront(FrontSettings(proxy.site, proxy.reload_command), f"127.0.0.1:{primary.port}",
+                              tmp_path / "state", run_command)
+        with ClientLoad(proxy.url, tmp_path / "load", [("team/app:v1", layout.digest("v1"))],
+                        ("team/big", *layer)) as load:
+            time.sleep(3)
+            steered_at = time.time()
+            steering.steer([Server(f"127.0.0.1:{standby_port}")])
+            time.sleep(2)
+            assert run_command(primary.restart_command) is None
+            steering.restore()
+            restored_at = time.time()
+            time.sleep(4)
+        failures = load.failures(refused_from=steered_at, refused_until=restored_at)
+        assert not failures, [dataclasses.astuple(f) for f in failures]
+        summary = load.summary()
+        assert summary["blob"]["ok"] >= 2 and summary["pull"]["ok"] >= 4 and summary["push"]["ok"] >= 2, summary
+        assert proxy.site.read_bytes() == site.replace("{port}", str(proxy.port)).encode()
+        for reference in load.pushed:
+            pull(proxy.url[7:], reference, tmp_path / "check")
+    finally:
+        proxy.stop()
+        standby.stop()
+        primary.stop()
