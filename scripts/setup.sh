@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if [ ! -x /usr/bin/docker-registry ] || [ ! -x /usr/bin/skopeo ] || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/radosgw ]; then
+if [ ! -x /usr/bin/docker-registry ] || [ ! -x /usr/bin/skopeo ] || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/radosgw ] \
+   || [ ! -x /usr/sbin/nginx ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry skopeo >/dev/null
+  # nginx: the reverse proxy in front of the registry (registry.front), run by the tests from configs of their own
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry skopeo nginx >/dev/null
   # headless Chromium renders report.html in the tests; they skip, saying why, if it cannot be installed
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null \
     || echo "setup: chromium could not be installed; the report.html rendering test will skip"

@@ -1,0 +1,260 @@
+"""The operator's nginx in front of the registry (``registry.front``), steered during a migration and put back
+byte for byte afterwards.
+
+Steering rewrites only the ``proxy_pass`` lines that name the registry's address so that they name an upstream of
+our own (inserted just before the first ``server`` block that proxies to the registry), then runs the operator's
+reload command: nginx's reload is graceful, so old workers finish the requests they have and new requests go to
+the new servers. ``reload`` waits for those old workers to exit, after which nothing still reaches a server that is
+no longer in the upstream: it can be restarted without cutting anybody's request.
+
+The original bytes are kept in the state directory before the first change (an intent the next run, or
+``rollback``, acts on after a crash), and ``restore`` writes them back and reloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import crossplane
+
+from migrator.errors import InvalidInput, RestoreFailed
+
+log = logging.getLogger("migrator")
+
+UPSTREAM = "migrator_registry"
+MARKER = "# migrator: steered for a migration; 'migrator run' or 'migrator rollback' puts the original back"
+WORKER_TITLE = b"nginx: worker process"
+RELOAD_TIMEOUT_SECONDS = 30.0
+DRAIN_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """``registry.front``: the nginx file that proxies to the registry, and the command that reloads nginx."""
+
+    nginx: Path
+    reload: str
+    drain_timeout_seconds: float = 600.0  # how long old workers may take to finish their requests after a reload
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server of the steered upstream: ``backup`` servers get requests only when the others fail to connect."""
+
+    address: str  # host:port
+    backup: bool = False
+
+    def line(self) -> str:
+        # max_fails=0: a primary that failed once is still tried first on the next request
+        return f"    server {self.address} max_fails=0{' backup' if self.backup else ''};"
+
+
+def _host_port(url: str) -> Optional[tuple[str, int]]:
+    match = re.match(r"^https?://([^/:\s]+|\[[^\]]+\])(?::(\d+))?(?:/|$)", url)
+    if not match:
+        return None
+    return match.group(1).strip("[]"), int(match.group(2) or (443 if url.startswith("https") else 80))
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
+
+
+def same_address(url: str, address: str) -> bool:
+    """Whether ``proxy_pass`` URL ``url`` goes to ``address`` (host:port; a loopback host matches any loopback)."""
+    target = _host_port(url)
+    host, _, port = address.rpartition(":")
+    if target is None or not port.isdigit():
+        return False
+    if target[1] != int(port):
+        return False
+    return target[0] == host or (target[0] in LOOPBACK and host in LOOPBACK)
+
+
+def steered_text(original: str, registry_address: str, servers: list[Server], source_name: str) -> str:
+    """``original`` with its ``proxy_pass`` lines to ``registry_address`` sent to our upstream of ``servers``.
+
+    Raises InvalidInput when the file has no such line (the plan names the wrong file or address)."""
+    parsed = _parse_text(original, source_name)
+    proxies: list[int] = []  # lines (1-based) of proxy_pass directives to the registry
+    servers_at: list[int] = []  # line of the server block around each of them
+
+    def walk(block: list, server_line: Optional[int]) -> None:
+        for directive in block:
+            if directive["directive"] == "server" and "block" in directive:
+                walk(directive["block"], directive["line"])
+            elif directive["directive"] == "proxy_pass" and directive["args"] and \
+                    same_address(directive["args"][0], registry_address):
+                if server_line is None:
+                    raise InvalidInput(f"{source_name}: the proxy_pass on line {directive['line']} is outside a server "
+                                       "block; registry.front.nginx must name the file with the registry's server block")
+                proxies.append(directive["line"])
+                servers_at.append(server_line)
+            elif "block" in directive:
+                walk(directive["block"], server_line)
+
+    walk(parsed, None)
+    if not proxies:
+        raise InvalidInput(f"{source_name} has no proxy_pass to the registry at {registry_address}; set "
+                           "registry.front.nginx to the nginx file whose proxy_pass sends requests to the registry")
+    lines = original.splitlines(keepends=True)
+    for number in proxies:
+        lines[number - 1] = re.sub(r"(https?://)(\[[^\]]+\]|[^/;\s]+)", rf"\g<1>{UPSTREAM}", lines[number - 1], count=1)
+    first_server = min(servers_at) - 1
+    indent = re.match(r"[ \t]*", lines[first_server]).group(0)
+    upstream = [MARKER, f"upstream {UPSTREAM} {{", *(server.line() for server in servers), "}"]
+    lines[first_server:first_server] = [f"{indent}{line}\n" for line in upstream]
+    return "".join(lines)
+
+
+def _parse_text(text: str, source_name: str) -> list:
+    """crossplane's parse of ``text`` (it reads files: a private temporary copy)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as handle:
+        handle.write(text)
+    try:
+        payload = crossplane.parse(handle.name, single=True, check_ctx=False, check_args=False, comments=False)
+    finally:
+        os.unlink(handle.name)
+    errors = payload["errors"] or [e for c in payload["config"] for e in c["errors"]]
+    if errors:
+        raise InvalidInput(f"{source_name} is not a file nginx can read: {errors[0]['error']}")
+    return payload["config"][0]["parsed"]
+
+
+class NginxFront:
+    """The operator's nginx file, its kept original, and the reload that makes nginx use either."""
+
+    def __init__(self, settings: FrontSettings, registry_address: str, backup_dir: Path,
+                 run: Callable[[str], Optional[str]]):
+        self.settings = settings
+        self.registry_address = registry_address
+        self.backup = backup_dir / "nginx-original"
+        self.run = run  # runs a shell command: None on success, else what went wrong
+
+    def check(self) -> None:
+        """Before anything changes: the file is readable and proxies to the registry (InvalidInput otherwise)."""
+        try:
+            text = self.settings.nginx.read_text()
+        except OSError as exc:
+            raise InvalidInput(f"registry.front.nginx {self.settings.nginx} cannot be read ({exc.strerror})") from None
+        steered_text(self.original_text() if MARKER in text else text, self.registry_address, [Server("127.0.0.1:1")],
+                     str(self.settings.nginx))
+
+    def original_text(self) -> str:
+        return self.original().decode()
+
+    def original(self) -> bytes:
+        """The operator's bytes: the kept copy while one exists (the live file may be ours), else the live file."""
+        if self.backup.exists():
+            return self.backup.read_bytes()
+        return self.settings.nginx.read_bytes()
+
+    def is_steered(self) -> bool:
+        return MARKER.encode() in self.settings.nginx.read_bytes()
+
+    def keep_original(self) -> None:
+        """Keep the operator's bytes before the first change (fsync'd: the intent a crashed run is restored from).
+        A live file without our marker is the operator's, edits included: it replaces an older copy."""
+        live = self.settings.nginx.read_bytes()
+        if MARKER.encode() in live:
+            if not self.backup.exists():
+                raise InvalidInput(f"{self.settings.nginx} carries migrator's steering but its original is not in "
+                                   f"{self.backup.parent}; put the operator's file back by hand")
+            return
+        _write_durably(self.backup, live)
+
+    def steer(self, servers: list[Server]) -> None:
+        """Send the registry's requests to ``servers``, reload, and wait for the old workers to finish theirs."""
+        self.keep_original()
+        text = steered_text(self.original_text(), self.registry_address, servers, str(self.settings.nginx))
+        _write_durably(self.settings.nginx, text.encode(), like=self.settings.nginx)
+        problem = self.reload()
+        if problem is not None:
+            self.restore()
+            raise InvalidInput(f"nginx did not take the steered {self.settings.nginx} ({problem}); the original was "
+                               "put back. Check registry.front.reload")
+        log.info("front: %s now sends the registry's requests to %s", self.settings.nginx,
+                 ", ".join(f"{s.address}{' (backup)' if s.backup else ''}" for s in servers))
+
+    def restore(self) -> None:
+        """The operator's bytes back (when a copy was kept), nginx reloaded and drained; the copy removed after."""
+        if not self.backup.exists():
+            return
+        original = self.backup.read_bytes()
+        if self.settings.nginx.read_bytes() != original:
+            _write_durably(self.settings.nginx, original, like=self.settings.nginx)
+            problem = self.reload()
+            if problem is not None:
+                raise RestoreFailed(f"the original {self.settings.nginx} was written back, but nginx did not reload "
+                                    f"({problem}); reload nginx by hand, then run 'migrator rollback PLAN'")
+            log.info("front: %s is the operator's again (sha256 %s)", self.settings.nginx,
+                     hashlib.sha256(original).hexdigest()[:12])
+        self.backup.unlink()
+
+    def reload(self) -> Optional[str]:
+        """Run the reload command and wait until nginx serves the file as it is now: a master started new workers
+        and every worker it had before has finished its requests and exited. None on success, else the problem."""
+        before = nginx_workers()
+        problem = self.run(self.settings.reload)
+        if problem is not None:
+            return problem
+        started = time.monotonic()
+        while True:
+            now = nginx_workers()
+            reloaded = {master for pid, master in now.items() if pid not in before}
+            old = [pid for pid, master in now.items() if pid in before and master in reloaded]
+            waited = time.monotonic() - started
+            if reloaded and not old:
+                return None
+            if not reloaded and waited > RELOAD_TIMEOUT_SECONDS:
+                return (f"no nginx master started new workers within {RELOAD_TIMEOUT_SECONDS:.0f}s of "
+                        f"{self.settings.reload!r} (see nginx's error log)")
+            if waited > self.settings.drain_timeout_seconds:
+                log.warning("front: %d nginx workers still finish requests from before the reload after %.0fs "
+                            "(registry.front.drain_timeout_seconds); going on", len(old), waited)
+                return None
+            time.sleep(DRAIN_POLL_SECONDS)
+
+
+def nginx_workers() -> dict[int, int]:
+    """nginx worker processes on this host (their process title says so), each with its master's pid."""
+    workers = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                if not handle.read().startswith(WORKER_TITLE):
+                    continue
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                workers[int(entry.name)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return workers
+
+
+def _write_durably(path: Path, data: bytes, like: Optional[Path] = None) -> None:
+    """Write ``data`` by rename (fsync'd), with the mode and owner of ``like`` when it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.migrator-tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if like is not None and like.exists():
+        status = like.stat()
+        os.chmod(temporary, status.st_mode & 0o7777)
+        os.chown(temporary, status.st_uid, status.st_gid)
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -1,0 +1,270 @@
+"""registry.front: the operator's nginx steered to servers of ours and put back byte for byte, against a real nginx.
+
+The oracles are nginx's own access log (which server answered each request, with what status) and the bytes of the
+operator's file, compared with what the test wrote."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from migrator.errors import InvalidInput
+from migrator.front import MARKER, FrontSettings, NginxFront, Server, same_address, steered_text
+from migrator.local import LocalRegistry, free_port
+from migrator.managed import run_command
+from tests.clients import ClientLoad, large_image
+from tests.nginx import Nginx
+from tests.oci import Layout, pull, push
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+                                reason="nginx is not installed (scripts/setup.sh installs it)")
+
+# as omnibus-gitlab renders gitlab-registry.conf (comments and blank lines included)
+OMNIBUS_SITE = """# This file is managed by gitlab-ctl. Manual changes will be
+# erased! To change the contents below, edit /etc/gitlab/gitlab.rb
+# and run `sudo gitlab-ctl reconfigure`.
+
+## Lines starting with two hashes (##) are comments with information.
+server { ## HTTPS server
+  listen 127.0.0.1:{port};
+
+  server_name localhost;
+  server_tokens off; ## Don't show the nginx version number, a security best practice
+
+  client_max_body_size 0;
+  chunked_transfer_encoding on;
+
+  location / {
+
+    proxy_set_header Host $http_host;
+    proxy_read_timeout                  900;
+    proxy_cache off;
+    proxy_buffering off;
+    proxy_request_buffering off;
+    proxy_http_version 1.1;
+
+    proxy_pass          http://{registry};
+  }
+
+} ## end HTTPS server
+"""
+
+
+class Backend:
+    """A registry stand-in that names itself in every answer; /slow streams for a while."""
+
+    def __init__(self, name: str):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/slow":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(20 * 1024))
+                    self.end_headers()
+                    for _ in range(20):
+                        self.wfile.write(b"x" * 1024)
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                    return
+                self.answer()
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.answer()
+
+            def answer(self) -> None:
+                body = outer.name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.name = name
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> Backend:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backends():
+    started = [Backend("registry").start(), Backend("standby").start()]
+    yield started
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture
+def nginx(tmp_path, backends):
+    server = Nginx(tmp_path / "nginx", OMNIBUS_SITE.replace("{registry}", backends[0].address)).start()
+    yield server
+    server.stop()
+
+
+def answer(url: str, method: str = "GET") -> str:
+    request = urllib.request.Request(url, data=b"push" if method == "POST" else None, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+def front(nginx: Nginx, registry: Backend, state: Path) -> NginxFront:
+    return NginxFront(FrontSettings(nginx.site, nginx.reload_command, drain_timeout_seconds=30), registry.address,
+                      state, run_command)
+
+
+def test_steered_text_changes_only_the_proxy_line_and_adds_an_upstream():
+    original = OMNIBUS_SITE.replace("{registry}", "127.0.0.1:5000").replace("{port}", "8080")
+    steered = steered_text(original, "localhost:5000", [Server("127.0.0.1:6000"), Server("127.0.0.1:6001", backup=True)],
+                           "gitlab-registry.conf")
+    added = [line for line in steered.splitlines() if line not in original.splitlines()]
+    removed = [line for line in original.splitlines() if line not in steered.splitlines()]
+    assert removed == ["    proxy_pass          http://127.0.0.1:5000;"]
+    assert added == [MARKER, "upstream migrator_registry {", "    server 127.0.0.1:6000 max_fails=0;",
+                     "    server 127.0.0.1:6001 max_fails=0 backup;", "}", "    proxy_pass          http://migrator_registry;"]
+    assert steered.index("upstream migrator_registry") < steered.index("server { ## HTTPS server")
+
+
+def test_a_file_without_the_registry_address_is_named():
+    original = OMNIBUS_SITE.replace("{registry}", "127.0.0.1:5000").replace("{port}", "8080")
+    with pytest.raises(InvalidInput, match="no proxy_pass to the registry at 127.0.0.1:5001"):
+        steered_text(original, "127.0.0.1:5001", [Server("127.0.0.1:6000")], "gitlab-registry.conf")
+
+
+@pytest.mark.parametrize("url,address,same", [
+    ("http://127.0.0.1:5000", "127.0.0.1:5000", True), ("http://localhost:5000/", ":5000", True),
+    ("http://127.0.0.1:5000", "127.0.0.1:5001", False), ("http://registry.internal:5000", "127.0.0.1:5000", False),
+    ("http://$backend", "127.0.0.1:5000", False)])
+def test_same_address(url, address, same):
+    assert same_address(url, address) is same
+
+
+def test_steer_and_restore_through_a_real_nginx(nginx, backends, tmp_path):
+    registry, standby = backends
+    original = nginx.site.read_bytes()
+    steering = front(nginx, registry, tmp_path / "state")
+    assert answer(nginx.url) == "registry"
+    steering.steer([Server(standby.address)])
+    assert steering.is_steered()
+    assert {answer(nginx.url), answer(nginx.url, "POST")} == {"standby"}
+    steering.restore()
+    assert nginx.site.read_bytes() == original
+    assert hashlib.sha256(nginx.site.read_bytes()).digest() == hashlib.sha256(original).digest()
+    assert answer(nginx.url) == "registry"
+    assert not (tmp_path / "state" / "nginx-original").exists()
+
+
+def test_a_backup_server_answers_while_the_primary_is_down(nginx, backends, tmp_path):
+    registry, standby = backends
+    steering = front(nginx, registry, tmp_path / "state")
+    steering.steer([Server(registry.address), Server(standby.address, backup=True)])
+    assert answer(nginx.url) == "registry"
+    registry.stop()  # the port closes, as during a restart: connects fail and nginx asks the backup
+    assert [answer(nginx.url), answer(nginx.url, "POST")] == ["standby", "standby"]
+    steering.restore()
+
+
+def test_requests_in_flight_finish_across_the_steering_and_it_waits_for_them(nginx, backends, tmp_path):
+    registry, standby = backends
+    steering = front(nginx, registry, tmp_path / "state")
+    received = []
+    reader = threading.Thread(target=lambda: received.append(len(urllib.request.urlopen(nginx.url + "/slow").read())))
+    reader.start()
+    time.sleep(0.3)  # the slow answer is under way from the registry
+    steering.steer([Server(standby.address)])  # returns once the old worker has finished it
+    assert received == [20 * 1024]
+    reader.join()
+    served = [line for line in nginx.requests() if line[1] == "/slow"]
+    assert served[0][2] == "200" and served[0][3] == registry.address
+    steering.restore()
+
+
+def test_a_steering_nginx_refuses_puts_the_original_back(nginx, backends, tmp_path):
+    registry, _ = backends
+    original = nginx.site.read_bytes()
+    with pytest.raises(InvalidInput, match="did not take the steered .*host not found in upstream"):
+        front(nginx, registry, tmp_path / "state").steer([Server("no-such-host.invalid:1")])
+    assert nginx.site.read_bytes() == original
+    assert answer(nginx.url) == "registry"
+
+
+def test_a_crash_while_steered_is_restored_from_the_kept_original(nginx, backends, tmp_path):
+    """A run killed while nginx is steered: the next run's (or rollback's) NginxFront finds the marker and the kept
+    original, and puts the operator's bytes back; an operator edit made before the run is kept, not reverted."""
+    registry, standby = backends
+    nginx.site.write_text(nginx.site.read_text().replace("server_tokens off;", "server_tokens off;  # edited"))
+    edited = nginx.site.read_bytes()
+    front(nginx, registry, tmp_path / "state").steer([Server(standby.address)])
+    after_crash = front(nginx, registry, tmp_path / "state")  # a new process: nothing in memory
+    after_crash.check()
+    assert after_crash.is_steered()
+    after_crash.restore()
+    assert nginx.site.read_bytes() == edited
+    assert answer(nginx.url) == "registry"
+
+
+@pytest.mark.slow
+def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_path):
+    """The choreography the window uses: a read-only standby on the same storage takes every request, the primary
+    restarts with nobody's request on it, the front goes back. Real docker-registry, nginx and skopeo: no read fails,
+    no slow layer pull is cut, and pushes are refused (405) only while the front is steered."""
+    primary = LocalRegistry(tmp_path / "primary", "http://127.0.0.1:1", "unused").start()
+    standby_port = free_port()
+    standby_config = tmp_path / "standby.yml"
+    standby_config.write_text(primary.config.read_text().replace(f"127.0.0.1:{primary.port}", f"127.0.0.1:{standby_port}")
+                              .replace("storage:\n", "storage:\n  maintenance:\n    readonly:\n      enabled: true\n", 1))
+    standby = LocalRegistry(tmp_path / "standby", "http://127.0.0.1:1", "unused", root=primary.root)
+    standby.config, standby.port, standby.url = standby_config, standby_port, f"http://127.0.0.1:{standby_port}"
+    site = OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{primary.port}")
+    proxy = Nginx(tmp_path / "nginx", site).start()
+    try:
+        layout = Layout(tmp_path / "seed")
+        layout.image("v1", "app")
+        layer = large_image(layout, "big", 100 * 1024 * 1024)
+        push(layout, "v1", proxy.url[7:], "team/app:v1")
+        push(layout, "big", proxy.url[7:], "team/big:v1")
+        standby.start()
+        steering = NginxFront(FrontSettings(proxy.site, proxy.reload_command), f"127.0.0.1:{primary.port}",
+                              tmp_path / "state", run_command)
+        with ClientLoad(proxy.url, tmp_path / "load", [("team/app:v1", layout.digest("v1"))],
+                        ("team/big", *layer)) as load:
+            time.sleep(3)
+            steered_at = time.time()
+            steering.steer([Server(f"127.0.0.1:{standby_port}")])
+            time.sleep(2)
+            assert run_command(primary.restart_command) is None
+            steering.restore()
+            restored_at = time.time()
+            time.sleep(4)
+        failures = load.failures(refused_from=steered_at, refused_until=restored_at)
+        assert not failures, [dataclasses.astuple(f) for f in failures]
+        summary = load.summary()
+        assert summary["blob"]["ok"] >= 2 and summary["pull"]["ok"] >= 4 and summary["push"]["ok"] >= 2, summary
+        assert proxy.site.read_bytes() == site.replace("{port}", str(proxy.port)).encode()
+        for reference in load.pushed:
+            pull(proxy.url[7:], reference, tmp_path / "check")
+    finally:
+        proxy.stop()
+        standby.stop()
+        primary.stop()
