@@ -108,7 +108,7 @@ def steered_text(original: str, registry_address: str, servers: list[Server], so
     for number in proxies:
         lines[number - 1] = re.sub(r"(https?://)(\[[^\]]+\]|[^/;\s]+)", rf"\g<1>{UPSTREAM}", lines[number - 1], count=1)
     first_server = min(servers_at) - 1
-    indent = re.match(r"[ \t]*", lines[first_server]).group(0)
+    indent = lines[first_server][:len(lines[first_server]) - len(lines[first_server].lstrip(" \t"))]
     upstream = [MARKER, f"upstream {UPSTREAM} {{", *(server.line() for server in servers), "}"]
     lines[first_server:first_server] = [f"{indent}{line}\n" for line in upstream]
     return "".join(lines)

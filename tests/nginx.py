@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from migrator.local import free_port
+from migrator.net import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 LOG_FORMAT = "'$request_method $uri $status $upstream_addr $upstream_status $body_bytes_sent $request_time'"

@@ -18,8 +18,9 @@ import pytest
 
 from migrator.errors import InvalidInput
 from migrator.front import MARKER, FrontSettings, NginxFront, Server, same_address, steered_text
-from migrator.local import LocalRegistry, free_port
 from migrator.managed import run_command
+from migrator.net import free_port
+from migrator.testing.local import LocalRegistry
 from tests.clients import ClientLoad, large_image
 from tests.nginx import Nginx
 from tests.oci import Layout, pull, push
