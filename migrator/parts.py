@@ -14,7 +14,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import botocore.exceptions
 
@@ -97,7 +97,7 @@ class PartUploader:
     """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes held in the shared
     budget from its read until UploadPart answers."""
 
-    def __init__(self, client, bucket: str, extra_args: dict, preferred_part: int, budget: ByteBudget, workers: int):
+    def __init__(self, client: Any, bucket: str, extra_args: dict, preferred_part: int, budget: ByteBudget, workers: int):
         self.client = client
         self.bucket = bucket
         self.extra_args = extra_args
@@ -176,7 +176,7 @@ class PartUploader:
         self.pool.shutdown(wait=True)
 
 
-def open_uploads(client, bucket: str, prefix: str, exact: bool = False) -> Iterator[dict]:
+def open_uploads(client: Any, bucket: str, prefix: str, exact: bool = False) -> Iterator[dict]:
     """Multipart uploads left open under ``prefix`` (ListMultipartUploads); ``exact``: for that key only."""
     for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
         for upload in page.get("Uploads", ()):
@@ -184,7 +184,7 @@ def open_uploads(client, bucket: str, prefix: str, exact: bool = False) -> Itera
                 yield upload
 
 
-def abort(client, bucket: str, upload: dict) -> None:
+def abort(client: Any, bucket: str, upload: dict) -> None:
     """AbortMultipartUpload; one already gone (completed or aborted meanwhile) is no error."""
     try:
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
