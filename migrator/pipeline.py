@@ -187,7 +187,7 @@ class Migration:
                 "check registry.url and that the registry is running"
             )
         if self.state.uses_database is None:
-            self.state.uses_database = self.source_uses_database()
+            self.state.uses_database = self.registry.uses_database()
         if self.registry.client.health() == 401:
             given = "rejects MIGRATOR_PROBE_USER's credentials" if self.registry.client.user else "asks for credentials"
             raise InvalidInput(
@@ -195,15 +195,6 @@ class Migration:
                 "pulls after the cut-over cannot be proven: set MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a "
                 "user allowed to push and pull"
             )
-
-    def source_uses_database(self) -> bool:
-        """Whether GitLab's registry runs with its metadata database now: its answer to GET /v2/ when it gives one,
-        else the original config's ``database.enabled`` (true only; 'prefer' without the database is off)."""
-        header = self.registry.database_header()
-        if header is not None:
-            return header.lower() == "true"
-        database = self.registry.config.original_running().get("database") or {}
-        return database.get("enabled") in (True, "true")
 
     def advise_on_registry_settings(self) -> None:
         """Hints for settings that make restarts or the bucket harder on clients than they need to be (logged, and
