@@ -32,6 +32,7 @@ from migrator.layout import BLOBS
 from migrator.local import free_port
 from migrator.managed import ManagedRegistry, open_registry, registry_environment
 from migrator.plan import Plan
+from migrator.registry_config import redact
 from migrator.registry_http import ACCEPT, MANIFEST_V2, RegistryClient, Response
 from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
 
@@ -130,14 +131,22 @@ def chunksize(plan: Plan) -> int:
 
 
 class PushFailed(Exception):
-    def __init__(self, step: str, response: Response):
-        super().__init__(f"{step}: HTTP {response.status} {response.body[:300].decode(errors='replace').strip()}")
+    def __init__(self, step: str, problem: str):
+        super().__init__(f"{step}: {problem}")
         self.step = step
+        self.problem = problem
 
 
-def expect(step: str, response: Response, *statuses: int) -> Response:
+def expect(step: str, statuses: tuple[int, ...], registry: RegistryClient, method: str, path: str,
+           body: Optional[bytes] = None, headers: Optional[dict] = None) -> Response:
+    """The registry's answer when its status is one of ``statuses``; else PushFailed naming the step (a registry
+    that fails a request may answer before it has read the body, and reset the connection)."""
+    try:
+        response = registry.request(method, path, body, headers)
+    except OSError as exc:
+        raise PushFailed(step, f"the registry cut the connection ({exc})") from None
     if response.status not in statuses:
-        raise PushFailed(step, response)
+        raise PushFailed(step, f"HTTP {response.status} {response.body[:300].decode(errors='replace').strip()}")
     return response
 
 
@@ -145,42 +154,38 @@ def push_and_pull(registry: RegistryClient, layer: bytes, part: int) -> str:
     """Push a one-layer image as a client does (the layer in PATCHes of ``part`` bytes), pull it by digest with the
     blob's redirect followed, delete it; returns the manifest digest. Raises PushFailed naming the step."""
     repository = "migrator-doctor/probe"
-    digests = []
-    for blob in (layer, json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()):
+    descriptors = []
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    for blob in (layer, config):
         digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-        location = expect("start an upload (POST)", registry.request("POST", f"/v2/{repository}/blobs/uploads/"),
-                          202).headers["location"]
+        location = expect("start an upload (POST)", (202,), registry, "POST",
+                          f"/v2/{repository}/blobs/uploads/").headers["location"]
         for offset in range(0, len(blob), part):
             chunk = blob[offset:offset + part]
-            headers = {"Content-Type": "application/octet-stream",
-                       "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
-            location = expect(f"upload bytes {offset}-{offset + len(chunk) - 1} (PATCH: the driver's multipart "
-                              "upload, resumed)", registry.request("PATCH", location, chunk, headers),
-                              202).headers["location"]
+            span = f"{offset}-{offset + len(chunk) - 1}"
+            location = expect(f"upload bytes {span} (PATCH: the driver's multipart upload, resumed)", (202,),
+                              registry, "PATCH", location, chunk,
+                              {"Content-Type": "application/octet-stream", "Content-Range": span}).headers["location"]
         separator = "&" if "?" in location else "?"
-        expect("commit the upload (PUT: complete the multipart upload, then copy it into blobs/)",
-               registry.request("PUT", f"{location}{separator}digest={digest}"), 201)
-        digests.append((digest, len(blob)))
-    (layer_digest, layer_size), (config_digest, config_size) = digests
+        expect("commit the upload (PUT: complete the multipart upload, then copy it into blobs/)", (201,), registry,
+               "PUT", f"{location}{separator}digest={digest}")
+        descriptors.append({"size": len(blob), "digest": digest})
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": MANIFEST_V2,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config_size,
-                   "digest": config_digest},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": layer_size,
-                    "digest": layer_digest}],
+        "config": dict(descriptors[1], mediaType="application/vnd.docker.container.image.v1+json"),
+        "layers": [dict(descriptors[0], mediaType="application/vnd.docker.image.rootfs.diff.tar.gzip")],
     }).encode()
-    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    expect("put the manifest", registry.request("PUT", f"/v2/{repository}/manifests/doctor", manifest,
-                                                {"Content-Type": MANIFEST_V2}), 201)
-    expect("pull the manifest by digest", registry.request("GET", f"/v2/{repository}/manifests/{manifest_digest}",
-                                                          headers={"Accept": ACCEPT}), 200)
-    pulled = expect("pull the layer (GET, its redirect followed as a client does)",
-                    registry.request("GET", f"/v2/{repository}/blobs/{layer_digest}"), 200)
-    if "sha256:" + hashlib.sha256(pulled.body).hexdigest() != layer_digest:
-        raise PushFailed("pull the layer: other bytes came back", pulled)
-    expect("delete the image (DELETE manifest)",
-           registry.request("DELETE", f"/v2/{repository}/manifests/{manifest_digest}"), 202)
-    return manifest_digest
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    expect("put the manifest", (201,), registry, "PUT", f"/v2/{repository}/manifests/doctor", manifest,
+           {"Content-Type": MANIFEST_V2})
+    expect("pull the manifest by digest", (200,), registry, "GET", f"/v2/{repository}/manifests/{digest}",
+           headers={"Accept": ACCEPT})
+    pulled = expect("pull the layer (GET, its redirect followed as a client does)", (200,), registry, "GET",
+                    f"/v2/{repository}/blobs/{descriptors[0]['digest']}")
+    if "sha256:" + hashlib.sha256(pulled.body).hexdigest() != descriptors[0]["digest"]:
+        raise PushFailed("pull the layer", "other bytes came back")
+    expect("delete the image (DELETE manifest)", (202,), registry, "DELETE", f"/v2/{repository}/manifests/{digest}")
+    return digest
 
 
 CONSEQUENCES = {  # IAM action → what the registry cannot do without it
@@ -231,6 +236,19 @@ def denied_actions(client, bucket: str, prefix: str) -> list[str]:
     return denied
 
 
+def registry_error(log_path: Path, since: int) -> Optional[str]:
+    """The last error the registry logged after byte ``since`` (its storage driver's answer), secrets redacted."""
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(since)
+            text = log_file.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = re.findall(r'err\.detail="((?:[^"\\]|\\.)*)"', text)
+        return None
+    return redact(found[-1].replace("\\n\\t", " ").replace("\\n", " "))[:300] if found else None
+
+
 def remove_prefix(client, bucket: str, prefix: str) -> None:
     """Every object and unfinished multipart upload under ``prefix`` removed."""
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -255,6 +273,8 @@ def check_push(plan: Plan, client, registry: ManagedRegistry) -> tuple[list[Find
     size = chunksize(plan)
     layer = os.urandom(size + MiB)
     bucket = plan.bucket.name
+    log_path = plan.state_dir / "doctor" / "shadow-registry.log"
+    logged = log_path.stat().st_size if log_path.exists() else 0
     try:
         with registry.shadow(target, plan.state_dir / "doctor", free_port(), scratch=True) as shadow:
             push_and_pull(shadow, layer, part=size // 2 + MiB)
@@ -263,15 +283,16 @@ def check_push(plan: Plan, client, registry: ManagedRegistry) -> tuple[list[Find
                         "the production registry would fail to start with them the same way")], []
     except PushFailed as exc:
         denied = denied_actions(client, bucket, scratch)
-        log_path = plan.state_dir / "doctor" / "shadow-registry.log"
+        said = registry_error(log_path, logged)
         if denied:
             why = "; ".join(f"{action} denied: {CONSEQUENCES[action]}" for action in denied)
             fix = f"grant {', '.join(denied)} on arn:aws:s3:::{bucket}/{plan.key_prefix}* to the registry's credentials"
         else:
-            why = "no S3 call was denied to the same credentials, so the registry's settings are at fault"
+            why = "no S3 call was denied to the same credentials, so the registry's s3 settings are at fault"
             fix = f"see the registry's log {log_path}"
-        return [Finding("push", True, f"a push by the registry itself failed at '{exc.step}' ({exc}): {why}. Fix: "
-                        f"{fix}, then re-run 'migrator doctor'")], []
+        return [Finding("push", True, f"a push by the registry itself failed at '{exc.step}' ({exc.problem}"
+                        f"{'; the registry said: ' + said if said else ''}): {why}. Fix: {fix}, then re-run "
+                        "'migrator doctor'")], []
     finally:
         try:
             remove_prefix(client, bucket, scratch)

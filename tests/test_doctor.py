@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
-import yaml
-from conftest import file_hash, listing, run_cli
+from conftest import listing, run_cli
 
-from migrator.doctor import version_findings
-from migrator.local import REGISTRY_BINARY, LocalRegistry, MotoServer
+from migrator.local import LocalRegistry, MotoServer
 from migrator.registry_http import RegistryClient
 
 ADMIN = {"aws_access_key_id": "test-access-key", "aws_secret_access_key": "test-secret-key-do-not-print"}
@@ -60,3 +56,57 @@ def test_healthy_setup_says_so_in_a_few_lines(registry_plan, s3, bucket, tmp_pat
     assert any("pushed a 11 MiB layer" in line for line in lines), done.stdout
     assert listing(s3, bucket) == before
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+REGISTRY_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "s3:ListBucketMultipartUploads",
+                    "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload", "s3:GetLifecycleConfiguration",
+                    "s3:GetBucketVersioning", "s3:GetBucketObjectLockConfiguration", "s3:GetEncryptionConfiguration",
+                    "s3:HeadBucket", "s3:GetBucketLocation"]
+
+
+@pytest.fixture(scope="module")
+def iam_moto(tmp_path_factory):
+    """A moto_server enforcing IAM: its first requests (unauthenticated) create an admin and a registry user whose
+    policy lacks s3:ListMultipartUploadParts; every request after is checked against the signer's policy."""
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "6"
+    try:
+        server = MotoServer(logfile=tmp_path_factory.mktemp("iam-moto") / "moto.log",
+                            command=[sys.executable, str(Path(__file__).with_name("iam_moto.py"))]).start()
+    finally:
+        del os.environ["INITIAL_NO_AUTH_ACTION_COUNT"]
+    iam = boto3.client("iam", endpoint_url=server.endpoint, region_name="us-east-1", **ADMIN)
+    keys = {}
+    for user, actions in (("admin", ["s3:*"]),
+                          ("registry", [a for a in REGISTRY_ACTIONS if a != "s3:ListMultipartUploadParts"])):
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys[user] = {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+    yield server, keys
+    server.stop()
+
+
+def test_a_denied_multipart_action_is_named_and_blocks(iam_moto, tmp_path):
+    server, keys = iam_moto
+    admin = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1", **keys["admin"])
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    admin.create_bucket(Bucket=bucket)
+    healthy_bucket(admin, bucket)
+    registry = LocalRegistry(tmp_path / "registry", server.endpoint, bucket, prefix="reg").start()
+    try:
+        plan = registry.write_plan(registry={"config": str(registry.config), "url": registry.url,
+                                             "restart": registry.restart_command, "redirect": {"disable": True}})
+        before = listing(admin, bucket)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=keys["registry"]["aws_access_key_id"],
+                   AWS_SECRET_ACCESS_KEY=keys["registry"]["aws_secret_access_key"])
+        done, result = doctor(plan, tmp_path, env)
+        assert done.returncode == 2, done.stdout + done.stderr
+        blocking = checks(result, blocks=True)
+        assert list(blocking) == ["push"], result
+        assert "s3:ListMultipartUploadParts denied: pushes of layers above chunksize will fail" in blocking["push"]
+        assert "BLOCKS [push]" in done.stdout
+        assert listing(admin, bucket) == before
+        assert not admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    finally:
+        registry.stop()
