@@ -245,7 +245,6 @@ def registry_error(log_path: Path, since: int) -> Optional[str]:
     except OSError:
         return None
     found = re.findall(r'err\.detail="((?:[^"\\]|\\.)*)"', text)
-        return None
     return redact(found[-1].replace("\\n\\t", " ").replace("\\n", " "))[:300] if found else None
 
 
