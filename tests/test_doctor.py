@@ -12,6 +12,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from conftest import listing, run_cli
 
 from migrator.local import LocalRegistry, MotoServer
@@ -110,3 +111,95 @@ def test_a_denied_multipart_action_is_named_and_blocks(iam_moto, tmp_path):
         assert not admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
     finally:
         registry.stop()
+
+
+def bucket_plan(make_plan, tree, **sections) -> Path:
+    """A plan without a registry section (no push) for the synthetic tree, keys under reg/."""
+    return make_plan(tree.root, prefix="reg", **sections)
+
+
+def test_an_expiring_lifecycle_rule_blocks_and_a_missing_abort_rule_is_advice(make_plan, tree, s3, bucket, tmp_path):
+    plan = bucket_plan(make_plan, tree)
+    done, result = doctor(plan, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no lifecycle rule aborts incomplete multipart uploads" in checks(result, blocks=False)["lifecycle"]
+    assert '"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}' in done.stdout
+
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "tidy-up", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 30},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]})
+    before = listing(s3, bucket)
+    done, result = doctor(plan, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "lifecycle rule 'tidy-up' expires keys under 'the whole bucket' after 30 days" in checks(result, True)["lifecycle"]
+    assert "lifecycle" not in checks(result, blocks=False)  # its abort part covers the uploads
+    assert listing(s3, bucket) == before
+
+
+def test_a_rule_for_other_keys_does_not_block(make_plan, tree, s3, bucket, tmp_path):
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "logs", "Status": "Enabled", "Filter": {"Prefix": "logs/"}, "Expiration": {"Days": 3}},
+        {"ID": "tagged", "Status": "Enabled", "Filter": {"Tag": {"Key": "tmp", "Value": "1"}}, "Expiration": {"Days": 1}},
+        {"ID": "abort", "Status": "Enabled", "Filter": {"Prefix": "reg/"},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}]})
+    done, result = doctor(bucket_plan(make_plan, tree), tmp_path)
+    assert done.returncode == 0 and result["findings"] == [], done.stdout + done.stderr
+
+
+def test_versioning_is_advice(make_plan, tree, s3, bucket, tmp_path):
+    healthy_bucket(s3, bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    done, result = doctor(bucket_plan(make_plan, tree), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "versioning is enabled on the bucket" in checks(result, blocks=False)["versioning"]
+    assert result["ok"]
+
+
+def test_object_lock_with_a_default_retention_blocks(make_plan, tree, s3, tmp_path):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    healthy_bucket(s3, name)
+    s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    plan = bucket_plan(make_plan, tree)
+    text = yaml.safe_load(plan.read_text())
+    text["bucket"]["name"] = name
+    plan.write_text(yaml.safe_dump(text))
+    done, result = doctor(plan, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Object Lock with a default retention (GOVERNANCE, 1 days)" in checks(result, blocks=True)["object-lock"]
+
+
+def test_blobs_too_large_for_chunksize_are_named_with_a_chunksize_that_fits(make_plan, tree, s3, bucket, tmp_path):
+    healthy_bucket(s3, bucket)
+    digest = tree.blob(b"a layer that will be made huge")
+    data = tree.root / f"docker/registry/v2/blobs/sha256/{digest[7:9]}/{digest[7:]}/data"
+    os.truncate(data, 5 * 2**20 * 10_000 + 1)  # sparse: one byte above 5 MiB × 10,000 parts
+    plan = bucket_plan(make_plan, tree)
+    done, result = doctor(plan, tmp_path)  # no registry section: the driver's default chunksize, 10 MiB, fits
+    assert done.returncode == 0 and result["findings"] == [], done.stdout + done.stderr
+    text = yaml.safe_load(plan.read_text())
+    text["registry"] = {"config": str(tmp_path / "none.yml"), "restart": "true", "url": "http://127.0.0.1:9",
+                        "storage": {"chunksize": 5 * 2**20}}
+    (tmp_path / "none.yml").write_text("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /x\n")
+    plan.write_text(yaml.safe_dump(text))
+    done, result = doctor(plan, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    message = checks(result, blocks=False)["blob-size"]
+    assert f"{digest} (48.8 GiB)" in message and "Set chunksize: 6291456 under registry.storage" in message
+
+
+def test_directory_markers_block_and_foreign_keys_are_advice(make_plan, tree, s3, bucket, tmp_path):
+    healthy_bucket(s3, bucket)
+    s3.put_object(Bucket=bucket, Key="reg/docker/registry/v2/repositories/team/", Body=b"")
+    s3.put_object(Bucket=bucket, Key="reg/notes/readme.txt", Body=b"not the registry's")
+    s3.put_object(Bucket=bucket, Key="other-team/", Body=b"")  # outside the prefix: not the registry's business
+    before = listing(s3, bucket)
+    done, result = doctor(bucket_plan(make_plan, tree), tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    blocking, advice = checks(result, blocks=True), checks(result, blocks=False)
+    assert "1 zero-byte directory-marker keys under the prefix" in blocking["keys"]
+    assert "aws s3api delete-object --bucket " + bucket + " --key 'reg/docker/registry/v2/repositories/team/'" \
+        in blocking["keys"]
+    assert "reg/notes/readme.txt" in advice["keys"] and "other-team/" not in json.dumps(result)
+    assert listing(s3, bucket) == before
