@@ -11,7 +11,6 @@ when it finishes, so after a crash the same command continues where it stopped.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import itertools
 import logging
 import math
@@ -20,7 +19,6 @@ import random
 import shlex
 import shutil
 import time
-import urllib.parse
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Callable, Iterator, Optional
 
 from migrator.changefeed import PassTracker
 from migrator.cluster import SPLIT_ABOVE, DaskEngine, Job
+from migrator.doctor import Diagnosis, diagnose  # issue 24
 from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.html_report import write_html
@@ -81,6 +80,7 @@ class Migration:
         self.registry: Optional[ManagedRegistry] = None
         self.tracker: Optional[PassTracker] = None  # set by ``run``: the change feed the final pass may use
         self.hints: list[str] = []  # set by preflight: settings worth changing (``report`` lists them)
+        self.diagnosis = Diagnosis()  # set by preflight: doctor's findings (issue 24; ``report`` lists them)
 
     # --- the pipeline ----------------------------------------------------------------------
 
@@ -164,6 +164,25 @@ class Migration:
             self.check_bucket(canary)
         if self.plan.registry is not None:
             self.check_registry()
+        self.doctor(push=canary)  # issue 24: doctor's checks; lead: port with the package
+
+    # --- issue 24: 'migrator doctor's checks in preflight (migrator/doctor.py) -------------------------------
+
+    def doctor(self, push: bool) -> None:
+        """Doctor's checks, kept for ``report``; before the window a blocking finding stops here, nothing changed
+        (exit 2). The push by the registry itself only before the window: a run resumed inside it skips it."""
+        before_window = self.state.readonly_on_at is None
+        with self.bucket.counter.phase_scope("preflight"):
+            self.diagnosis = diagnose(self.plan, self.bucket.client, self.registry, push=push and before_window,
+                                      uses_database=self.state.uses_database)
+        for finding in self.diagnosis.findings:
+            log.warning("%s [%s] %s", "BLOCKS" if finding.blocks else "advice", finding.check, finding.message)
+        if self.diagnosis.blocking and before_window and not self.dry_run:
+            raise InvalidInput(f"'migrator doctor' found {len(self.diagnosis.blocking)} problems that block the "
+                               f"migration (first: [{self.diagnosis.blocking[0].check}] "
+                               f"{self.diagnosis.blocking[0].message}); nothing was changed")
+
+    # --- end of issue 24 --------------------------------------------------------------------------------------
 
     def check_registry(self) -> None:
         """The registry's config, restart command, credentials and answers: what every registry change relies on."""
@@ -177,7 +196,6 @@ class Migration:
             key = "registry.restart" if self.plan.registry.restart else "registry.gitlab_ctl"
             raise InvalidInput(f"the restart command {command!r} runs {shlex.split(command)[0]!r}, which is not an "
                                f"executable on PATH; fix {key}")
-        self.warn_about_redirects()
         self.advise_on_registry_settings()
         resuming = bool(self.state.done) and self.state.outcome is None
         wait = self.plan.registry.health_timeout_seconds if resuming else 5  # a crash may have left a restart running
@@ -222,27 +240,6 @@ class Migration:
         if gitlab and storage.get("v4auth") is False:
             raise InvalidInput("registry.storage.v4auth is false, but GitLab's registry removed SigV2 in 18.0: remove "
                                "v4auth from registry.storage")
-
-    def warn_about_redirects(self) -> None:
-        """After the cut-over the registry answers blob pulls with a 307 to the bucket's endpoint, unless
-        ``registry.redirect.disable``: say so, loudly when clients elsewhere cannot reach that endpoint."""
-        if self.plan.registry.redirect.get("disable"):
-            return
-        endpoint = self.plan.bucket.endpoint
-        host = urllib.parse.urlparse(endpoint).hostname if endpoint else None
-        try:
-            private = host is not None and (host == "localhost" or ipaddress.ip_address(host).is_private
-                                            or ipaddress.ip_address(host).is_loopback)
-        except ValueError:
-            private = False
-        where = endpoint or f"S3 in {self.plan.bucket.region}"
-        if private:
-            log.warning("AFTER THE CUT-OVER, BLOB PULLS ARE REDIRECTED (307) TO %s, a loopback or private address that "
-                        "clients on other hosts may not reach. Set registry.redirect: {disable: true} to have the "
-                        "registry serve blobs itself, or use an endpoint clients reach", where)
-        else:
-            log.info("after the cut-over, blob pulls are redirected (307) to %s: clients must reach it "
-                     "(registry.redirect: {disable: true} makes the registry serve blobs itself)", where)
 
     def check_bucket(self, canary: bool) -> None:
         """The bucket answers with these credentials; the canary proves put/get/list/delete on the prefix."""
@@ -930,6 +927,7 @@ class Migration:
             "source_objects": result.source_objects,
             "source_bytes": result.source_bytes,
             "s3_requests": sum(self.bucket.counter.attempts.values()),
+            "doctor": self.diagnosis.to_json(),  # issue 24
         }
         report["estimated_read_only_window_seconds"] = self.estimate_window(result, pass_seconds)
         if self.registry is not None:

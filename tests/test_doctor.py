@@ -13,9 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import listing, run_cli
+from conftest import file_hash, listing, run_cli
 
-from migrator.local import LocalRegistry, MotoServer
+from migrator.doctor import version_findings
+from migrator.local import REGISTRY_BINARY, LocalRegistry, MotoServer
 from migrator.registry_http import RegistryClient
 
 ADMIN = {"aws_access_key_id": "test-access-key", "aws_secret_access_key": "test-secret-key-do-not-print"}
@@ -202,4 +203,65 @@ def test_directory_markers_block_and_foreign_keys_are_advice(make_plan, tree, s3
     assert "aws s3api delete-object --bucket " + bucket + " --key 'reg/docker/registry/v2/repositories/team/'" \
         in blocking["keys"]
     assert "reg/notes/readme.txt" in advice["keys"] and "other-team/" not in json.dumps(result)
+    assert listing(s3, bucket) == before
+
+
+def fake_release(tmp_path: Path, answer: str) -> Path:
+    """A registry binary that says it is ``answer`` and serves as docker-registry 2.8 does."""
+    script = tmp_path / "registry-wrapper"
+    script.write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then echo "{answer}"; exit 0; fi\n'
+                      f'exec {REGISTRY_BINARY} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_a_registry_release_with_known_s3_defects_blocks(local_registry, s3, bucket, tmp_path):
+    healthy_bucket(s3, bucket)
+    binary = fake_release(tmp_path, "registry github.com/distribution/distribution/v3 v3.1.0")
+    plan = local_registry.write_plan(registry={"config": str(local_registry.config), "url": local_registry.url,
+                                               "restart": local_registry.restart_command, "binary": str(binary),
+                                               "redirect": {"disable": True}})
+    done, result = doctor(plan, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    messages = [f["message"] for f in result["findings"] if f["check"] == "registry-version" and f["blocks"]]
+    assert any("distribution #4528" in m and "forcepathstyle: true" in m for m in messages), messages
+    assert any("distribution #4891" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("answer, storage, blocking", [
+    ("docker-registry github.com/docker/distribution 2.8.2+ds1", {}, 0),
+    ("registry github.com/distribution/distribution/v3 v3.0.0", {"forcepathstyle": True}, 0),
+    ("registry github.com/distribution/distribution/v3 v3.0.0", {}, 1),
+    ("registry github.com/distribution/distribution/v3 v3.1.1", {"forcepathstyle": "true"}, 1),
+    ("registry github.com/distribution/distribution/v3 v3.1.2", {"forcepathstyle": True}, 0),
+    ("registry github.com/docker/distribution v4.14.0-gitlab", {}, 0),  # GitLab's fork numbers its own releases
+])
+def test_known_defects_by_release(answer, storage, blocking):
+    assert len(version_findings(answer, storage, "http://s3.internal:9000")) == blocking
+
+
+def test_a_redirect_to_a_loopback_endpoint_is_advice(local_registry, s3, bucket, tmp_path):
+    healthy_bucket(s3, bucket)
+    plan = local_registry.write_plan()
+    done, result = doctor(plan, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"redirected (307) to {local_registry.s3_endpoint}, a loopback" in checks(result, blocks=False)["redirect"]
+
+
+def test_run_refuses_before_any_change_when_something_blocks(registry_plan, local_registry, s3, bucket):
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "expire-all", "Status": "Enabled", "Filter": {"Prefix": "reg/"}, "Expiration": {"Days": 1}}]})
+    before, config = listing(s3, bucket), file_hash(local_registry.config)
+    pid = local_registry.pidfile.read_text()
+    done = run_cli("run", "--yes", registry_plan)
+    assert done.returncode == 2, done.stderr
+    assert "lifecycle rule 'expire-all' expires keys" in done.stderr and "nothing was changed" in done.stderr
+    assert listing(s3, bucket) == before
+    assert file_hash(local_registry.config) == config and local_registry.pidfile.read_text() == pid  # no restart
+
+    report = run_cli("report", registry_plan, "--json", registry_plan.with_name("report.json"))
+    assert report.returncode == 0, report.stderr
+    listed = json.loads(registry_plan.with_name("report.json").read_text())["doctor"]
+    assert not listed["ok"] and [f["check"] for f in listed["findings"] if f["blocks"]] == ["lifecycle"]
+    assert not any("push" in line for line in listed["proven"]), "report pushes nothing"
     assert listing(s3, bucket) == before
