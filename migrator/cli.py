@@ -231,6 +231,8 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
                    f"a restart ({'measured by the last run' if assumed['restart_measured'] else 'registry.restart_seconds'})")
         for hint in result.get("hints", []):
             click.echo(f"hint: {hint}")
+        for finding in result["doctor"]["findings"]:  # issue 24: doctor's checks, the push left to 'migrator doctor'
+            click.echo(f"doctor: {'BLOCKS' if finding['blocks'] else 'advice'} [{finding['check']}] {finding['message']}")
         for name, diff in result.get("config_diff", {}).items():
             click.echo(f"config change ({name}):\n{diff}")
         if plan.registry is not None:

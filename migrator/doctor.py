@@ -402,7 +402,7 @@ def blob_sizes(source: Path) -> Iterator[tuple[str, int]]:
     """(digest, size) of every blob's data in the source tree."""
     root = source / BLOBS
     for shard in os.scandir(root) if root.is_dir() else ():
-        for blob in os.scandir(shard.path):
+        for blob in os.scandir(shard.path) if shard.is_dir() else ():
             try:
                 yield blob.name, os.stat(os.path.join(blob.path, "data")).st_size
             except OSError:

@@ -263,5 +263,6 @@ def test_run_refuses_before_any_change_when_something_blocks(registry_plan, loca
     assert report.returncode == 0, report.stderr
     listed = json.loads(registry_plan.with_name("report.json").read_text())["doctor"]
     assert not listed["ok"] and [f["check"] for f in listed["findings"] if f["blocks"]] == ["lifecycle"]
+    assert "doctor: BLOCKS [lifecycle] lifecycle rule 'expire-all'" in report.stdout
     assert not any("push" in line for line in listed["proven"]), "report pushes nothing"
     assert listing(s3, bucket) == before
