@@ -266,3 +266,25 @@ def test_run_refuses_before_any_change_when_something_blocks(registry_plan, loca
     assert "doctor: BLOCKS [lifecycle] lifecycle rule 'expire-all'" in report.stdout
     assert not any("push" in line for line in listed["proven"]), "report pushes nothing"
     assert listing(s3, bucket) == before
+
+
+@pytest.mark.slow
+def test_rgw_object_lock_and_an_expiring_rule_block(rgw, tree, tmp_path):
+    """Ceph RGW's own answers: a bucket created with Object Lock and a default retention, an expiring lifecycle
+    rule, versioning (Object Lock turns it on)."""
+    s3 = rgw.client()
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+        {"ID": "expire", "Status": "Enabled", "Filter": {"Prefix": "reg/docker/"}, "Expiration": {"Days": 30}}]})
+    plan = tmp_path / "plan.yml"
+    plan.write_text(yaml.safe_dump({"source": str(tree.root),
+                                    "bucket": {"name": name, "prefix": "reg", "endpoint": rgw.endpoint}}))
+    before = listing(s3, name)
+    done, result = doctor(plan, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert set(checks(result, blocks=True)) == {"lifecycle", "object-lock"}, result
+    assert "versioning is enabled" in checks(result, blocks=False)["versioning"]
+    assert listing(s3, name) == before
