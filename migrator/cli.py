@@ -16,7 +16,8 @@ import click
 
 from migrator import __version__
 from migrator.console import BarProgress, setup_logging
-from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorError
+from migrator.doctor import examine
+from migrator.errors import EXIT_DIFFERENCES, EXIT_INVALID, EXIT_OK, InvalidInput, MigratorError
 from migrator.gc import collect_garbage, would_free
 from migrator.html_report import write_html
 from migrator.live import LiveStatus, read_live
@@ -233,6 +234,8 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
                    f"a restart ({'measured by the last run' if assumed['restart_measured'] else 'registry.restart_seconds'})")
         for hint in result.get("hints", []):
             click.echo(f"hint: {hint}")
+        for finding in result["doctor"]["findings"]:  # issue 24: doctor's checks, the push left to 'migrator doctor'
+            click.echo(f"doctor: {'BLOCKS' if finding['blocks'] else 'advice'} [{finding['check']}] {finding['message']}")
         for name, diff in result.get("config_diff", {}).items():
             click.echo(f"config change ({name}):\n{diff}")
         if plan.registry is not None:
@@ -489,5 +492,24 @@ def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None
             safety.rollback(job, force=force)
         click.echo("rolled back: the registry runs with its original config again")
         return EXIT_OK
+
+    _guarded(work)
+
+
+@main.command()
+@global_options
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the findings as JSON here.")
+@click.pass_context
+def doctor(ctx: click.Context, plan_path: str, json_path: Optional[str]) -> None:
+    """The bucket and the registry's own access proven before anything moves: a push by the registry under a
+    scratch prefix (removed again), the bucket's rules, blob sizes, stray keys, the registry's release."""
+
+    def work() -> int:
+        diagnosis = examine(_load(ctx, plan_path))
+        for line in diagnosis.lines():
+            click.echo(line)
+        _write_json(json_path, diagnosis.to_json())
+        return EXIT_OK if diagnosis.ok else EXIT_INVALID
 
     _guarded(work)

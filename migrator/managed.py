@@ -254,6 +254,15 @@ class ManagedRegistry:
         except OSError:
             return None
 
+    def uses_database(self) -> bool:
+        """Whether GitLab's registry runs with its metadata database now: its answer to GET /v2/ when it gives one,
+        else the original config's ``database.enabled`` (true only; 'prefer' without the database is off)."""
+        header = self.database_header()
+        if header is not None:
+            return header.lower() == "true"
+        database = self.config.original_running().get("database") or {}
+        return database.get("enabled") in (True, "true")
+
     def draintimeout(self) -> Optional[str]:
         """``http.draintimeout`` of the original config (None: unset, requests in flight are cut at a restart)."""
         http = self.config.original_running().get("http") or {}
@@ -261,13 +270,23 @@ class ManagedRegistry:
         return str(value) if value not in (None, 0, "0", "0s") else None
 
     @contextlib.contextmanager
-    def shadow(self, target: TargetState, work_dir: Path, port: int) -> Iterator[RegistryClient]:
+    def shadow(self, target: TargetState, work_dir: Path, port: int, scratch: bool = False) -> Iterator[RegistryClient]:
         """This registry's own binary serving ``target`` read-only on 127.0.0.1:``port`` (no TLS, no debug
         listener, no notifications), stopped afterwards: the registry's answers on s3, asked before the
-        production registry runs with it. Raises InvalidInput naming the log when it does not come up."""
+        production registry runs with it. Raises InvalidInput naming the log when it does not come up.
+
+        ``scratch``: read-write instead, for a push under a throw-away rootdirectory (``target`` names it): deletes
+        enabled, no auth, and an in-memory cache instead of a shared redis, so nothing outside it learns of the push."""
         config = yaml.safe_load(self.config.running_text(target))
         storage = config["storage"]
-        storage["maintenance"] = dict(storage.get("maintenance") or {}, readonly={"enabled": True})
+        if scratch:
+            storage["delete"] = {"enabled": True}
+            storage["cache"] = {"blobdescriptor": "inmemory"}
+            storage["maintenance"] = {"uploadpurging": {"enabled": False}}
+            for section in ("auth", "redis"):
+                config.pop(section, None)
+        else:
+            storage["maintenance"] = dict(storage.get("maintenance") or {}, readonly={"enabled": True})
         http = {k: v for k, v in (config.get("http") or {}).items() if k not in ("tls", "debug", "letsencrypt")}
         config["http"] = dict(http, addr=f"127.0.0.1:{port}")
         config.pop("notifications", None)

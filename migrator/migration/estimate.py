@@ -25,7 +25,7 @@ SECONDS_PER_OBJECT = 0.005  # assumed before an initial sync measured it
 
 def dry_run_report(ctx: Context) -> dict:
     """What ``run`` would do, computed without writing to the bucket, the config or the registry."""
-    preflight(ctx, canary=False)
+    diagnosis = preflight(ctx, canary=False)
     started = time.monotonic()
     result = ctx.engine.run_pass()
     pass_seconds = time.monotonic() - started
@@ -43,6 +43,7 @@ def dry_run_report(ctx: Context) -> dict:
         "source_objects": result.source_objects,
         "source_bytes": result.source_bytes,
         "s3_requests": sum(ctx.bucket.counter.attempts.values()),
+        "doctor": diagnosis.to_json(),  # the push is left to 'migrator doctor' and run
     }
     report["estimated_read_only_window_seconds"] = estimate_window(ctx, result, pass_seconds).to_json()
     if ctx.registry is not None:

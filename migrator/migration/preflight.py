@@ -1,19 +1,19 @@
 """Preflight: everything checked before anything changes (any failure: exit 2, nothing changed). The bucket's
-canary, the registry's config, restart command, credentials and answers, and hints for its settings.
+canary, the registry's config, restart command, credentials and answers, hints for its settings, and doctor's
+checks (``migrator/doctor.py``: a push by the registry itself, the bucket's rules, blob sizes, stray keys).
 
 Reads the plan, the state and the registry; changes only ``state.uses_database`` and ``ctx.hints``, and the
-bucket's ``etags_are_md5`` (what the canary found)."""
+bucket's ``etags_are_md5`` (what the canary found); doctor's push writes under a scratch prefix, removed again."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shlex
-import urllib.parse
 import uuid
 from pathlib import Path
 
+from migrator.doctor import Diagnosis, diagnose
 from migrator.errors import InvalidInput
 from migrator.managed import command_exists
 from migrator.march import md5_of
@@ -26,12 +26,30 @@ log = logging.getLogger("migrator")
 CANARIES = ".migrator-canary/"  # below the bucket prefix: the canary's objects, removed again
 
 
-def preflight(ctx: Context, canary: bool) -> None:
-    """Everything checked before anything changes; any failure is exit 2 with nothing changed."""
+def preflight(ctx: Context, canary: bool) -> Diagnosis:
+    """Everything checked before anything changes; any failure is exit 2 with nothing changed. Returns doctor's
+    findings (``report`` lists them); doctor's push only with ``canary``."""
     with ctx.bucket.counter.phase_scope("preflight"):
         check_bucket(ctx, canary)
     if ctx.plan.registry is not None:
         check_registry(ctx)
+    return doctor(ctx, push=canary)
+
+
+def doctor(ctx: Context, push: bool) -> Diagnosis:
+    """Doctor's checks; before the window a blocking finding stops here, nothing changed (exit 2), except on a dry
+    run, which lists it. The push by the registry itself only before the window: a run resumed inside it skips it."""
+    before_window = ctx.state.readonly_on_at is None
+    with ctx.bucket.counter.phase_scope("preflight"):
+        diagnosis = diagnose(ctx.plan, ctx.bucket.client, ctx.registry, push=push and before_window,
+                             uses_database=ctx.state.uses_database)
+    for finding in diagnosis.findings:
+        log.warning("%s [%s] %s", "BLOCKS" if finding.blocks else "advice", finding.check, finding.message)
+    if diagnosis.blocking and before_window and not ctx.engine.dry_run:
+        raise InvalidInput(f"'migrator doctor' found {len(diagnosis.blocking)} problems that block the migration "
+                           f"(first: [{diagnosis.blocking[0].check}] {diagnosis.blocking[0].message}); "
+                           "nothing was changed")
+    return diagnosis
 
 
 def check_bucket(ctx: Context, canary: bool) -> None:
@@ -76,7 +94,6 @@ def check_registry(ctx: Context) -> None:
         key = "registry.restart" if ctx.settings.restart else "registry.gitlab_ctl"
         raise InvalidInput(f"the restart command {command!r} runs {shlex.split(command)[0]!r}, which is not an "
                            f"executable on PATH; fix {key}")
-    warn_about_redirects(ctx)
     advise_on_registry_settings(ctx)
     resuming = bool(ctx.state.done) and ctx.state.outcome is None
     wait = ctx.settings.health_timeout_seconds if resuming else 5  # a crash may have left a restart running
@@ -86,7 +103,7 @@ def check_registry(ctx: Context) -> None:
             "check registry.url and that the registry is running"
         )
     if ctx.state.uses_database is None:
-        ctx.state.uses_database = source_uses_database(ctx)
+        ctx.state.uses_database = ctx.managed.uses_database()
     if ctx.managed.client.health() == 401:
         given = "rejects MIGRATOR_PROBE_USER's credentials" if ctx.managed.client.user else "asks for credentials"
         raise InvalidInput(
@@ -116,16 +133,6 @@ def check_registry_config(ctx: Context) -> None:
         )
 
 
-def source_uses_database(ctx: Context) -> bool:
-    """Whether GitLab's registry runs with its metadata database now: its answer to GET /v2/ when it gives one,
-    else the original config's ``database.enabled`` (true only; 'prefer' without the database is off)."""
-    header = ctx.managed.database_header()
-    if header is not None:
-        return header.lower() == "true"
-    database = ctx.managed.config.original_running().get("database") or {}
-    return database.get("enabled") in (True, "true")
-
-
 def advise_on_registry_settings(ctx: Context) -> None:
     """Hints for settings that make restarts or the bucket harder on clients than they need to be (logged, and
     kept for ``report``)."""
@@ -153,24 +160,3 @@ def advise_on_registry_settings(ctx: Context) -> None:
         raise InvalidInput("registry.storage.v4auth is false, but GitLab's registry removed SigV2 in 18.0: remove "
                            "v4auth from registry.storage")
 
-
-def warn_about_redirects(ctx: Context) -> None:
-    """After the cut-over the registry answers blob pulls with a 307 to the bucket's endpoint, unless
-    ``registry.redirect.disable``: say so, loudly when clients elsewhere cannot reach that endpoint."""
-    if ctx.settings.redirect.get("disable"):
-        return
-    endpoint = ctx.plan.bucket.endpoint
-    host = urllib.parse.urlparse(endpoint).hostname if endpoint else None
-    try:
-        private = host is not None and (host == "localhost" or ipaddress.ip_address(host).is_private
-                                        or ipaddress.ip_address(host).is_loopback)
-    except ValueError:
-        private = False
-    where = endpoint or f"S3 in {ctx.plan.bucket.region}"
-    if private:
-        log.warning("AFTER THE CUT-OVER, BLOB PULLS ARE REDIRECTED (307) TO %s, a loopback or private address that "
-                    "clients on other hosts may not reach. Set registry.redirect: {disable: true} to have the "
-                    "registry serve blobs itself, or use an endpoint clients reach", where)
-    else:
-        log.info("after the cut-over, blob pulls are redirected (307) to %s: clients must reach it "
-                 "(registry.redirect: {disable: true} makes the registry serve blobs itself)", where)
