@@ -462,6 +462,8 @@ def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry
                    + ("" if dry_run else f", read-only {collection.read_only_seconds:.1f}s") + ")")
         for digest in collection.first_blobs[:10]:
             click.echo(f"  {'-' if not dry_run else '?'} sha256:{digest}")
+        for image in collection.endangered[:10]:
+            click.echo(f"  ! {image} needs some of it: 'migrator gc' refuses to collect", err=True)
         _write_json(json_path, collection.to_json())
         return EXIT_OK
 
