@@ -12,21 +12,22 @@ from typing import Optional
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from tqdm import tqdm
 
+from migrator.registry_config import redact
 from migrator.sync import Progress
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MIGRATOR_PROBE_PASSWORD")
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces the values of secret environment variables wherever they would be logged."""
+    """Replaces the values of secret environment variables, and of any config key naming a secret
+    (``registry_config.redact``), wherever they would be logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = [os.environ[name] for name in SECRET_ENV if len(os.environ.get(name, "")) >= 4]
-        if secrets:
-            message = record.getMessage()
-            for secret in secrets:
-                message = message.replace(secret, "<redacted>")
-            record.msg, record.args = message, None
+        message = redact(record.getMessage())
+        for name in SECRET_ENV:
+            if len(os.environ.get(name, "")) >= 4:
+                message = message.replace(os.environ[name], "<redacted>")
+        record.msg, record.args = message, None
         return True
 
 

@@ -204,7 +204,7 @@ class ManagedRegistry:
 
     def diff(self, target: Optional[TargetState] = None) -> str:
         """The unified diff of every file ``target`` changes (None: as they are now), secrets redacted."""
-        return redact("".join(unified_diff(before, after, path.name) for path, before, after in self.files(target)))
+        return "".join(unified_diff(redact(before), redact(after), path.name) for path, before, after in self.files(target))
 
     # --- restarts ---------------------------------------------------------------------------
 
