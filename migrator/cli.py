@@ -16,7 +16,7 @@ import click
 
 from migrator import __version__
 from migrator.console import BarProgress, setup_logging
-from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorError
+from migrator.errors import EXIT_DIFFERENCES, EXIT_OK, InvalidInput, MigratorError, describe_unexpected
 from migrator.gc import collect_garbage, would_free
 from migrator.html_report import write_html
 from migrator.live import LiveStatus, read_live
@@ -92,8 +92,7 @@ def _guarded(work: Callable[[], int]) -> None:
         sys.exit(130)
     except Exception as exc:  # a bug: the operator still gets one line, the log file the traceback
         log.debug("unexpected error", exc_info=True)
-        log.error("error: unexpected %s: %s (details in the log file); re-run the same command to continue",
-                  type(exc).__name__, exc)
+        log.error("error: %s", describe_unexpected(exc))
         sys.exit(EXIT_DIFFERENCES)
     sys.exit(code)
 
