@@ -1,0 +1,49 @@
+"""A Dask worker whose source is a lagging copy with mtimes kept (a snapshot behind the registry) is refused by name
+(issue 21 item 10): the worker check compares what changes (the tag links written last, their mtimes and
+content), not only blobs that never change. Oracle: the bucket read with the test's own client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+from conftest import bucket_contents, run_cli, source_files
+from test_cluster import dask_cluster  # noqa: F401 - the fixture
+
+from migrator.synthetic import RegistryTree, populate
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_worker_on_a_lagging_snapshot_of_the_source_is_refused_by_name(tmp_path, make_plan, s3, bucket,
+                                                                          dask_cluster):  # noqa: F811
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("giving one worker another source needs root and unshare (a mount namespace)")
+    tree = RegistryTree(tmp_path / "src")
+    populate(tree, images=8)
+    plan = make_plan(tree.root, sync={"workers": 4, "engine": "dask", "dask": {"scheduler": dask_cluster.address}})
+    first = run_cli("sync", plan)
+    assert first.returncode == 0, first.stdout + first.stderr
+    replica = tmp_path / "replica"
+    shutil.copytree(tree.root, replica, copy_function=shutil.copy2)  # a snapshot: same names, sizes and mtimes
+
+    # the registry goes on: a tag moves (in place, 71 bytes), written a few minutes ago
+    moved = next(tree.root.glob("docker/registry/v2/repositories/*/*/_manifests/tags/v1/current/link"))
+    other = next(tree.root.glob("docker/registry/v2/repositories/*/*/_manifests/tags/v2/current/link")).read_text()
+    tree.link(str(moved.relative_to(tree.root)), other)
+    os.utime(moved, ns=(time.time_ns() - 300 * 10**9,) * 2)
+    swap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount --bind "{replica}" "{tree.root}" && exec "$0" "$@"']
+    dask_cluster.add_worker("lagging", wrap=swap)
+
+    result = run_cli("sync", plan)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "worker lagging" in result.stderr and str(moved) in result.stderr, result.stderr
+    assert "worker-1" not in result.stderr
+
+    dask_cluster.kill("lagging")
+    again = run_cli("sync", plan)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
