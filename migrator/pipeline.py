@@ -221,9 +221,9 @@ class Migration:
                                   "s3 as s3_v2) sends CRC64NVME checksums and path-style requests unless told; set "
                                   f"{' and '.join(f'{k}: true' for k in missing)} under registry.storage if the store "
                                   "needs it")
-        if self.plan.bucket.trusted_ca and "skipverify" not in storage:
-            self.hints.append("bucket.ca_bundle (or AWS_CA_BUNDLE) is set, but the registry's s3 driver takes no CA "
-                              "bundle: it trusts its host's CAs. Add the certificate to the registry host's trust store, or set "
+        if self.plan.bucket.ca_bundle and "skipverify" not in storage:
+            self.hints.append("bucket.ca_bundle is set, but the registry's s3 driver takes no CA bundle: it trusts its "
+                              "host's CAs. Add the certificate to the registry host's trust store, or set "
                               "skipverify: true under registry.storage (the check on s3 before the window fails "
                               "otherwise)")
         for hint in self.hints:

@@ -25,6 +25,11 @@ def test_gc_delete_untagged_refuses_to_remove_the_children_of_a_multi_arch_image
     push(layout, "v1", registry, "team/single:old")  # `old`'s first manifest is now untagged: gc may remove it
     plan = local_registry.write_plan()
 
+    dry = run_cli("gc", plan, "--dry-run", "--delete-untagged", "--json", tmp_path / "dry.json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads((tmp_path / "dry.json").read_text())["endangered"] == ["multi/arch:latest"]
+    assert "! multi/arch:latest needs some of it" in dry.stderr, dry.stderr
+
     refused = run_cli("gc", plan, "--yes", "--delete-untagged", "--json", tmp_path / "gc.json")
     assert refused.returncode == 3, refused.stdout + refused.stderr
     assert "multi/arch:latest" in refused.stderr and "team/single" not in refused.stderr, refused.stderr
