@@ -539,6 +539,9 @@ class Migration:
         """The source is frozen: copy what changed since the last pass, then delete what is gone. With a change
         feed that watched the last online pass, only the paths it saw change are walked."""
         self.engine.prove_changes = True
+        # excused online as in flight: uploaded again, so the window proves each by the bucket's answer (the
+        # journal's word cannot tell a dead task's upload under a KMS ETag)
+        self.journal.mark_unconfirmed(self.journal.rechecks())
         paths = self.tracker.final_paths() if self.tracker else None
         if paths is not None:  # the changes online verification excused as in flight, and interrupted ones
             paths = outermost(paths + self.journal.rechecks() + self.journal.unconfirmed())
