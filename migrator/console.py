@@ -23,12 +23,20 @@ class RedactSecrets(logging.Filter):
     (``registry_config.redact``), wherever they would be logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = redact(record.getMessage())
+        record.msg, record.args = self.redacted(record.getMessage()), None
+        if record.exc_info and not record.exc_text:  # a traceback's messages too (the formatter keeps exc_text)
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redacted(record.exc_text)
+        return True
+
+    @staticmethod
+    def redacted(text: str) -> str:
+        text = redact(text)
         for name in SECRET_ENV:
             if len(os.environ.get(name, "")) >= 4:
-                message = message.replace(os.environ[name], "<redacted>")
-        record.msg, record.args = message, None
-        return True
+                text = text.replace(os.environ[name], "<redacted>")
+        return text
 
 
 def setup_logging(log_file: Optional[Path], verbose: bool, quiet: bool) -> None:

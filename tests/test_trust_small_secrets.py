@@ -5,6 +5,7 @@ endpoint's Authorization header, s3 keys; on Omnibus the database password). Ora
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 from conftest import run_cli
@@ -97,3 +98,14 @@ def test_log_records_holding_config_secrets_are_redacted():
                                None)
     RedactSecrets().filter(record)
     assert "s3cr3t-value" not in record.getMessage()
+
+
+def test_a_logged_traceback_holding_a_secret_is_redacted(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-4711")
+    try:
+        raise ValueError("bad config: password: s3cr3t-value, key env-secret-4711")
+    except ValueError:
+        record = logging.LogRecord("migrator", logging.DEBUG, __file__, 1, "unexpected error", (), sys.exc_info())
+    RedactSecrets().filter(record)
+    text = logging.Formatter("%(message)s").format(record)
+    assert "ValueError" in text and "s3cr3t-value" not in text and "env-secret-4711" not in text, text
