@@ -55,14 +55,15 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _skip_not_utf8(entry: os.DirEntry) -> bool:
-    if _is_utf8(entry.name):
+def _skip_not_utf8(name: str, path: str, is_dir: bool) -> bool:
+    """True (and a warning naming ``path``, once) when ``name`` is not UTF-8."""
+    if _is_utf8(name):
         return False
-    if entry.path not in _NOT_UTF8_SAID:
-        _NOT_UTF8_SAID.add(entry.path)
+    if path not in _NOT_UTF8_SAID:
+        _NOT_UTF8_SAID.add(path)
         log.warning("%r: the name is not UTF-8, so it cannot be an S3 key (and the registry never writes such a "
-                    "name): skipped%s. Rename or remove it to have it copied", entry.path,
-                    " with everything under it" if entry.is_dir() else "")
+                    "name): skipped%s. Rename or remove it to have it copied", os.fsencode(path),
+                    " with everything under it" if is_dir else "")
     return True
 
 
@@ -74,7 +75,8 @@ def _sorted_entries(directory: str) -> list[tuple[str, os.DirEntry]]:
     """
     try:
         with os.scandir(directory) as it:
-            entries = [(e.name + "/" if e.is_dir() else e.name, e) for e in it if not _skip_not_utf8(e)]
+            entries = [(e.name + "/" if e.is_dir() else e.name, e) for e in it
+                       if not _skip_not_utf8(e.name, e.path, e.is_dir())]
     except (FileNotFoundError, NotADirectoryError):
         return []
     if len(entries) > 1:  # most registry directories hold a single entry
@@ -148,7 +150,7 @@ def branching(source: Path, shard: Shard) -> tuple[str, list[str]]:
 def walk_path(source: Path, rel: str, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
     """Like ``walk_shard`` for one path: the file itself, or everything under it if it is a directory."""
     path = os.path.join(str(source), rel)
-    if is_uploads(rel):
+    if is_uploads(rel) or _skip_not_utf8(rel, path, os.path.isdir(path)):
         return iter(())
     seen_ns = time.time_ns()
     try:

@@ -23,7 +23,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(local_registry, s3, b
     with open(os.path.join(repositories, STRAY), "wb") as handle:
         handle.write(b"an operator's notes\n")
     plan = local_registry.write_plan()
-    named = repr(os.fsdecode(os.path.join(repositories, STRAY)))
+    named = repr(os.path.join(repositories, STRAY))  # the bytes, as the file system holds them
 
     for command in (("sync", plan), ("verify", plan), ("run", "--yes", plan), ("verify", plan)):
         result = run_cli(*command)
@@ -35,3 +35,14 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(local_registry, s3, b
     expected = {rel: data for rel, data in source_files(local_registry.root).items() if "caf" not in rel}
     copied = {rel: data for rel, data in bucket_contents(s3, bucket, "reg/").items() if not UPLOADS.match(rel)}
     assert copied == expected
+
+
+def test_a_path_the_change_feed_reports_with_a_name_that_is_not_utf8_is_skipped(tmp_path, caplog):
+    from migrator.walker import walk_path
+
+    path = os.path.join(os.fsencode(tmp_path), b"docker", STRAY)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as handle:
+        handle.write(b"x")
+    assert list(walk_path(tmp_path, os.fsdecode(b"docker/" + STRAY))) == []
+    assert repr(path) in caplog.text
