@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
-import boto3
 import pytest
 import yaml
 from conftest import bucket_contents, run_cli, source_files
 from test_cluster import dask_cluster  # noqa: F401 - the fixture
+from test_trust_small_inflight import kms_bucket
 
 from migrator.synthetic import RegistryTree, populate
 
@@ -59,11 +59,7 @@ def test_a_tag_a_dead_worker_uploaded_and_that_moved_back_is_uploaded_again_with
     tag moved back to A before the task's retry. The shard the dead task ran stays in flight on the coordinator
     (durable before the task was submitted); the next pass trusts none of its rows and uploads them again, so the
     bucket ends with A."""
-    s3 = boto3.client("s3", endpoint_url=kms_moto_server.endpoint, region_name="us-east-1")
-    bucket = "kms-" + tmp_path.name[-20:].lower().replace("_", "-")
-    s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
-        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/reg"}}]})
+    s3, bucket = kms_bucket(kms_moto_server, tmp_path)
     tree = RegistryTree(tmp_path / "src")
     populate(tree, images=6)
     plan = tmp_path / "kms.yml"

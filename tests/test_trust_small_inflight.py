@@ -17,14 +17,20 @@ from migrator.verify import Verifier
 pytestmark = pytest.mark.slow
 
 
-def test_a_key_excused_as_in_flight_is_uploaded_and_proven_in_the_window(tmp_path, kms_moto_server, monkeypatch):
-    from migrator.pipeline import migration  # the run as the library runs it (no registry section: no restarts)
-
-    s3 = boto3.client("s3", endpoint_url=kms_moto_server.endpoint, region_name="us-east-1")
+def kms_bucket(server, tmp_path) -> tuple:
+    """(a client of the test's own, a new bucket whose default encryption is SSE-KMS: ETags are no MD5s)."""
+    s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
     bucket = "kms-" + tmp_path.name[-20:].lower().replace("_", "-")
     s3.create_bucket(Bucket=bucket)
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/reg"}}]})
+    return s3, bucket
+
+
+def test_a_key_excused_as_in_flight_is_uploaded_and_proven_in_the_window(tmp_path, kms_moto_server, monkeypatch):
+    from migrator.pipeline import migration  # the run as the library runs it (no registry section: no restarts)
+
+    s3, bucket = kms_bucket(kms_moto_server, tmp_path)
     tree = RegistryTree(tmp_path / "src")
     populate(tree, images=6)
     plan = tmp_path / "kms.yml"
