@@ -17,7 +17,7 @@ import click
 from migrator import __version__
 from migrator.console import BarProgress, setup_logging
 from migrator.doctor import examine
-from migrator.errors import EXIT_DIFFERENCES, EXIT_INVALID, EXIT_OK, InvalidInput, MigratorError
+from migrator.errors import EXIT_DIFFERENCES, EXIT_INVALID, EXIT_OK, InvalidInput, MigratorError, describe_unexpected
 from migrator.gc import collect_garbage, would_free
 from migrator.html_report import write_html
 from migrator.live import LiveStatus, read_live
@@ -96,8 +96,7 @@ def _guarded(work: Callable[[], int]) -> None:
         sys.exit(130)
     except Exception as exc:  # a bug: the operator still gets one line, the log file the traceback
         log.debug("unexpected error", exc_info=True)
-        log.error("error: unexpected %s: %s (details in the log file); re-run the same command to continue",
-                  type(exc).__name__, exc)
+        log.error("error: %s", describe_unexpected(exc))
         sys.exit(EXIT_DIFFERENCES)
     sys.exit(code)
 
@@ -466,6 +465,8 @@ def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry
                    + ("" if dry_run else f", read-only {collection.read_only_seconds:.1f}s") + ")")
         for digest in collection.first_blobs[:10]:
             click.echo(f"  {'-' if not dry_run else '?'} sha256:{digest}")
+        for image in collection.endangered[:10]:
+            click.echo(f"  ! {image} needs some of it: 'migrator gc' refuses to collect", err=True)
         _write_json(json_path, collection.to_json())
         return EXIT_OK
 

@@ -25,11 +25,14 @@ verification outside online verification and dry runs stay local.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import pickle
 import resource
 import socket
+import tempfile
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, cast
 
 from migrator.errors import InvalidInput
+from migrator.images import ImageGraph
 from migrator.journal import Journal, JournalRow
 from migrator.layout import BLOBS, Shard, shards, split
 from migrator.plan import BucketSettings, SyncSettings
@@ -51,6 +55,8 @@ log = logging.getLogger(__name__)
 SPLIT_ABOVE = 4096  # entries above which a shard's work is split into tasks by the next character of its keys
 TASKS_PER_THREAD = 2  # tasks in flight per worker thread
 SAMPLE_FILES = 32
+RECENT_LINKS = 16  # tag links written last: what a lagging view of the source gets wrong
+SETTLE_NS = 60 * 10**9  # links written in the last minute are left out: an NFS client's attribute cache may lag so
 DASK_CONFIG = {  # for this process, and the local cluster's workers (the operator's: README, "Many processes")
     # every batched stream keeps its last N messages for debugging; a task's message carries its journal rows: with
     # the default 1000 the coordinator held 795 MB in a delta pass over 1 M objects (bench run 20261127-190308)
@@ -72,10 +78,11 @@ class Job:
     etags_are_md5: bool = True  # preflight's finding (bucket encryption): listed ETags seed md5s only if true
     split_above: int = SPLIT_ABOVE
     sample: tuple = ()  # (rel, size, mtime_ns) of blobs across the tree: a worker must see the same
+    recent: tuple = ()  # (rel, size, mtime_ns, digest) of the tag links written last (each pass's): the same too
 
     @property
     def cache_key(self) -> str:
-        return repr(self)
+        return repr(replace(self, recent=()))  # one bucket client and transfer pool per worker for the whole run
 
 
 Result = TypeVar("Result", PassResult, VerifyResult)
@@ -221,6 +228,16 @@ def check_worker(job: Job) -> Optional[str]:
         if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
             return (f"its {source / rel} is not the coordinator's (size {stat.st_size}, mtime_ns {stat.st_mtime_ns}; "
                     f"coordinator: {size}, {mtime_ns})")
+    for rel, size, mtime_ns, digest in job.recent:
+        path = source / rel
+        try:
+            stat = os.stat(path)
+            held = path.read_bytes()[:80].decode(errors="replace")
+        except OSError as exc:
+            return f"its view of the source lags behind the registry: it does not see {path} ({exc.strerror})"
+        if (stat.st_size, stat.st_mtime_ns, held) != (size, mtime_ns, digest):
+            return (f"its view of the source lags behind the registry (a replica or snapshot?): its {path} holds "
+                    f"{held!r} (mtime_ns {stat.st_mtime_ns}), the coordinator's {digest!r} (mtime_ns {mtime_ns})")
     try:
         bucket = open_bucket(job.bucket, job.sync, job.key_prefix, max_attempts=2)
         bucket.head_bucket()
@@ -262,6 +279,28 @@ def journal_branching(journal: Journal, shard: Shard) -> tuple[str, list[str]]:
         chars.append(key[len(common)])
         key = journal.first_in(ranges, common + chr(ord(chars[-1]) + 1))
     return common, chars
+
+
+def recent_tag_links(source: Path, count: int = RECENT_LINKS) -> list[tuple[str, int, int, str]]:
+    """The ``count`` tag links written last (not in the last minute), as the coordinator's source holds them now:
+    (rel, size, mtime_ns, digest). Tags move while the registry takes pushes, so a replica or snapshot behind it
+    shows older mtimes or other digests here, where blobs (written once) cannot tell."""
+    graph = ImageGraph(source, Path(tempfile.gettempdir()))
+    settled = time.time_ns() - SETTLE_NS
+
+    def stats() -> Iterable[tuple[int, str, int, str]]:
+        for _, _, rel, digest in graph.tag_links():
+            try:
+                stat = os.stat(source / rel)
+            except OSError:
+                continue
+            if stat.st_mtime_ns < settled:
+                yield stat.st_mtime_ns, rel, stat.st_size, digest
+
+    try:
+        return [(rel, size, mtime_ns, digest) for mtime_ns, rel, size, digest in heapq.nlargest(count, stats())]
+    finally:
+        graph.close()
 
 
 def source_sample(source: Path) -> list[tuple[str, int, int]]:
@@ -332,12 +371,19 @@ class DaskEngine:
         bucket (exit 2 naming any that does not, before a task runs; later joiners prove it in their first task)."""
         self.job = replace(self.job, etags_are_md5=engine.bucket.etags_are_md5)
         self.start()
-        answers = self.client.run(check_worker, self.job)
-        names = self._worker_names()
-        problems = {f"{names.get(address)} ({address})" if names.get(address) not in (None, address) else address:
-                    problem for address, problem in answers.items() if problem}
+        problems = self._check_workers()
+        if problems:  # a tag that moved between the sample and the check is no lag: asked again on a new sample
+            problems = self._check_workers()
         if problems:
             raise InvalidInput(refusal(problems, self.job.source))
+
+    def _check_workers(self) -> dict[str, str]:
+        """{worker: what is wrong} for every worker that fails ``check_worker`` on this moment's recent tag links."""
+        self.job = replace(self.job, recent=tuple(recent_tag_links(Path(self.job.source))))
+        answers = self.client.run(check_worker, self.job)
+        names = self._worker_names()
+        return {f"{names.get(address)} ({address})" if names.get(address) not in (None, address) else address:
+                problem for address, problem in answers.items() if problem}
 
     def _run_tasks(self, engine: SyncEngine, queue: deque, submit: Callable, handle: Callable) -> int:
         """Submit ``submit(item)`` for the queue's items, at most two per worker thread in flight; ``handle(item,

@@ -12,22 +12,31 @@ from typing import Optional
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from tqdm import tqdm
 
+from migrator.registry_config import redact
 from migrator.sync import Progress
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MIGRATOR_PROBE_PASSWORD")
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces the values of secret environment variables wherever they would be logged."""
+    """Replaces the values of secret environment variables, and of any config key naming a secret
+    (``registry_config.redact``), wherever they would be logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = [os.environ[name] for name in SECRET_ENV if len(os.environ.get(name, "")) >= 4]
-        if secrets:
-            message = record.getMessage()
-            for secret in secrets:
-                message = message.replace(secret, "<redacted>")
-            record.msg, record.args = message, None
+        record.msg, record.args = self.redacted(record.getMessage()), None
+        if record.exc_info and not record.exc_text:  # a traceback's messages too (the formatter keeps exc_text)
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redacted(record.exc_text)
         return True
+
+    @staticmethod
+    def redacted(text: str) -> str:
+        text = redact(text)
+        for name in SECRET_ENV:
+            if len(os.environ.get(name, "")) >= 4:
+                text = text.replace(os.environ[name], "<redacted>")
+        return text
 
 
 def setup_logging(log_file: Optional[Path], verbose: bool, quiet: bool) -> None:

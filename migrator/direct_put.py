@@ -13,6 +13,7 @@ its errors.
 from __future__ import annotations
 
 import base64
+import logging
 import zlib
 from typing import Optional
 from urllib.parse import quote
@@ -23,27 +24,39 @@ from botocore.awsrequest import AWSRequest
 
 PROBE_KEY = "migrator-url-probe"
 GIVE_UP_AFTER = 20  # failures in a row: the bucket answers this way to every direct request (say, a region redirect)
+_CERTIFICATE = ("certificate", "UnknownIssuer", "CaUsedAsEndEntity", "tls handshake")  # never better on a retry
+
+log = logging.getLogger("migrator")
 
 
 class FallbackPut:
     """A PUT path outside the client: ``_send`` answers the ETag or None, and every None hands the upload back to
-    ``client.put_object`` (counted in ``fallbacks``); after ``GIVE_UP_AFTER`` failures in a row it stops trying."""
+    ``client.put_object`` (counted in ``fallbacks``); after ``GIVE_UP_AFTER`` failures in a row, or at once when the
+    endpoint's certificate is what failed, it stops trying for the rest of the run and says so once."""
 
     fallbacks = 0  # requests handed back to put_object
+    problem = ""  # what the last request that failed ran into (``_send`` sets it)
+    given_up = False  # every upload goes through put_object: the caller need not ask (nor count a retry)
     _failures_in_a_row = 0
 
     def put(self, key: str, body: bytes) -> Optional[str]:
-        """The ETag the bucket answered, or None if the request did not cleanly succeed (or was not sent: after
-        ``GIVE_UP_AFTER`` failures in a row every upload goes through put_object)."""
-        if self._failures_in_a_row >= GIVE_UP_AFTER:
+        """The ETag the bucket answered, or None if the request did not cleanly succeed (or was not sent: given up)."""
+        if self.given_up:
             return None
         etag = self._send(key, body)
-        if etag is None:
-            self.fallbacks += 1
-            self._failures_in_a_row += 1
-        else:
+        if etag is not None:
             self._failures_in_a_row = 0
-        return etag
+            return etag
+        self.fallbacks += 1
+        self._failures_in_a_row += 1
+        certificate = any(word.lower() in self.problem.lower() for word in _CERTIFICATE)
+        if (certificate or self._failures_in_a_row >= GIVE_UP_AFTER) and not self.given_up:
+            self.given_up = True
+            log.warning("%s: %s; every upload goes through boto3's put_object for the rest of the run%s",
+                        type(self).__name__, self.problem or f"{self._failures_in_a_row} requests in a row failed",
+                        " (it trusts bucket.ca_bundle / AWS_CA_BUNDLE; this PUT path could not use that certificate)"
+                        if certificate else "")
+        return None
 
     def _send(self, key: str, body: bytes) -> Optional[str]:
         raise NotImplementedError
@@ -79,10 +92,14 @@ class DirectPut(FallbackPut):
         S3SigV4Auth(self.credentials.get_frozen_credentials(), "s3", self.region).add_auth(request)
         try:
             response = self.session.send(request.prepare())
-        except botocore.exceptions.BotoCoreError:
+        except botocore.exceptions.BotoCoreError as exc:
+            self.problem = str(exc)
             return None
         etag = response.headers.get("ETag")
-        return etag if response.status_code == 200 and etag else None
+        if response.status_code == 200 and etag:
+            return etag
+        self.problem = f"PUT answered {response.status_code}"
+        return None
 
 
 def direct_put(client, bucket: str, credentials, extra_args: dict) -> Optional[DirectPut]:

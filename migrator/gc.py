@@ -5,6 +5,12 @@
 proven by a write probe (202). What was eligible is listed by a ``--dry-run`` first (inside the same read-only
 stretch, so nothing changes in between); what was removed is then checked on disk, not taken from the output.
 Locked like ``run``; killed midway, the same command finishes the job; any failure puts the original config back.
+
+Distribution 2.8's ``--delete-untagged`` counts the children of a multi-arch image (an OCI index, a manifest list)
+as untagged and removes them with their layers. So what the dry run would delete is intersected with what every
+tagged image needs (the image graph, read from the source): if a tagged image needs any of it, nothing is collected
+(``Refused``, naming the images). After collecting, every tagged image is pulled through the registry, index
+children included.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
-from migrator.errors import InvalidInput, StoppedSafely
+from migrator.errors import InvalidInput, Refused, StoppedSafely
+from migrator.images import ImageGraph, check_through_registry, tag_needs
 from migrator.layout import BLOBS
 from migrator.migration.context import Context
 from migrator.migration.safety import restore_original
@@ -26,6 +33,7 @@ log = logging.getLogger("migrator")
 
 _ELIGIBLE_BLOB = re.compile(r"blob eligible for deletion: sha256:([0-9a-f]{64})")
 _ELIGIBLE_MANIFESTS = re.compile(r"(\d+) blobs and (\d+) manifests eligible for deletion")
+_ELIGIBLE_MANIFEST = re.compile(r"manifest eligible for deletion: .*?sha256:([0-9a-f]{64})")
 
 
 @dataclass
@@ -39,20 +47,53 @@ class Collection:
     seconds: float = 0.0
     read_only_seconds: float = 0.0
     first_blobs: list = field(default_factory=list)
+    endangered: list = field(default_factory=list)  # "repository:tag" of tagged images the collection would break
+    images_pulled: int = 0  # tagged images pulled through the registry after collecting
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def eligible(migration: Context, delete_untagged: bool) -> tuple[dict[str, int], int]:
-    """``garbage-collect --dry-run``: {digest: bytes on disk} of the blobs it would remove, and the manifest count."""
+@dataclass
+class Eligible:
+    """What ``garbage-collect --dry-run`` would remove."""
+
+    blobs: dict  # {hex digest: bytes on disk}
+    manifests: int
+    manifest_digests: set  # "sha256:..." of the manifests it names (in whichever repository)
+
+
+def eligible(migration: Context, delete_untagged: bool) -> Eligible:
+    """``garbage-collect --dry-run``, read from its output."""
     completed = run_collector(migration, delete_untagged, dry_run=True)
+    output = completed.stdout + completed.stderr
     blobs = {}
-    for digest in dict.fromkeys(_ELIGIBLE_BLOB.findall(completed.stdout + completed.stderr)):
+    for digest in dict.fromkeys(_ELIGIBLE_BLOB.findall(output)):
         data = migration.plan.source / BLOBS / digest[:2] / digest / "data"
         blobs[digest] = data.stat().st_size if data.is_file() else 0
-    summary = _ELIGIBLE_MANIFESTS.search(completed.stdout + completed.stderr)
-    return blobs, int(summary.group(2)) if summary else 0
+    summary = _ELIGIBLE_MANIFESTS.search(output)
+    return Eligible(blobs, int(summary.group(2)) if summary else 0,
+                    {"sha256:" + digest for digest in _ELIGIBLE_MANIFEST.findall(output)})
+
+
+def tagged_images(migration: Context) -> list[tuple[str, str, str]]:
+    """(repository, tag, digest) of every tag in the source."""
+    graph = ImageGraph(migration.plan.source, migration.plan.state_dir)
+    try:
+        return [(repository, tag, digest) for repository, tag, _, digest in graph.tag_links()]
+    finally:
+        graph.close()
+
+
+def endangered(migration: Context, tags: list[tuple[str, str, str]], doomed: Eligible) -> list[str]:
+    """"repository:tag" of every tagged image that needs a manifest or blob the collection would remove. A manifest
+    digest counts in every repository (the dry run does not say which it means): refusing too often is safe."""
+    broken = []
+    for repository, tag, digest in tags:
+        manifests, blobs = tag_needs(migration.plan.source, digest)
+        if manifests & doomed.manifest_digests or {blob[7:] for blob in blobs | manifests} & doomed.blobs.keys():
+            broken.append(f"{repository}:{tag}")
+    return broken
 
 
 def run_collector(migration: Context, delete_untagged: bool, dry_run: bool) -> subprocess.CompletedProcess:
@@ -66,9 +107,11 @@ def run_collector(migration: Context, delete_untagged: bool, dry_run: bool) -> s
 def would_free(migration: Context, delete_untagged: bool = False) -> Collection:
     """What ``gc`` would remove now; changes nothing (the collector's dry run only reads)."""
     started = time.monotonic()
-    blobs, manifests = eligible(migration, delete_untagged)
-    return Collection(dry_run=True, blobs=len(blobs), bytes=sum(blobs.values()), manifests=manifests,
-                      seconds=round(time.monotonic() - started, 3), first_blobs=list(blobs)[:20])
+    doomed = eligible(migration, delete_untagged)
+    return Collection(dry_run=True, blobs=len(doomed.blobs), bytes=sum(doomed.blobs.values()),
+                      manifests=doomed.manifests, seconds=round(time.monotonic() - started, 3),
+                      first_blobs=list(doomed.blobs)[:20],
+                      endangered=endangered(migration, tagged_images(migration), doomed))
 
 
 def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
@@ -86,25 +129,44 @@ def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
         job.store.save(state)
     started = time.monotonic()
     readonly_on(job)
+    broken: list[str] = []
     try:
-        blobs, manifests = eligible(job, delete_untagged)
+        doomed = eligible(job, delete_untagged)
+        blobs = doomed.blobs
         log.info("garbage collection: %d blobs (%d bytes) and %d manifests eligible", len(blobs), sum(blobs.values()),
-                 manifests)
-        run_collector(job, delete_untagged, dry_run=False)
+                 doomed.manifests)
+        tags = tagged_images(job)
+        broken = endangered(job, tags, doomed)
+        if not broken:
+            run_collector(job, delete_untagged, dry_run=False)
+            pulled = check_through_registry(job.managed.client, tags)
     except (Exception, KeyboardInterrupt) as exc:
-        restore_original(job, f"garbage collection failed: {exc}")
-        job.managed.config.drop_backup()
-        state.gc_started_at = None
-        job.store.save(state)
+        _read_write(job, f"garbage collection failed: {exc}")
         raise StoppedSafely(f"garbage collection failed ({exc}); the registry is back to read-write on the "
                             "filesystem") from None
+    read_only_from = state.readonly_on_at
+    if broken:
+        _read_write(job, "garbage collection refused")
+        raise Refused(f"garbage-collect{' --delete-untagged' if delete_untagged else ''} would remove what "
+                      f"{len(broken)} tagged images need ({', '.join(broken[:10])}"
+                      f"{' and more' if len(broken) > 10 else ''}); nothing was removed and the registry is back "
+                      "to read-write. Distribution's collector counts the platform manifests of a multi-arch image "
+                      "(an OCI index or manifest list) as untagged: run 'migrator gc' without --delete-untagged")
     removed = {digest: size for digest, size in blobs.items()
                if not (job.plan.source / BLOBS / digest[:2] / digest / "data").exists()}
-    read_only_from = state.readonly_on_at
-    restore_original(job, "garbage collection done")
-    job.managed.config.drop_backup()
-    state.gc_started_at = None
-    job.store.save(state)
-    return Collection(dry_run=False, blobs=len(removed), bytes=sum(removed.values()), manifests=manifests,
+    _read_write(job, "garbage collection done")
+    if not pulled.ok:
+        raise StoppedSafely(f"after garbage collection {len(pulled.failed)} tagged images no longer pull: "
+                            f"{'; '.join(pulled.failed[:10])}. Restore them from a backup or push them again")
+    return Collection(dry_run=False, blobs=len(removed), bytes=sum(removed.values()), manifests=doomed.manifests,
                       seconds=round(time.monotonic() - started, 3),
-                      read_only_seconds=round(now() - read_only_from, 3), first_blobs=list(removed)[:20])
+                      read_only_seconds=round(now() - read_only_from, 3), first_blobs=list(removed)[:20],
+                      images_pulled=pulled.tags)
+
+
+def _read_write(job: Context, why: str) -> None:
+    """The registry back on its original config (read-write, proven) and the state out of gc."""
+    restore_original(job, why)
+    job.managed.config.drop_backup()
+    job.state.gc_started_at = None
+    job.store.save(job.state)

@@ -57,6 +57,27 @@ def references(manifest: bytes) -> tuple[list[str], list[str]]:
     return [], blobs
 
 
+def tag_needs(source: Path, digest: str) -> tuple[set[str], set[str]]:
+    """(manifest digests, blob digests) pulling the image ``digest`` names needs, read from the source: the
+    manifest, an index's children (recursively), and every config and layer they name. What the source lacks or
+    cannot parse is left out (the image check reports it)."""
+    manifests: set[str] = set()
+    blobs: set[str] = set()
+    pending = [digest]
+    while pending:
+        manifest = pending.pop()
+        if manifest in manifests:
+            continue
+        manifests.add(manifest)
+        try:
+            children, named = references((Path(source) / blob_rel(manifest)).read_bytes())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        pending.extend(children)
+        blobs.update(named)
+    return manifests, blobs
+
+
 @dataclass
 class ImageResult:
     """What the proof counted; ``missing`` counts keys the bucket lacks or holds with another size or content."""

@@ -143,7 +143,7 @@ class ManagedRegistry:
         self.settings = settings
         self.bucket = bucket
         self.key_prefix = key_prefix
-        self.client = RegistryClient(settings.url, ca_bundle=bucket.ca_bundle)
+        self.client = RegistryClient(settings.url, ca_bundle=bucket.trusted_ca)
         self.config = self.open_config(backup_dir)
 
     def open_config(self, backup_dir: Path) -> RegistryConfig:
@@ -204,7 +204,7 @@ class ManagedRegistry:
 
     def diff(self, target: Optional[TargetState] = None) -> str:
         """The unified diff of every file ``target`` changes (None: as they are now), secrets redacted."""
-        return redact("".join(unified_diff(before, after, path.name) for path, before, after in self.files(target)))
+        return "".join(unified_diff(redact(before), redact(after), path.name) for path, before, after in self.files(target))
 
     # --- restarts ---------------------------------------------------------------------------
 
@@ -299,7 +299,7 @@ class ManagedRegistry:
             process = subprocess.Popen([self.binary(), "serve", str(path)], stdout=log, stderr=log,
                                        stdin=subprocess.DEVNULL, env=registry_environment(),
                                        preexec_fn=_die_with_parent)
-        client = RegistryClient(f"http://127.0.0.1:{port}", ca_bundle=self.bucket.ca_bundle)
+        client = RegistryClient(f"http://127.0.0.1:{port}", ca_bundle=self.bucket.trusted_ca)
         try:
             if not client.wait_healthy(30):
                 tail = redact(log_path.read_text(errors="replace"))[-600:]

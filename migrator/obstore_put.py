@@ -11,9 +11,7 @@ None and the caller sends the upload through ``client.put_object``, with botocor
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from pathlib import Path
 from typing import Optional
 
 from migrator import __version__
@@ -40,9 +38,8 @@ class ObstorePut(FallbackPut):
         options = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(seconds=60),
                    "user_agent": f"migrator/{__version__} obstore",  # the store's access log tells who sent it
                    "allow_http": bool(settings.endpoint and settings.endpoint.startswith("http://"))}
-        ca_bundle = settings.ca_bundle or os.environ.get("AWS_CA_BUNDLE")  # what boto3 trusts, obstore trusts
-        if ca_bundle:
-            options["root_certificate"] = Path(ca_bundle).read_text()
+        if settings.trusted_ca:  # what boto3 trusts, obstore trusts
+            options["root_certificate"] = settings.trusted_ca.read_text()
         if checksum_mode(settings) != "when_required":  # the body's SHA-256 sent as a checksum, as botocore sends CRC32
             config["checksum_algorithm"] = "sha256"
         if settings.endpoint:
@@ -58,5 +55,6 @@ class ObstorePut(FallbackPut):
     def _send(self, key: str, body: bytes) -> Optional[str]:
         try:
             return self._put(self.store, key, body, attributes=self.attributes, use_multipart=False)["e_tag"] or None
-        except Exception:  # noqa: BLE001 - any failure: the client's path decides, with its own errors
+        except Exception as exc:  # noqa: BLE001 - any failure: the client's path decides, with its own errors
+            self.problem = str(exc)
             return None

@@ -27,6 +27,14 @@ class BucketSettings:
     checksums: str = "auto"  # botocore's checksum setting; auto: when_required for endpoints other than AWS
     ca_bundle: Optional[Path] = None  # PEM certificates to trust for an https endpoint (a private CA, self-signed)
 
+    @property
+    def trusted_ca(self) -> Optional[Path]:
+        """The certificates every client (boto3, obstore, the registry client following the 307) trusts for the
+        endpoint: ``bucket.ca_bundle``, else ``AWS_CA_BUNDLE`` as the aws CLI and boto3 take it."""
+        if self.ca_bundle:
+            return self.ca_bundle
+        return Path(os.environ["AWS_CA_BUNDLE"]) if os.environ.get("AWS_CA_BUNDLE") else None
+
 
 @dataclass(frozen=True)
 class RegistrySettings:

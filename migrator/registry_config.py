@@ -400,9 +400,37 @@ def backup_once(path: Path, backup: Path) -> None:
     os.replace(tmp, backup)
 
 
-_SECRET_LINE = re.compile(r"(accesskey|secretkey)(['\"]?\s*(?::|=>)\s*)\S+", re.IGNORECASE)
+# A key that names a secret, whatever the file's syntax (YAML, gitlab.rb's Ruby, JSON rendered by Omnibus).
+_SECRET_KEY = r"[\w.-]*(?:secret|passw(?:or)?d|token|accesskey|authorization|credential|api[_-]?key)[\w.-]*"
+_QUOTED_PAIR = re.compile(rf"""(["'])({_SECRET_KEY})\1(\s*(?::|=>)\s*)(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,}}\]]+)""",
+                          re.IGNORECASE)
+_RUBY_INDEX = re.compile(rf"""(\[(["']){_SECRET_KEY}\2\]\s*=\s*)(?!\{{)\S.*$""", re.IGNORECASE | re.MULTILINE)
+_YAML_PAIR = re.compile(rf"^([-+ ]?[ \t]*(?:-[ \t]+)?{_SECRET_KEY}[ \t]*:[ \t]+)(?![|>][-+]?[ \t]*$)\S.*$",
+                        re.IGNORECASE | re.MULTILINE)
+_LOOSE_PAIR = re.compile(rf"(?<![\w.-])({_SECRET_KEY})([ \t]*[:=][ \t]+)(?!<redacted>)(?![|>][-+]?[ \t]*$)[^\s,;]+",
+                         re.IGNORECASE | re.MULTILINE)  # "... secret: value" inside a log line or an error
+_YAML_BLOCK = re.compile(rf"^([-+ ]?[ \t]*)(?:-[ \t]+)?{_SECRET_KEY}[ \t]*:[ \t]*([|>][-+]?)?[ \t]*$", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """A config text (or diff) safe to print: credential values replaced."""
-    return _SECRET_LINE.sub(r"\1\2<redacted>", text)
+    """A config text (or diff, log line, command output) safe to print: the value of every key that names a secret
+    (``secret``, ``password``, ``token``, ``accesskey``/``secretkey``, ``Authorization`` headers, ...) replaced,
+    inline or as a YAML block (a list or block scalar under the key)."""
+    text = _QUOTED_PAIR.sub(r"\1\2\1\3<redacted>", text)
+    text = _RUBY_INDEX.sub(r"\1<redacted>", text)
+    text = _YAML_PAIR.sub(r"\1<redacted>", text)
+    text = _LOOSE_PAIR.sub(r"\1\2<redacted>", text)
+    lines = text.splitlines(keepends=True)
+    block: Optional[tuple[int, bool]] = None  # (indent of a secret key without inline value, its value a scalar)
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue  # a blank line inside a block scalar does not end it
+        indent = len(line) - len(line.lstrip(" \t-+"))
+        if block is not None and indent > block[0]:
+            list_item = line.lstrip(" \t+").startswith("- ") and not re.match(r"[\w.-]+:(\s|$)", line[indent:])
+            if block[1] or list_item:
+                lines[number] = line[:indent] + "<redacted>" + ("\n" if line.endswith("\n") else "")
+            continue
+        heading = _YAML_BLOCK.match(line.rstrip("\n"))
+        block = (len(heading.group(1)), bool(heading.group(2))) if heading else None
+    return "".join(lines)

@@ -88,6 +88,9 @@ class RegistryClient:
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
         except urllib.error.HTTPError as err:
             return Response(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
+        except OSError as err:  # URLError, timeouts: the error names the request (redirects, e.g. to the bucket, followed)
+            err.add_note(f"{method} {url}" + (" and the redirects it was answered with" if follow else ""))
+            raise
 
     def _token(self, challenge: str) -> Optional[str]:
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))

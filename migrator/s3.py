@@ -194,7 +194,7 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
         raise InvalidInput(f"AWS profile {settings.profile!r} not found; fix bucket.profile or your ~/.aws/config") from None
     try:
         client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config,
-                                verify=str(settings.ca_bundle) if settings.ca_bundle else None)
+                                verify=str(settings.trusted_ca) if settings.trusted_ca else None)
     except botocore.exceptions.BotoCoreError as exc:
         raise InvalidInput(explain(exc, settings.name)) from None
     except ValueError as exc:

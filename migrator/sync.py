@@ -353,17 +353,19 @@ class SyncEngine:
 
     def list_unfinished_tasks(self) -> None:
         """Cluster tasks the journal still lists as in flight (a coordinator killed, a worker died under a task) may
-        have left keys in the bucket the journal does not know: list those shards and record what is there, so the
-        walk finds what must go."""
+        have uploaded into their shard what the journal does not say: keys it does not know, and new content under
+        keys it knows (a retry that found the source back as the journal has it uploads nothing, and a KMS ETag
+        cannot tell). The shard was recorded in flight before its task was submitted; now every key of it the
+        bucket or the journal holds is marked unconfirmed, so this pass uploads (or deletes) each again."""
         unfinished = tasks_in_flight(self.journal)
         for shard in unfinished:
             known = {row.rel for row in self.journal.rows(shard)}
             found = [JournalRow(item.rel, item.size, item.md5, recorded_ns=0) for item in list_shard(self.bucket, shard)
                      if item.rel not in known]
             self.journal.record(found)
-            if found:
-                log.warning("%d keys of shard %s were uploaded by a cluster task whose answer never arrived; this pass "
-                            "decides them against the source", len(found), shard.name)
+            self.journal.mark_unconfirmed(sorted(known | {row.rel for row in found}))
+            log.warning("shard %s was in a cluster task whose answer never arrived (or whose worker died): its %d "
+                        "keys are uploaded again this pass", shard.name, len(known) + len(found))
         if unfinished:
             set_tasks_in_flight(self.journal, ())
 

@@ -102,7 +102,7 @@ class Transfer:
     def put(self, key: str, data: bytes) -> str:
         """PutObject, sent directly when possible; a direct request that fails goes through the client (retries,
         errors). Returns the ETag."""
-        if self.direct is not None:
+        if self.direct is not None and not self.direct.given_up:
             etag = self.direct.put(key, data)
             self.bucket.counter.count_direct(etag is not None)
             if etag is not None:

@@ -5,7 +5,8 @@ repository directory or a blob's ``data`` that is a link is copied as what it po
 What is reached through a link is flagged ``via_link``: its directory is never sealed, and the change feed
 (which reports a write under the target's own path) cannot vouch for it. A link to a directory that contains
 it (a loop) stops the walk with ``SymlinkLoop`` naming the link; a link to nothing is reported and skipped,
-as the registry cannot serve it either.
+as the registry cannot serve it either. A name that is not UTF-8 (S3 keys are; the registry never writes one) is
+skipped with a warning naming it, once per process.
 """
 
 from __future__ import annotations
@@ -42,14 +43,40 @@ class SymlinkLoop(StoppedSafely):
     """A link to a directory that contains it: the walk would never end."""
 
 
+_NOT_UTF8_SAID: set[str] = set()
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a name read from the filesystem is UTF-8 (else Python holds its bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _skip_not_utf8(name: str, path: str, is_dir: bool) -> bool:
+    """True (and a warning naming ``path``, once) when ``name`` is not UTF-8."""
+    if _is_utf8(name):
+        return False
+    if path not in _NOT_UTF8_SAID:
+        _NOT_UTF8_SAID.add(path)
+        log.warning("%r: the name is not UTF-8, so it cannot be an S3 key (and the registry never writes such a "
+                    "name): skipped%s. Rename or remove it to have it copied", os.fsencode(path),
+                    " with everything under it" if is_dir else "")
+    return True
+
+
 def _sorted_entries(directory: str) -> list[tuple[str, os.DirEntry]]:
-    """Entries of one directory, ordered so a depth-first walk yields keys in byte order.
+    """Entries of one directory, ordered so a depth-first walk yields keys in byte order (names that are not
+    UTF-8 left out, see the module docstring).
 
     A directory sorts as ``name/``: ``a-b`` comes before ``a/x`` just as the keys do.
     """
     try:
         with os.scandir(directory) as it:
-            entries = [(e.name + "/" if e.is_dir() else e.name, e) for e in it]
+            entries = [(e.name + "/" if e.is_dir() else e.name, e) for e in it
+                       if not _skip_not_utf8(e.name, e.path, e.is_dir())]
     except (FileNotFoundError, NotADirectoryError):
         return []
     if len(entries) > 1:  # most registry directories hold a single entry
@@ -123,7 +150,7 @@ def branching(source: Path, shard: Shard) -> tuple[str, list[str]]:
 def walk_path(source: Path, rel: str, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
     """Like ``walk_shard`` for one path: the file itself, or everything under it if it is a directory."""
     path = os.path.join(str(source), rel)
-    if is_uploads(rel):
+    if is_uploads(rel) or _skip_not_utf8(rel, path, os.path.isdir(path)):
         return iter(())
     seen_ns = time.time_ns()
     try:

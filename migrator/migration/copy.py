@@ -68,6 +68,9 @@ def final_sync_and_delete(ctx: Context) -> PassResult:
     """The source is frozen: copy what changed since the last pass, then delete what is gone. With a change
     feed that watched the last online pass, only the paths it saw change are walked."""
     ctx.engine.prove_changes = True
+    # excused online as in flight: uploaded again, so the window proves each by the bucket's answer (the
+    # journal's word cannot tell a dead task's upload under a KMS ETag)
+    ctx.journal.mark_unconfirmed(ctx.journal.rechecks())
     paths = ctx.tracker.final_paths() if ctx.tracker else None
     if paths is not None:  # the changes online verification excused as in flight, and interrupted ones
         paths = outermost(paths + ctx.journal.rechecks() + ctx.journal.unconfirmed())
