@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Optional
 
 from migrator.changefeed import PassTracker
 from migrator.cluster import SPLIT_ABOVE, DaskEngine, Job
+from migrator.console import human_bytes
 from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.html_report import write_html
@@ -102,8 +103,9 @@ class Migration:
             self.phase("verify_window", self.verify_window)
             return self.finish()
         self.phase("prove_on_s3", self.prove_on_s3)
-        self.phase("readonly_on", self.readonly_on)
+        self.ask_before_the_window()
         with self.back_to_filesystem_on_failure():
+            self.phase("readonly_on", self.readonly_on)
             self.phase("final_sync", self.final_sync_and_delete)
             self.phase("verify_window", self.verify_window)
             self.phase("cutover", self.cutover)
@@ -121,10 +123,11 @@ class Migration:
         except (StoppedSafely, RestoreFailed):
             raise
         except (Exception, KeyboardInterrupt) as exc:
-            if self.state.readonly_off_at is not None:
-                raise
-            log.error("failure inside the read-only window (%s): returning the registry to the filesystem", exc)
-            self.stop_safely(f"stopped inside the read-only window: {exc}")
+            if self.state.readonly_on_at is None or self.state.readonly_off_at is not None:
+                raise  # the window was not open (or already closed): nothing to return
+            why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            log.error("%s inside the read-only window: returning the registry to the filesystem, read-write", why)
+            self.stop_safely(f"{why} inside the read-only window")
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -226,7 +229,7 @@ class Migration:
                               "host's CAs. Add the certificate to the registry host's trust store, or set "
                               "skipverify: true under registry.storage (the check on s3 before the window fails "
                               "otherwise)")
-        for hint in self.hints:
+        for hint in self.hints if not self.dry_run else ():  # 'report' lists them itself
             log.info("hint: %s", hint)
         if gitlab and storage.get("v4auth") is False:
             raise InvalidInput("registry.storage.v4auth is false, but GitLab's registry removed SigV2 in 18.0: remove "
@@ -246,7 +249,7 @@ class Migration:
             private = False
         where = endpoint or f"S3 in {self.plan.bucket.region}"
         if private:
-            log.warning("AFTER THE CUT-OVER, BLOB PULLS ARE REDIRECTED (307) TO %s, a loopback or private address that "
+            log.warning("after the cut-over, blob pulls are redirected (307) to %s, a loopback or private address that "
                         "clients on other hosts may not reach. Set registry.redirect: {disable: true} to have the "
                         "registry serve blobs itself, or use an endpoint clients reach", where)
         else:
@@ -332,8 +335,8 @@ class Migration:
         self.state.done.append(name)
         self.store.save(self.state)
         log.info(
-            "phase %s: done in %.1fs, %d objects / %d bytes uploaded, %d deleted, %d S3 requests (%d retries)",
-            name, entry["seconds"], entry["uploaded_objects"], entry["uploaded_bytes"], entry["deleted_objects"],
+            "phase %s: done in %.1f s, %d objects (%s) uploaded, %d deleted, %d S3 requests (%d retries)",
+            name, entry["seconds"], entry["uploaded_objects"], human_bytes(entry["uploaded_bytes"]), entry["deleted_objects"],
             entry["s3_requests"], entry["s3_retries"],
         )
 
@@ -362,7 +365,7 @@ class Migration:
             "delete_candidates": len(result.delete_candidates)}])[-PASS_HISTORY:]
         self.state.last_pass_changes = result.changes
         self.store.save(self.state)
-        log.info("pass %d: %d files walked, %d uploaded (%s), %d delete candidates, %.1fs",
+        log.info("pass %d: %d files walked, %d uploaded (%s), %d delete candidates, %.1f s",
                  self.state.passes, result.source_objects, result.uploaded_objects,
                  ", ".join(f"{n} {r}" for r, n in result.reasons.items()) or "nothing changed",
                  len(result.delete_candidates), self.state.last_pass_seconds)
@@ -519,12 +522,22 @@ class Migration:
         except OSError:
             return True
 
+    def ask_before_the_window(self) -> None:
+        """The operator's yes before the flip, with the window's estimate; asked outside any phase, so the time
+        the question waits is no phase's work."""
+        if self.state.readonly_on_at is not None or self.options.yes:
+            return
+        last = PassResult(uploaded_objects=self.state.last_pass_changes or 0)
+        estimate = self.estimate_window(last, self.state.last_pass_seconds or 0.0)
+        question = (f"Put the registry at {self.plan.registry.url} in read-only mode now? Pushes are refused for "
+                    f"about {estimate['total']:.0f} s (restarts included). Ctrl-C or N now: nothing changes; "
+                    "Ctrl-C inside the window: back to the filesystem, read-write")
+        if not self.options.confirm(question):
+            raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
+
     def readonly_on(self) -> None:
         """Back up the config, flip to read-only, restart, and prove it: a write must get 405. Pushes are refused
         from the first moment the restart left the registry without an answer (or, if none was seen, the 405)."""
-        if self.state.readonly_on_at is None and not self.options.yes:
-            if not self.options.confirm(f"Put the registry at {self.plan.registry.url} in read-only mode now?"):
-                raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
         self.registry.take_backup()
         if self.state.readonly_on_at is None:
             self.state.readonly_on_at = now()
@@ -880,6 +893,7 @@ class Migration:
         self.state.restart_seconds = 0.0
         self.state.pushes_refused_from = None
         self.state.online_verified_objects = None
+        self.state.filesystem_proven_at = now()
         self.store.save(self.state)
 
     # --- rollback, status, report ----------------------------------------------------------
@@ -1014,6 +1028,11 @@ class Migration:
             window = round(self.state.readonly_off_at - self.state.readonly_on_at, 3)
         return {
             "outcome": self.state.outcome,
+            "stopped": self.state.stopped,
+            "plan": str(self.plan.path),
+            "source": str(self.plan.source),
+            "bucket": f"s3://{self.plan.bucket.name}/{self.plan.key_prefix}",
+            "registry_config": str(self.plan.registry.config) if self.plan.registry else None,
             "read_only_window_seconds": window,
             "restart_seconds": self.state.restart_seconds,
             "passes": self.state.passes,
@@ -1064,7 +1083,9 @@ ALL_PHASES = ("initial_sync", "delta_passes", "online_verification", "prove_on_s
 
 def planned_phases(plan: Plan) -> list[str]:
     """The phases ``run`` goes through for this plan, in order (``reconfigure``: the Omnibus fast path only)."""
-    omnibus_fast = plan.registry is not None and plan.registry.format == "omnibus" and not plan.registry.restart
+    if plan.registry is None:  # no flip, no cut-over
+        return ["initial_sync", "delta_passes", "online_verification", "final_sync", "verify_window"]
+    omnibus_fast = plan.registry.format == "omnibus" and not plan.registry.restart
     return [p for p in ALL_PHASES if p != "reconfigure" or omnibus_fast]
 
 

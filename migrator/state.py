@@ -43,6 +43,8 @@ class RunState:
     pushes_refused_from: Optional[float] = None  # wall clock: the read-only restart first left pushes unanswered
     gc_started_at: Optional[float] = None  # 'migrator gc' is under way (its read-only stretch may be open)
     uses_database: Optional[bool] = None  # GitLab's fork ran with its metadata database before the migration
+    filesystem_proven_at: Optional[float] = None  # wall clock: a write probe proved the registry back on the filesystem
+    stopped: Optional[dict] = None  # the last attempt's stop: {at, reason, exit_code}; None while running or after success
 
     def is_done(self, phase: str) -> bool:
         return phase in self.done
