@@ -42,7 +42,7 @@ from migrator.march import md5_of
 from migrator.plan import Plan
 from migrator.registry_config import S3_DRIVERS, TargetState, filesystem_root, storage_driver
 from migrator.s3 import BUCKET_ERRORS, Bucket, explain, list_pages, open_bucket
-from migrator.state import RunState, StateStore, now
+from migrator.state import RunState, StateStore, migrated_resources, now
 from migrator.sync import PassResult, Progress, SyncEngine
 from migrator.transfer import Transfer, s3_extra_args
 from migrator.verify import Verifier, VerifyResult
@@ -135,7 +135,7 @@ class Migration:
         """State directory (locked for runs that change things), journal, bucket client, engine."""
         self.store.ensure_directory()
         if lock:
-            self.store.lock()
+            self.store.lock(migrated_resources(self.plan), self.plan.path)
         self.state = self.store.load()
         self.journal = Journal(self.plan.state_dir / "journal.sqlite")
         self.bucket = open_bucket(self.plan.bucket, self.plan.sync, self.plan.key_prefix)

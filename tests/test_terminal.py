@@ -8,6 +8,7 @@ import re
 import time
 
 import pytest
+from conftest import run_cli
 from terminal import Terminal
 from test_e2e import push_images
 
@@ -129,3 +130,18 @@ def test_status_watch_started_before_a_run_follows_it_to_the_end(local_registry)
     assert run.exit_code() == 0, run.text()
     assert watch.exit_code(timeout=60) == 0, watch.text()
     assert "outcome: done" in watch.text() and "registry: read-write on s3" in watch.text(), watch.text()
+
+
+def test_a_copy_of_the_plan_is_refused_while_the_first_run_holds_the_registry(plan, local_registry):
+    first = Terminal("run", plan)
+    first.wait_for(r"read-only mode now\?.*\[y/N\]:")
+    copy = local_registry.write_plan("copy-of-plan.yml")  # the same registry and bucket, another state directory
+    second = run_cli("run", "--yes", copy, timeout=120)
+    assert second.returncode == 3, second.stderr
+    assert f"plan {plan}, state directory {plan.parent / 'plan.state'})" in second.stderr, second.stderr
+    assert f"is migrating the registry config {local_registry.config}" in second.stderr, second.stderr
+    first.send("n\r")
+    assert first.exit_code() == 1, first.text()
+    assert run_cli("report", copy, timeout=120).returncode == 0  # the lock went with the first run
+    synced = run_cli("sync", copy, timeout=120)
+    assert synced.returncode == 0, synced.stderr
