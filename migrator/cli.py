@@ -28,6 +28,39 @@ from migrator.state import RunState, StateStore
 log = logging.getLogger("migrator")
 
 
+EXIT_CODES = {
+    0: "done, no differences",
+    1: "differences found, or stopped safely without finishing (the message says where the registry is)",
+    2: "invalid input (plan, paths, credentials, bucket, registry): nothing was changed",
+    3: "refused for safety (mass delete, another run migrating the same registry or bucket, ...)",
+    130: "interrupted (Ctrl-C); inside the read-only window the registry goes back to the filesystem first",
+}
+
+EXAMPLES = {
+    "main": ["migrator report plan.yml", "migrator sync plan.yml", "migrator run plan.yml",
+             "migrator status --watch plan.yml", "migrator verify --images plan.yml", "migrator rollback plan.yml"],
+    "run": ["migrator run plan.yml              # asks before the read-only flip",
+            "migrator run --yes plan.yml        # no question (scripts)",
+            "migrator run plan.yml              # again after any stop: continues where it stopped"],
+    "report": ["migrator report plan.yml", "migrator report --json report.json plan.yml",
+               "migrator report --html report.html plan.yml   # the last run's page"],
+    "sync": ["migrator sync plan.yml             # days ahead; again to copy what changed since"],
+    "verify": ["migrator verify plan.yml", "migrator verify --deep --sample 100 plan.yml",
+               "migrator verify --images --json images.json plan.yml"],
+    "status": ["migrator status plan.yml", "migrator status --watch plan.yml   # start it before 'run' to follow it",
+               "migrator status --json plan.yml"],
+    "gc": ["migrator gc --dry-run plan.yml", "migrator gc --delete-untagged plan.yml"],
+    "rollback": ["migrator rollback plan.yml", "migrator rollback --yes plan.yml"],
+}
+
+
+def epilog(command: str, codes: tuple[int, ...] = (0, 1, 2, 3, 130)) -> str:
+    """The end of a command's --help: examples and exit codes, kept as written (click's \\b)."""
+    examples = "\n".join(f"  {line}" for line in EXAMPLES[command])
+    exits = "\n".join(f"  {code:<4}{EXIT_CODES[code]}" for code in codes)
+    return f"\b\nExamples:\n{examples}\n\n\b\nExit codes:\n{exits}"
+
+
 class Context:
     """The global options, wherever they were typed: before or after the subcommand."""
 
@@ -95,7 +128,7 @@ def _write_json(path: Optional[str], data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-@click.group()
+@click.group(epilog=epilog("main"))
 @click.version_option(__version__)
 @global_options
 @click.pass_context
@@ -187,7 +220,7 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-@main.command()
+@main.command(epilog=epilog("run"))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask before the read-only flip.")
@@ -222,7 +255,7 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("report", (0, 2, 130)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
@@ -269,7 +302,7 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("sync", (0, 2, 3, 130)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.pass_context
@@ -291,7 +324,7 @@ def sync(ctx: click.Context, plan_path: str) -> None:
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("verify", (0, 1, 2, 130)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--deep", is_flag=True, help="Check the sha256 of every blob in the bucket against its path.")
@@ -442,7 +475,7 @@ def _status_lines(snapshot: dict) -> list[str]:
     return lines
 
 
-@main.command()
+@main.command(epilog=epilog("status", (0, 2)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--watch", is_flag=True, help="Refresh every few seconds while a run goes on (Ctrl-C to stop).")
@@ -491,7 +524,7 @@ def _would_free(plan: Plan) -> dict:
     return collection.to_json()
 
 
-@main.command()
+@main.command(epilog=epilog("gc"))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask before the read-only flip.")
@@ -523,7 +556,7 @@ def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("rollback"))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

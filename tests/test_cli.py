@@ -36,3 +36,13 @@ def test_help_shows_the_global_flags_under_every_command(command):
     shown = migrator(command, "--help")
     assert shown.returncode == 0
     assert "--quiet" in shown.stdout and "--log-file" in shown.stdout and "--verbose" in shown.stdout
+
+
+@pytest.mark.parametrize("command", [(), ("run",), ("report",), ("sync",), ("verify",), ("status",), ("gc",), ("rollback",)])
+def test_every_help_ends_with_examples_and_exit_codes(command):
+    shown = migrator(*command, "--help")
+    assert shown.returncode == 0
+    examples, _, exits = shown.stdout.partition("\n  Exit codes:\n")
+    assert "\n  Examples:\n    migrator " + (command[0] if command else "") in examples, shown.stdout
+    codes = [line.split()[0] for line in exits.splitlines()]
+    assert codes[0] == "0" and all(code.isdigit() for code in codes), shown.stdout  # the help's last lines
