@@ -177,6 +177,8 @@ def _asker(block: ProgressBlock) -> Callable[[str], bool]:
 def _attempt_recorded(job: Migration) -> Iterator[None]:
     """A stopped attempt leaves its reason in the state (for 'status') and its report.json and report.html."""
     job.state.stopped = None
+    attempt = {"started_at": time.time(), "ended_at": None, "outcome": None}  # None after a SIGKILL
+    job.state.attempts.append(attempt)
     job.store.save(job.state)
     try:
         yield
@@ -184,11 +186,18 @@ def _attempt_recorded(job: Migration) -> Iterator[None]:
         reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
         code = exc.exit_code if isinstance(exc, MigratorError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
         job.state.stopped = {"at": time.time(), "reason": reason, "exit_code": code}
-        job.store.save(job.state)
-        report = job.report()
-        job.store.write_json("report.json", report)
-        write_html(job.plan.state_dir / "report.html", report)
+        attempt.update(ended_at=time.time(), outcome=f"stopped: {reason}")
+        _write_reports(job)
         raise
+    attempt.update(ended_at=time.time(), outcome=job.state.outcome)
+    _write_reports(job)
+
+
+def _write_reports(job: Migration) -> None:
+    job.store.save(job.state)
+    report = job.report()
+    job.store.write_json("report.json", report)
+    write_html(job.plan.state_dir / "report.html", report)
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -468,10 +477,13 @@ def _status_lines(snapshot: dict) -> list[str]:
     if snapshot["restore_problem"]:
         lines.append(f"REGISTRY NOT PROVEN BACK: the original config was written back, but {snapshot['restore_problem']}; "
                      f"pushes may be refused. Fix the registry, then run 'migrator rollback PLAN'")
-    if snapshot["last_problem"]:
+    stopped = snapshot["outcome"].startswith("stopped")
+    if snapshot["last_problem"] and not (stopped and snapshot["last_problem"]["message"] in snapshot["outcome"]):
         lines.append(f"last problem: {snapshot['last_problem']['message'][:300]}")
     lines.append(f"registry: {snapshot['registry']}")
     lines.append(f"outcome: {snapshot['outcome']}")
+    if stopped:
+        lines.append("next: fix what the stop names, if anything; then 'migrator run PLAN' continues where it stopped")
     return lines
 
 

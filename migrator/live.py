@@ -66,7 +66,8 @@ class Counts(Progress):
 
     def phase_started(self, name: str) -> None:
         with self._lock:
-            self.data.update(phase=name, phase_started_at=time.time())  # the counters are the last pass's until the next
+            # listed and checked are the phase's own; a pass's counters stay until the next pass
+            self.data.update(phase=name, phase_started_at=time.time(), listed=0, checked=0)
         self.changed(force=True)
 
     def pass_started(self, number: int, expected_objects: Optional[int]) -> None:

@@ -883,6 +883,8 @@ class Migration:
     def reset_to_online(self) -> None:
         """The registry is proven back on the filesystem, read-write: what the window proved no longer holds."""
         self.journal.close_window()
+        if self.state.readonly_on_at is not None:  # kept for the report: the window this attempt opened and closed
+            self.state.closed_windows.append({"on": self.state.readonly_on_at, "off": now()})
         self.state.restore_problem = None
         self.state.s3_config_written = False
         self.state.images = {}
@@ -1029,6 +1031,8 @@ class Migration:
         return {
             "outcome": self.state.outcome,
             "stopped": self.state.stopped,
+            "attempts": self.state.attempts,
+            "closed_windows": self.state.closed_windows,
             "plan": str(self.plan.path),
             "source": str(self.plan.source),
             "bucket": f"s3://{self.plan.bucket.name}/{self.plan.key_prefix}",
