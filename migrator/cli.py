@@ -323,6 +323,7 @@ def sync(ctx: click.Context, plan_path: str) -> None:
         with _live(ctx, plan) as progress:
             with migration(plan, progress) as job:
                 job.preflight(canary=True)
+                progress.phase_started("sync")
                 with job.bucket.counter.phase_scope("sync"):
                     result = job.sync_pass()
         click.echo(f"synced: {result.uploaded_objects} objects uploaded ({human_bytes(result.uploaded_bytes)}) of "

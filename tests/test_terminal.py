@@ -4,6 +4,7 @@ Ctrl-C in the copy and inside the window, what 'status' says afterwards, 'status
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -150,3 +151,12 @@ def test_a_copy_of_the_plan_is_refused_while_the_first_run_holds_the_registry(pl
     assert run_cli("report", copy, timeout=120).returncode == 0  # the lock went with the first run
     synced = run_cli("sync", copy, timeout=120)
     assert synced.returncode == 0, synced.stderr
+
+
+def test_sigkill_then_status_says_the_run_ended_without_a_word(plan):
+    killed = Terminal("run", "--yes", plan, env=dict(os.environ, MIGRATOR_FAILPOINT="before-done:delta_passes"))
+    assert killed.exit_code() == 128 + 9, killed.text()
+    status = Terminal("status", plan)
+    assert status.exit_code() == 0
+    assert "outcome: stopped: the run ended without a word (killed?) during delta_passes" in status.text(), status.text()
+    assert "registry: read-write on filesystem" in status.text() and "in progress" not in status.text(), status.text()
