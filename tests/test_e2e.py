@@ -127,7 +127,7 @@ def test_run_migrates_a_live_registry(local_registry, s3, bucket):
     conn.request("GET", f"/v2/{repository}/blobs/{manifest['layers'][0]['digest']}")
     response = conn.getresponse()
     assert response.status == 307 and response.getheader("Location").startswith(local_registry.s3_endpoint)
-    assert "BLOB PULLS ARE REDIRECTED (307) TO " + local_registry.s3_endpoint in result.stderr
+    assert "blob pulls are redirected (307) to " + local_registry.s3_endpoint in result.stderr
 
     report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
     assert report["read_only_window_seconds"] > 0 and report["restart_seconds"] > 0
