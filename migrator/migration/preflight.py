@@ -168,7 +168,7 @@ def warn_about_redirects(ctx: Context) -> None:
         private = False
     where = endpoint or f"S3 in {ctx.plan.bucket.region}"
     if private:
-        log.warning("AFTER THE CUT-OVER, BLOB PULLS ARE REDIRECTED (307) TO %s, a loopback or private address that "
+        log.warning("after the cut-over, blob pulls are redirected (307) to %s, a loopback or private address that "
                     "clients on other hosts may not reach. Set registry.redirect: {disable: true} to have the "
                     "registry serve blobs itself, or use an endpoint clients reach", where)
     else:
