@@ -10,6 +10,7 @@ import time
 import pytest
 from fakes import context, plan
 
+from migrator import gc
 from migrator.cli import status_snapshot
 from migrator.errors import RestoreFailed, StoppedSafely
 from migrator.migration import copy, runner, safety, window
@@ -265,3 +266,15 @@ def test_delta_passes_stop_once_a_pass_finds_few_changes_or_after_the_limit(tmp_
     assert ctx.engine.passes == passes == ctx.state.passes == len(ctx.state.pass_history)
     assert total.uploaded_objects == sum(changes[:passes])
     assert StateStore(ctx.plan.state_dir).load().last_pass_changes == changes[passes - 1]
+
+
+def test_gc_asks_before_its_read_only_stretch_and_a_no_changes_nothing(tmp_path, monkeypatch):
+    """terminal took the question out of readonly_on (run asks before the phase); gc must still ask."""
+    asked: list[str] = []
+    ctx = context(tmp_path, options=Options(confirm=lambda question: asked.append(question) is not None))
+    monkeypatch.setattr(ctx.registry, "binary", lambda: "/usr/bin/registry")
+    monkeypatch.setattr(gc, "readonly_on", lambda ctx: pytest.fail("flipped without a yes"))
+    with pytest.raises(StoppedSafely, match="read-only flip declined"):
+        gc.collect_garbage(ctx, delete_untagged=False)
+    assert asked and "Pushes are refused while the garbage is collected" in asked[0]
+    assert ctx.state.gc_started_at is None
