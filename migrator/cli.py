@@ -15,29 +15,57 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import click
 
 from migrator import __version__
-from migrator.console import BarProgress, setup_logging
+from migrator.console import ProgressBlock, human_bytes, setup_logging
 from migrator.doctor import examine
 from migrator.errors import EXIT_DIFFERENCES, EXIT_INVALID, EXIT_OK, InvalidInput, MigratorError, describe_unexpected
 from migrator.gc import collect_garbage, would_free
 from migrator.html_report import write_html
-from migrator.live import LiveStatus, read_live
+from migrator.live import Counts, LiveStatus, read_live, registry_state
 from migrator.migration import preflight, proofs, runner, safety
 from migrator.migration.context import Context as MigrationContext
 from migrator.migration.context import Options, open_context
 from migrator.migration.estimate import dry_run_report
+from migrator.migration.report import build_report
 from migrator.plan import Plan, load_plan
 from migrator.registry_config import is_readonly, open_config
-from migrator.state import StateStore
+from migrator.state import RunState, StateStore
 
 log = logging.getLogger("migrator")
 
 
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
+EXIT_CODES = {
+    0: "done, no differences",
+    1: "differences found, or stopped safely without finishing (the message says where the registry is)",
+    2: "invalid input (plan, paths, credentials, bucket, registry): nothing was changed",
+    3: "refused for safety (mass delete, another run migrating the same registry or bucket, ...)",
+    130: "interrupted (Ctrl-C); inside the read-only window the registry goes back to the filesystem first",
+}
+
+EXAMPLES = {
+    "main": ["migrator doctor plan.yml", "migrator report plan.yml", "migrator sync plan.yml", "migrator run plan.yml",
+             "migrator status --watch plan.yml", "migrator verify --images plan.yml", "migrator rollback plan.yml"],
+    "run": ["migrator run plan.yml              # asks before the read-only flip",
+            "migrator run --yes plan.yml        # no question (scripts)",
+            "migrator run plan.yml              # again after any stop: continues where it stopped"],
+    "report": ["migrator report plan.yml", "migrator report --json report.json plan.yml",
+               "migrator report --html report.html plan.yml   # the last run's page"],
+    "sync": ["migrator sync plan.yml             # days ahead; again to copy what changed since"],
+    "verify": ["migrator verify plan.yml", "migrator verify --deep --sample 100 plan.yml",
+               "migrator verify --images --json images.json plan.yml"],
+    "status": ["migrator status plan.yml", "migrator status --watch plan.yml   # start it before 'run' to follow it",
+               "migrator status --json plan.yml"],
+    "gc": ["migrator gc --dry-run plan.yml", "migrator gc --delete-untagged plan.yml"],
+    "rollback": ["migrator rollback plan.yml", "migrator rollback --yes plan.yml"],
+    "doctor": ["migrator doctor plan.yml             # before anything moves; again after fixing what it names",
+               "migrator doctor --json doctor.json plan.yml"],
+}
+
+
+def epilog(command: str, codes: tuple[int, ...] = (0, 1, 2, 3, 130)) -> str:
+    """The end of a command's --help: examples and exit codes, kept as written (click's \\b)."""
+    examples = "\n".join(f"  {line}" for line in EXAMPLES[command])
+    exits = "\n".join(f"  {code:<4}{EXIT_CODES[code]}" for code in codes)
+    return f"\b\nExamples:\n{examples}\n\n\b\nExit codes:\n{exits}"
 
 
 class Context:
@@ -106,7 +134,7 @@ def _write_json(path: Optional[str], data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-@click.group()
+@click.group(epilog=epilog("main"))
 @click.version_option(__version__)
 @global_options
 @click.pass_context
@@ -123,20 +151,59 @@ def _confirm(question: str) -> bool:
         return False
 
 
-def _progress(ctx: click.Context) -> BarProgress:
-    return BarProgress(enabled=not ctx.obj.quiet)
+def _progress(ctx: click.Context) -> ProgressBlock:
+    """The progress block for a command that changes nothing (no live.json)."""
+    return ProgressBlock(Counts(), enabled=not ctx.obj.quiet)
 
 
 @contextmanager
-def _live(ctx: click.Context, plan: Plan) -> Iterator[LiveStatus]:
-    """Progress for a run that changes things: the terminal's bars, and live.json for 'status --watch'."""
-    live = LiveStatus(plan.state_dir, _progress(ctx))
+def _live(ctx: click.Context, plan: Plan) -> Iterator[ProgressBlock]:
+    """Progress for a run that changes things: the terminal's block, and live.json for 'status --watch'."""
+    live = LiveStatus(plan.state_dir, has_registry=plan.registry is not None)
+    block = ProgressBlock(live, enabled=not ctx.obj.quiet)
     logging.getLogger().addHandler(live.handler)
     try:
-        yield live
+        yield block
     finally:
         logging.getLogger().removeHandler(live.handler)
-        live.close()
+        block.close()
+
+
+def _asker(block: ProgressBlock) -> Callable[[str], bool]:
+    """``_confirm`` with the progress block off the screen while the question waits."""
+
+    def ask(question: str) -> bool:
+        with block.hidden():
+            return _confirm(question)
+
+    return ask
+
+
+@contextmanager
+def _attempt_recorded(job: MigrationContext) -> Iterator[None]:
+    """A stopped attempt leaves its reason in the state (for 'status') and its report.json and report.html."""
+    job.state.stopped = None
+    attempt: dict[str, Any] = {"started_at": time.time(), "ended_at": None, "outcome": None}  # None after a SIGKILL
+    job.state.attempts.append(attempt)
+    job.store.save(job.state)
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+        code = exc.exit_code if isinstance(exc, MigratorError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
+        job.state.stopped = {"at": time.time(), "reason": reason, "exit_code": code}
+        attempt.update(ended_at=time.time(), outcome=f"stopped: {reason}")
+        _write_reports(job)
+        raise
+    attempt.update(ended_at=time.time(), outcome=job.state.outcome)
+    _write_reports(job)
+
+
+def _write_reports(job: MigrationContext) -> None:
+    job.store.save(job.state)
+    report = build_report(job)
+    job.store.write_json("report.json", report)
+    write_html(job.plan.state_dir / "report.html", report)
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -168,7 +235,7 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-@main.command()
+@main.command(epilog=epilog("run"))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask before the read-only flip.")
@@ -184,20 +251,26 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
 
     def work() -> int:
         plan = _load(ctx, plan_path)
-        options = Options(yes=yes, allow_mass_delete=allow_mass_delete, full_verify=full_verify, confirm=_confirm)
         with _live(ctx, plan) as progress:
-            with open_context(plan, progress, options) as job:
+            options = Options(yes=yes, allow_mass_delete=allow_mass_delete, full_verify=full_verify,
+                              confirm=_asker(progress))
+            with open_context(plan, progress, options) as job, _attempt_recorded(job):
                 result = runner.run(job)
         for line in summary_lines(result):
             click.echo(line)
         click.echo(f"report: {plan.state_dir / 'report.json'}")
         click.echo(f"page:   {plan.state_dir / 'report.html'}")
+        if plan.registry is None:
+            click.echo("registry: not touched (the plan has no registry: section); the bucket holds a verified copy")
+        else:
+            click.echo(f"registry: read-write on s3://{plan.bucket.name}/{plan.key_prefix}")
+            click.echo(f"undo: migrator rollback {plan_path}")
         return EXIT_OK
 
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("report", (0, 2, 130)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
@@ -213,7 +286,8 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
         plan = _load(ctx, plan_path)
         if html_path:
             return _html_report(plan, Path(html_path))
-        with open_context(plan, _progress(ctx), Options(allow_mass_delete=allow_mass_delete), dry_run=True) as job:
+        with _progress(ctx) as progress, open_context(plan, progress, Options(allow_mass_delete=allow_mass_delete),
+                                                         dry_run=True) as job:
             result = dry_run_report(job)
         up, down = result["would_upload"], result["would_delete"]
         click.echo(f"source: {result['source_objects']} files, {human_bytes(result['source_bytes'])} (excluding _uploads)")
@@ -245,7 +319,7 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("sync", (0, 2, 3, 130)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.pass_context
@@ -265,7 +339,7 @@ def sync(ctx: click.Context, plan_path: str) -> None:
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("verify", (0, 1, 2, 130)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--deep", is_flag=True, help="Check the sha256 of every blob in the bucket against its path.")
@@ -280,7 +354,7 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
 
     def work() -> int:
         plan = _load(ctx, plan_path)
-        with open_context(plan, _progress(ctx), lock=False) as job:
+        with _progress(ctx) as progress, open_context(plan, progress, lock=False) as job:
             preflight.check_bucket(job, canary=False)
             if images:
                 return _verify_images(job, json_path)
@@ -321,6 +395,7 @@ def _html_report(plan: Plan, path: Path) -> int:
 
 def _verify_images(job: MigrationContext, json_path: Optional[str]) -> int:
     graph, through = proofs.verify_images(job)
+    job.progress.close()  # the block off the screen before the table
     rows = [("tags", graph.tags), ("manifests (index children too)", graph.manifests), ("blobs", graph.blobs),
             ("missing or different in bucket", graph.missing), ("broken in the source itself", graph.source_broken)]
     if through is not None:
@@ -360,8 +435,12 @@ def status_snapshot(plan: Plan) -> dict:
         "read_only": None,
         "read_only_since": None,
         "restore_problem": state.restore_problem,
-        "outcome": (state.outcome or "in progress") if state.done else "not started",
+        "outcome": _outcome(state, live),
+        "registry": registry_state(state, plan.registry is not None),
     }
+    if not snapshot["running"]:  # a finished or stopped run's warnings are its own; its stop is the news
+        snapshot["last_problem"] = ({"at": state.stopped["at"], "message": state.stopped["reason"]}
+                                    if state.stopped else None)
     if plan.registry:
         config = open_config(plan.registry.config, plan.registry.format, plan.state_dir / "config-backup",
                              plan.registry.rendered_config)
@@ -369,6 +448,20 @@ def status_snapshot(plan: Plan) -> dict:
         if snapshot["read_only"] and state.readonly_on_at:
             snapshot["read_only_since"] = datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
     return snapshot
+
+
+def _outcome(state: RunState, live: dict) -> str:
+    """'in progress' only while a run is alive; else how the last attempt ended."""
+    if live.get("running"):
+        return "in progress"
+    if state.stopped:
+        return f"stopped: {state.stopped['reason']}"
+    if state.outcome:
+        return state.outcome
+    if live and not live.get("finished"):
+        return (f"stopped: the run ended without a word (killed?) during {live.get('phase') or 'its start'}; "
+                "re-run 'migrator run PLAN' to continue")
+    return "stopped before finishing; re-run 'migrator run PLAN' to continue" if state.done else "not started"
 
 
 def _status_lines(snapshot: dict) -> list[str]:
@@ -390,13 +483,17 @@ def _status_lines(snapshot: dict) -> list[str]:
     if snapshot["restore_problem"]:
         lines.append(f"REGISTRY NOT PROVEN BACK: the original config was written back, but {snapshot['restore_problem']}; "
                      f"pushes may be refused. Fix the registry, then run 'migrator rollback PLAN'")
-    if snapshot["last_problem"]:
+    stopped = snapshot["outcome"].startswith("stopped")
+    if snapshot["last_problem"] and not (stopped and snapshot["last_problem"]["message"] in snapshot["outcome"]):
         lines.append(f"last problem: {snapshot['last_problem']['message'][:300]}")
+    lines.append(f"registry: {snapshot['registry']}")
     lines.append(f"outcome: {snapshot['outcome']}")
+    if stopped:
+        lines.append("next: fix what the stop names, if anything; then 'migrator run PLAN' continues where it stopped")
     return lines
 
 
-@main.command()
+@main.command(epilog=epilog("status", (0, 2)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--watch", is_flag=True, help="Refresh every few seconds while a run goes on (Ctrl-C to stop).")
@@ -408,15 +505,20 @@ def status(ctx: click.Context, plan_path: str, watch: bool, interval: float, as_
 
     def work() -> int:
         plan = _load(ctx, plan_path)
+        followed = False  # --watch waits for a run to start, then follows it to its end
         while True:
             snapshot = status_snapshot(plan)
+            followed = followed or snapshot["running"]
+            waiting = watch and not followed
             if as_json:
                 click.echo(json.dumps(snapshot, default=str))
             else:
                 if watch and sys.stdout.isatty():
                     click.clear()
                 click.echo("\n".join(_status_lines(snapshot)))
-            if not watch or not snapshot["running"]:
+                if waiting:
+                    click.echo("waiting for a run to start (Ctrl-C to stop)")
+            if not watch or (followed and not snapshot["running"]):
                 return EXIT_OK
             try:
                 time.sleep(interval)
@@ -440,7 +542,7 @@ def _would_free(plan: Plan) -> dict:
     return collection.to_json()
 
 
-@main.command()
+@main.command(epilog=epilog("gc"))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask before the read-only flip.")
@@ -456,7 +558,8 @@ def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry
         plan = _load(ctx, plan_path)
         if plan.registry is None:
             raise InvalidInput("the plan has no 'registry' section: gc needs the registry's config and restart command")
-        with open_context(plan, _progress(ctx), Options(yes=yes, confirm=_confirm), lock=not dry_run) as job:
+        with _progress(ctx) as progress, open_context(plan, progress, Options(yes=yes, confirm=_asker(progress)),
+                                                         lock=not dry_run) as job:
             preflight.check_registry(job)
             collection = would_free(job, delete_untagged) if dry_run else collect_garbage(job, delete_untagged)
         verb = "would free" if dry_run else "freed"
@@ -473,7 +576,7 @@ def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("rollback"))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -489,7 +592,7 @@ def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None
         if not yes and not _confirm("Restore the original registry config and restart it?"):
             click.echo("rollback declined; nothing changed")
             return EXIT_DIFFERENCES
-        with open_context(plan, _progress(ctx)) as job:
+        with _progress(ctx) as progress, open_context(plan, progress) as job:
             safety.rollback(job, force=force)
         click.echo("rolled back: the registry runs with its original config again")
         return EXIT_OK
@@ -497,7 +600,7 @@ def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None
     _guarded(work)
 
 
-@main.command()
+@main.command(epilog=epilog("doctor", (0, 2, 130)))
 @global_options
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the findings as JSON here.")

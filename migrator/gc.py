@@ -26,7 +26,7 @@ from migrator.images import ImageGraph, check_through_registry, tag_needs
 from migrator.layout import BLOBS
 from migrator.migration.context import Context
 from migrator.migration.safety import restore_original
-from migrator.migration.window import readonly_on
+from migrator.migration.window import ask_before_readonly, readonly_on
 from migrator.state import now
 
 log = logging.getLogger("migrator")
@@ -124,6 +124,7 @@ def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
     if not job.managed.binary():
         raise InvalidInput(f"the registry executable {job.settings.binary or job.managed.default_binary!r} "
                            "is not on this host; set registry.binary to the registry's binary")
+    ask_before_readonly(job, "Pushes are refused while the garbage is collected")
     if state.gc_started_at is None:
         state.gc_started_at = now()
         job.store.save(state)

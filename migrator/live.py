@@ -1,17 +1,19 @@
-"""What `migrator status --watch` shows while a run goes on: the run writes ``<state>/live.json`` (phase, pass,
-counters, rate, ETA, the last warning or error) at most once a second; `status` only reads it, never the lock."""
+"""What a run is doing, for the terminal's progress block and for `migrator status --watch`: ``Counts`` adds up what
+the engine reports; ``LiveStatus`` also keeps ``<state>/live.json`` (phase, pass, counters, the registry's state, the
+last warning or error) at most once a second; `status` only reads it, never the lock."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from migrator.state import StateStore
+from migrator.state import RunState, StateStore
 from migrator.sync import Progress
 
 LIVE_FILE = "live.json"
@@ -19,77 +21,120 @@ FLUSH_SECONDS = 1.0
 COUNTERS = ("walked", "listed", "checked", "uploaded_objects", "uploaded_bytes")
 
 
-class LiveStatus(Progress):
-    """Counts what the engine reports (and passes it on to the terminal's progress), and keeps ``live.json``."""
+def registry_state(state: RunState, has_registry: bool, at: Optional[float] = None) -> str:
+    """Where the registry is, as the state says: 'read-write on filesystem', 'READ-ONLY since 12:03:04 (41 s)',
+    'read-write on s3'."""
+    if not has_registry:
+        return "not touched by this plan (no registry: section)"
+    if state.restore_problem:
+        return f"NOT PROVEN READ-WRITE: {state.restore_problem}"
+    if state.readonly_off_at is not None:
+        return "read-write on s3"
+    if state.readonly_on_at is not None:
+        return f"READ-ONLY since {_clock(state.readonly_on_at)} ({(at or time.time()) - state.readonly_on_at:.0f} s)"
+    if state.filesystem_proven_at is not None:
+        return f"read-write on filesystem (proven {_clock(state.filesystem_proven_at)})"
+    return "read-write on filesystem"
 
-    def __init__(self, state_dir: Path, inner: Optional[Progress] = None):
-        self.store = StateStore(state_dir)
-        self.inner = inner or Progress()
+
+def _clock(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S")
+
+
+def with_rates(data: dict, at: float, running: bool) -> dict:
+    """``data`` (the counters) with rates and ETA worked out for the pass (or phase) going on at ``at``."""
+    data = dict(data, running=running)
+    started = data.get("pass_started_at") or data.get("phase_started_at")
+    elapsed = max(at - started, 1e-3) if started else None
+    data["rate_objects_per_second"] = round(data["walked"] / elapsed, 1) if elapsed else None
+    data["rate_bytes_per_second"] = round(data["uploaded_bytes"] / elapsed) if elapsed else None
+    expected, rate = data.get("expected_objects"), data["rate_objects_per_second"]
+    data["eta_seconds"] = (round(max(expected - data["walked"], 0) / rate, 1)
+                           if expected and rate and running else None)
+    return data
+
+
+class Counts(Progress):
+    """Adds up what the engine reports, per pass; ``snapshot`` gives them with rates, ETA and the registry's state."""
+
+    def __init__(self, registry: Callable[[], str] = lambda: "read-write, untouched"):
+        self.registry = registry
         self._lock = threading.Lock()
-        self._flushed = 0.0
-        self.data: dict = {"pid": os.getpid(), "started_at": time.time(), "phase": None, "pass": None,
-                           "pass_started_at": None, "expected_objects": None, "walked": 0, "listed": 0,
-                           "checked": 0, "uploaded_objects": 0, "uploaded_bytes": 0, "last_problem": None,
-                           "finished": False}
-        self.handler = _LastProblem(self)
+        self.data: dict = {"pid": os.getpid(), "started_at": time.time(), "phase": None, "phase_started_at": None,
+                           "pass": None, "pass_phase": None, "pass_started_at": None, "expected_objects": None,
+                           **dict.fromkeys(COUNTERS, 0), "last_problem": None, "finished": False}
 
     def phase_started(self, name: str) -> None:
-        self.inner.phase_started(name)
         with self._lock:
-            self.data.update(phase=name, phase_started_at=time.time())  # the counters are the last pass's until the next
-        self.flush(force=True)
+            # listed and checked are the phase's own; a pass's counters stay until the next pass
+            self.data.update(phase=name, phase_started_at=time.time(), listed=0, checked=0)
+        self.changed(force=True)
 
     def pass_started(self, number: int, expected_objects: Optional[int]) -> None:
-        self.inner.pass_started(number, expected_objects)
         with self._lock:
-            self.data.update({"pass": number, "pass_started_at": time.time(), "expected_objects": expected_objects,
-                              **dict.fromkeys(COUNTERS, 0)})
-        self.flush(force=True)
+            self.data.update({"pass": number, "pass_phase": self.data["phase"], "pass_started_at": time.time(),
+                              "expected_objects": expected_objects, **dict.fromkeys(COUNTERS, 0)})
+        self.changed(force=True)
 
     def walked(self, count: int) -> None:
-        self.inner.walked(count)
         self._add(walked=count)
 
     def listed(self, count: int) -> None:
-        self.inner.listed(count)
         self._add(listed=count)
 
     def uploaded(self, count: int, nbytes: int) -> None:
-        self.inner.uploaded(count, nbytes)
         self._add(uploaded_objects=count, uploaded_bytes=nbytes)
 
     def checked(self, count: int) -> None:
-        self.inner.checked(count)
         self._add(checked=count)
 
     def problem(self, message: str) -> None:
         with self._lock:
             self.data["last_problem"] = {"at": time.time(), "message": message}
-        self.flush(force=True)
+        self.changed(force=True)
 
     def close(self) -> None:
-        self.inner.close()
         with self._lock:
             self.data["finished"] = True
-        self.flush(force=True)
+        self.changed(force=True)
+
+    def snapshot(self) -> dict:
+        """The counters now, with rates, ETA and ``registry`` (where the registry is)."""
+        with self._lock:
+            data = dict(self.data)
+        at = time.time()
+        return dict(with_rates(data, at, running=not data["finished"]), registry=self.registry(), updated_at=at)
 
     def _add(self, **counts: int) -> None:
         with self._lock:
             for name, count in counts.items():
                 self.data[name] += count
-        self.flush()
+        self.changed()
 
-    def flush(self, force: bool = False) -> None:
+    def changed(self, force: bool = False) -> None:
+        """Called after every change (``LiveStatus`` writes live.json)."""
+
+
+class LiveStatus(Counts):
+    """``Counts`` kept in ``live.json`` for 'status --watch'; warnings and errors logged meanwhile are its
+    ``last_problem``."""
+
+    def __init__(self, state_dir: Path, has_registry: bool):
+        self.store = StateStore(state_dir)
+        super().__init__(lambda: registry_state(self.store.load(), has_registry))
+        self._flushed = 0.0
+        self.handler = _LastProblem(self)
+
+    def changed(self, force: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             if not force and now - self._flushed < FLUSH_SECONDS:
                 return
             self._flushed = now
-            data = dict(self.data, updated_at=time.time())
         try:
-            self.store.write_json(LIVE_FILE, data)
-        except OSError:
-            pass  # a status file that cannot be written never stops the run
+            self.store.write_json(LIVE_FILE, self.snapshot() | {"finished": self.data["finished"]})
+        except (OSError, ValueError):
+            pass  # a status file that cannot be written (or a state.json being replaced) never stops the run
 
 
 class _LastProblem(logging.Handler):
@@ -109,15 +154,7 @@ def read_live(state_dir: Path) -> Optional[dict]:
         data = json.loads((state_dir / LIVE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    data["running"] = not data.get("finished") and _alive(data.get("pid"))
-    started = data.get("pass_started_at") or data.get("phase_started_at")
-    elapsed = max(data.get("updated_at", 0) - started, 1e-3) if started else None
-    data["rate_objects_per_second"] = round(data["walked"] / elapsed, 1) if elapsed else None
-    data["rate_bytes_per_second"] = round(data["uploaded_bytes"] / elapsed) if elapsed else None
-    expected, rate = data.get("expected_objects"), data["rate_objects_per_second"]
-    data["eta_seconds"] = (round(max(expected - data["walked"], 0) / rate, 1)
-                           if expected and rate and data["running"] else None)
-    return data
+    return with_rates(data, data.get("updated_at", 0), running=not data.get("finished") and _alive(data.get("pid")))
 
 
 def _alive(pid: Optional[int]) -> bool:

@@ -10,9 +10,11 @@ import time
 import pytest
 from fakes import context, plan
 
+from migrator import gc
 from migrator.cli import status_snapshot
 from migrator.errors import RestoreFailed, StoppedSafely
-from migrator.migration import copy, runner, safety
+from migrator.migration import copy, runner, safety, window
+from migrator.migration.context import Options
 from migrator.migration.estimate import WindowEstimate, estimate_window
 from migrator.migration.proofs import check_window_changes
 from migrator.state import StateStore
@@ -55,10 +57,10 @@ def recording(monkeypatch, ran: list, fail: str = "", error: type = RuntimeError
     def work_of(name):
         def work(ctx):
             ran.append(name)
+            if name == "readonly_on":  # as the real one: the window is open once the backup is taken
+                ctx.state.readonly_on_at = time.time()
             if name == fail:
                 raise error(f"{name} broke")
-            if name == "readonly_on":
-                ctx.state.readonly_on_at = time.time()
             if name == "readonly_off":
                 ctx.state.readonly_off_at = time.time()
             return PassResult(uploaded_objects=1) if name == "initial_sync" else None
@@ -97,15 +99,38 @@ def test_resume_at_every_phase(tmp_path, monkeypatch, done):
     assert ctx.state.done == DISTRIBUTION
 
 
-@pytest.mark.parametrize("phase", ["final_sync", "verify_window", "cutover", "readonly_off"])
+@pytest.mark.parametrize("phase", ["readonly_on", "final_sync", "verify_window", "cutover", "readonly_off"])
 def test_a_failure_inside_the_window_returns_the_registry_to_the_filesystem(tmp_path, monkeypatch, phase):
     ran: list[str] = []
     recording(monkeypatch, ran, fail=phase)
     ctx = context(tmp_path)
-    with pytest.raises(StoppedSafely, match=f"stopped inside the read-only window: {phase} broke.*back on the filesystem"):
+    with pytest.raises(StoppedSafely, match=f"RuntimeError: {phase} broke inside the read-only window.*back on the "
+                                            "filesystem"):
         runner.run(ctx)
     assert ctx.registry.restores == 1
     assert ctx.state.done == ["initial_sync"] and ctx.state.readonly_on_at is None  # the window's proofs are gone
+    assert len(ctx.state.closed_windows) == 1 and ctx.state.filesystem_proven_at is not None
+
+
+def test_ctrl_c_inside_the_window_is_named_and_returns_the_registry(tmp_path, monkeypatch):
+    recording(monkeypatch, [], fail="final_sync", error=KeyboardInterrupt)
+    ctx = context(tmp_path)
+    with pytest.raises(StoppedSafely, match=r"^interrupted \(Ctrl-C\) inside the read-only window\. The registry is back"):
+        runner.run(ctx)
+    assert ctx.registry.restores == 1
+
+
+def test_the_flip_is_asked_outside_any_phase_and_a_no_changes_nothing(tmp_path, monkeypatch):
+    ran: list[str] = []
+    recording(monkeypatch, ran)
+    asked: list[str] = []
+    monkeypatch.setattr(window, "estimate_window", lambda ctx, result, seconds: WindowEstimate(0, 0, True, 0, 2, True,
+                                                                                               2, 0, 0))
+    ctx = context(tmp_path, options=Options(confirm=lambda question: asked.append(question) is not None))
+    with pytest.raises(StoppedSafely, match="read-only flip declined; the registry was not touched"):
+        runner.run(ctx)
+    assert asked and "Pushes are refused for about 4 s (restarts included)" in asked[0]
+    assert ran == DISTRIBUTION[:4] and ctx.registry.restores == 0 and ctx.state.readonly_on_at is None
 
 
 def test_a_failure_before_the_window_or_without_a_registry_is_not_turned_into_a_restore(tmp_path, monkeypatch):
@@ -241,3 +266,15 @@ def test_delta_passes_stop_once_a_pass_finds_few_changes_or_after_the_limit(tmp_
     assert ctx.engine.passes == passes == ctx.state.passes == len(ctx.state.pass_history)
     assert total.uploaded_objects == sum(changes[:passes])
     assert StateStore(ctx.plan.state_dir).load().last_pass_changes == changes[passes - 1]
+
+
+def test_gc_asks_before_its_read_only_stretch_and_a_no_changes_nothing(tmp_path, monkeypatch):
+    """terminal took the question out of readonly_on (run asks before the phase); gc must still ask."""
+    asked: list[str] = []
+    ctx = context(tmp_path, options=Options(confirm=lambda question: asked.append(question) is not None))
+    monkeypatch.setattr(ctx.registry, "binary", lambda: "/usr/bin/registry")
+    monkeypatch.setattr(gc, "readonly_on", lambda ctx: pytest.fail("flipped without a yes"))
+    with pytest.raises(StoppedSafely, match="read-only flip declined"):
+        gc.collect_garbage(ctx, delete_untagged=False)
+    assert asked and "Pushes are refused while the garbage is collected" in asked[0]
+    assert ctx.state.gc_started_at is None

@@ -12,7 +12,7 @@ from migrator.journal import Journal
 from migrator.managed import ManagedRegistry, open_registry
 from migrator.plan import Plan, RegistrySettings
 from migrator.s3 import Bucket, open_bucket
-from migrator.state import RunState, StateStore
+from migrator.state import RunState, StateStore, migrated_resources
 from migrator.sync import Progress, SyncEngine
 from migrator.transfer import Transfer, s3_extra_args
 
@@ -77,14 +77,14 @@ def open_engine(plan: Plan, bucket: Bucket, journal: Journal, progress: Progress
 @contextmanager
 def open_context(plan: Plan, progress: Optional[Progress] = None, options: Optional[Options] = None,
                  lock: bool = True, dry_run: bool = False) -> Iterator[Context]:
-    """The plan's context: state directory (locked when ``lock``: runs that change things), journal, bucket client,
-    engine and registry; closed afterwards."""
+    """The plan's context: state directory and what the plan migrates (locked when ``lock``: runs that change
+    things; see ``StateStore.lock``), journal, bucket client, engine and registry; closed afterwards."""
     progress = progress or Progress()
     store = StateStore(plan.state_dir)
     store.ensure_directory()
     try:
         if lock:
-            store.lock()
+            store.lock(migrated_resources(plan), plan.path)
         state = store.load()
         journal = Journal(plan.state_dir / "journal.sqlite")
         bucket = open_bucket(plan.bucket, plan.sync, plan.key_prefix)

@@ -46,7 +46,7 @@ def sync_pass(ctx: Context, paths: Optional[list[str]] = None) -> PassResult:
         "delete_candidates": len(result.delete_candidates)}])[-PASS_HISTORY:]
     ctx.state.last_pass_changes = result.changes
     ctx.store.save(ctx.state)
-    log.info("pass %d: %d files walked, %d uploaded (%s), %d delete candidates, %.1fs",
+    log.info("pass %d: %d files walked, %d uploaded (%s), %d delete candidates, %.1f s",
              ctx.state.passes, result.source_objects, result.uploaded_objects,
              ", ".join(f"{n} {r}" for r, n in result.reasons.items()) or "nothing changed",
              len(result.delete_candidates), ctx.state.last_pass_seconds)

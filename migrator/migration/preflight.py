@@ -154,7 +154,7 @@ def advise_on_registry_settings(ctx: Context) -> None:
                           "host's CAs. Add the certificate to the registry host's trust store, or set "
                           "skipverify: true under registry.storage (the check on s3 before the window fails "
                           "otherwise)")
-    for hint in ctx.hints:
+    for hint in ctx.hints if not ctx.engine.dry_run else ():  # 'report' lists them itself
         log.info("hint: %s", hint)
     if gitlab and storage.get("v4auth") is False:
         raise InvalidInput("registry.storage.v4auth is false, but GitLab's registry removed SigV2 in 18.0: remove "

@@ -11,6 +11,13 @@ class Report(TypedDict):
     """report.json's fields (see CONTRACT.md): the window as clients saw it, each phase, the proofs."""
 
     outcome: Optional[str]
+    stopped: Optional[dict[str, Any]]  # the last attempt's stop: {at, reason, exit_code}
+    attempts: list[dict[str, Any]]  # {started_at, ended_at, outcome} of each run of the plan
+    closed_windows: list[dict[str, float]]  # {on, off}: read-only windows closed by going back to the filesystem
+    plan: str
+    source: str
+    bucket: str  # s3://bucket/prefix
+    registry_config: Optional[str]
     read_only_window_seconds: Optional[float]
     restart_seconds: float
     passes: int
@@ -35,6 +42,13 @@ def build_report(ctx: Context) -> Report:
         window = round(state.readonly_off_at - state.readonly_on_at, 3)
     return Report(
         outcome=state.outcome,
+        stopped=state.stopped,
+        attempts=state.attempts,
+        closed_windows=state.closed_windows,
+        plan=str(ctx.plan.path),
+        source=str(ctx.plan.source),
+        bucket=f"s3://{ctx.plan.bucket.name}/{ctx.plan.key_prefix}",
+        registry_config=str(ctx.settings.config) if ctx.plan.registry is not None else None,
         read_only_window_seconds=window,
         restart_seconds=state.restart_seconds,
         passes=state.passes,

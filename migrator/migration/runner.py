@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from migrator.changefeed import PassTracker
+from migrator.console import human_bytes
 from migrator.errors import InvalidInput
 from migrator.failpoints import failpoint
 from migrator.html_report import write_html
@@ -49,7 +50,8 @@ class Phase:
 
     ``online``: runs while the registry takes writes; ``proof``: what it proved online may be stale when a run
     resumes before the window, so it runs again; ``window``: inside the read-only window, where any failure
-    returns the registry to the filesystem; ``when``: whether the plan has this phase at all."""
+    returns the registry to the filesystem (from the moment ``readonly_on`` recorded it open); ``when``: whether the
+    plan has this phase at all; ``ask``: the operator's yes before it starts, asked outside any phase."""
 
     name: str
     work: Callable[[Context], Optional[PassResult]]
@@ -57,6 +59,7 @@ class Phase:
     proof: bool = False
     window: bool = False
     when: Callable[[Plan], bool] = always
+    ask: Optional[Callable[[Context], None]] = None
 
 
 PHASES: tuple[Phase, ...] = (
@@ -64,7 +67,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("delta_passes", copy.delta_passes, online=True, proof=True),
     Phase("online_verification", proofs.online_verification, online=True, proof=True),
     Phase("prove_on_s3", proofs.prove_on_s3, online=True, proof=True, when=has_registry),
-    Phase("readonly_on", window.readonly_on, when=has_registry),
+    Phase("readonly_on", window.readonly_on, window=True, when=has_registry, ask=window.ask_before_the_window),
     Phase("final_sync", copy.final_sync_and_delete, window=True),
     Phase("verify_window", proofs.verify_window, window=True),
     Phase("cutover", window.cutover, window=True, when=has_registry),
@@ -96,6 +99,8 @@ def run(ctx: Context) -> Report:
     if ctx.registry is None:
         log.warning("NO REGISTRY IN THE PLAN: synced, deleted and verified only; no read-only flip, no cut-over")
     for phase in phases:
+        if phase.ask is not None and not ctx.state.is_done(phase.name):
+            phase.ask(ctx)
         if phase.window and ctx.registry is not None:
             with back_to_filesystem_on_failure(ctx):
                 run_phase(ctx, phase)
@@ -117,7 +122,7 @@ def run_phase(ctx: Context, phase: Phase) -> None:
     with ctx.bucket.counter.phase_scope(name):
         result = phase.work(ctx)
     failpoint(f"before-done:{name}")
-    entry = {
+    entry: dict[str, Any] = {
         "name": name,
         "started_at": started_at,
         "seconds": round(time.monotonic() - started, 3),
@@ -131,9 +136,9 @@ def run_phase(ctx: Context, phase: Phase) -> None:
     ctx.state.done.append(name)
     ctx.store.save(ctx.state)
     log.info(
-        "phase %s: done in %.1fs, %d objects / %d bytes uploaded, %d deleted, %d S3 requests (%d retries)",
-        name, entry["seconds"], entry["uploaded_objects"], entry["uploaded_bytes"], entry["deleted_objects"],
-        entry["s3_requests"], entry["s3_retries"],
+        "phase %s: done in %.1f s, %d objects (%s) uploaded, %d deleted, %d S3 requests (%d retries)",
+        name, entry["seconds"], entry["uploaded_objects"], human_bytes(entry["uploaded_bytes"]),
+        entry["deleted_objects"], entry["s3_requests"], entry["s3_retries"],
     )
 
 
@@ -151,6 +156,7 @@ def finish(ctx: Context) -> Report:
 def sync_once(ctx: Context) -> tuple[PassResult, int]:
     """``migrator sync``: preflight, then one online copy pass outside the phases; its result and S3 requests."""
     preflight(ctx, canary=True)
+    ctx.progress.phase_started("sync")
     with ctx.bucket.counter.phase_scope("sync"):
         result = copy.sync_pass(ctx)
     return result, ctx.bucket.counter.attempts["sync"]

@@ -16,6 +16,7 @@ from migrator.layout import is_uploads
 from migrator.migration.context import Context
 from migrator.migration.registry import PROBE_REPOSITORY, record_restart, sweep_probe_leftovers
 from migrator.s3 import BUCKET_ERRORS, explain
+from migrator.state import now
 from migrator.verify import file_difference
 
 log = logging.getLogger("migrator")
@@ -33,10 +34,11 @@ def back_to_filesystem_on_failure(ctx: Context) -> Iterator[None]:
     except (StoppedSafely, RestoreFailed):
         raise
     except (Exception, KeyboardInterrupt) as exc:
-        if ctx.state.readonly_off_at is not None:
-            raise
-        log.error("failure inside the read-only window (%s): returning the registry to the filesystem", exc)
-        stop_safely(ctx, f"stopped inside the read-only window: {exc}")
+        if ctx.state.readonly_on_at is None or ctx.state.readonly_off_at is not None:
+            raise  # the window was not open (or already closed): nothing to return
+        why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        log.error("%s inside the read-only window: returning the registry to the filesystem, read-write", why)
+        stop_safely(ctx, f"{why} inside the read-only window")
 
 
 def stop_safely(ctx: Context, problem: str) -> NoReturn:
@@ -104,6 +106,8 @@ def restore_original(ctx: Context, why: str) -> None:
 def reset_to_online(ctx: Context) -> None:
     """The registry is proven back on the filesystem, read-write: what the window proved no longer holds."""
     ctx.journal.close_window()
+    if ctx.state.readonly_on_at is not None:  # kept for the report: the window this attempt opened and closed
+        ctx.state.closed_windows.append({"on": ctx.state.readonly_on_at, "off": now()})
     ctx.state.restore_problem = None
     ctx.state.s3_config_written = False
     ctx.state.images = {}
@@ -114,6 +118,7 @@ def reset_to_online(ctx: Context) -> None:
     ctx.state.restart_seconds = 0.0
     ctx.state.pushes_refused_from = None
     ctx.state.online_verified_objects = None
+    ctx.state.filesystem_proven_at = now()
     ctx.store.save(ctx.state)
 
 

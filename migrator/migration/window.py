@@ -13,21 +13,41 @@ from migrator.failpoints import failpoint
 from migrator.images import check_through_registry
 from migrator.managed import Restart
 from migrator.migration.context import Context
+from migrator.migration.estimate import estimate_window
 from migrator.migration.proofs import PRODUCTION_TAGS, ask_shadow, prove_lockfile, record_images, tags_to_pull
 from migrator.migration.registry import PROBE_REPOSITORY, record_restart, sweep_probe_leftovers, target_s3
 from migrator.migration.safety import restore_original, stop_safely
 from migrator.registry_config import TargetState
 from migrator.state import now
+from migrator.sync import PassResult
 
 log = logging.getLogger("migrator")
 
 
+def ask_before_readonly(ctx: Context, consequence: str) -> None:
+    """The operator's yes before the flip (not asked with ``--yes``, nor when the registry is read-only already);
+    asked outside any phase, so the time the question waits is no phase's work."""
+    if ctx.state.readonly_on_at is not None or ctx.options.yes:
+        return
+    if not ctx.options.confirm(f"Put the registry at {ctx.settings.url} in read-only mode now? {consequence}"):
+        raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
+
+
+def ask_before_the_window(ctx: Context) -> None:
+    """``run``'s question before ``readonly_on``: how long pushes are refused (the window's estimate, from the last
+    pass) and what Ctrl-C does."""
+    if ctx.state.readonly_on_at is not None or ctx.options.yes:
+        return
+    last = PassResult(uploaded_objects=ctx.state.last_pass_changes or 0)
+    estimate = estimate_window(ctx, last, ctx.state.last_pass_seconds or 0.0).to_json()
+    ask_before_readonly(ctx, f"Pushes are refused for about {estimate['total']:.0f} s (restarts included). Ctrl-C "
+                             "or N now: nothing changes; Ctrl-C inside the window: back to the filesystem, read-write")
+
+
 def readonly_on(ctx: Context) -> None:
     """Back up the config, flip to read-only, restart, and prove it: a write must get 405. Pushes are refused
-    from the first moment the restart left the registry without an answer (or, if none was seen, the 405)."""
-    if ctx.state.readonly_on_at is None and not ctx.options.yes:
-        if not ctx.options.confirm(f"Put the registry at {ctx.settings.url} in read-only mode now?"):
-            raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
+    from the first moment the restart left the registry without an answer (or, if none was seen, the 405). The
+    operator was asked before (``ask_before_the_window``, ``gc``'s own question)."""
     ctx.managed.take_backup()
     if ctx.state.readonly_on_at is None:
         ctx.state.readonly_on_at = now()
