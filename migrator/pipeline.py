@@ -90,6 +90,8 @@ class Migration:
             raise InvalidInput("'migrator gc' did not finish (the registry may be read-only): re-run 'migrator gc' "
                                "to finish it first")
         self.preflight(canary=True)
+        if self.registry is not None:
+            self.prove_mode_on_resume()
         self.tracker = PassTracker(self.plan.source, self.plan.sync.change_feed)
         if self.state.readonly_on_at is None:  # still online: what was proven online may be stale
             self.state.done = [p for p in self.state.done if p not in ONLINE_PHASES]
@@ -111,6 +113,38 @@ class Migration:
         if self.registry.reconfigures_after_window:
             self.phase("reconfigure", self.reconfigure)
         return self.finish()
+
+    def prove_mode_on_resume(self) -> None:
+        """A run resuming inside the window proves the registry's mode before any window step. A restore the last run
+        started (or could not prove) is finished first; a registry that takes writes though the state says it was
+        flipped read-only is online again (a restore's restart ran, or it came up late), so the window starts over
+        from the flip, after delta passes that copy what was pushed meanwhile."""
+        if self.state.readonly_on_at is None or self.state.readonly_off_at is not None:
+            return
+        if self.state.restore_problem is not None:
+            log.warning("the last run's restore of the original config is not proven (%s): finishing it first",
+                        self.state.restore_problem)
+            problem = f"resumed after an unproven restore ({self.state.restore_problem})"
+            self.refuse_to_strand_writes(problem)
+            self.restore_original(problem)
+            return
+        if self.state.writes_on_s3_since is not None or not self.state.is_done("readonly_on"):
+            return  # read-only off (202) or the flip (405) is redone, and proves its own mode
+        status = self.registry.client.write_probe(PROBE_REPOSITORY)
+        if status == 405:
+            log.info("resuming inside the read-only window: a write probe got HTTP 405, the registry is read-only")
+            return
+        if status == 401:
+            log.warning("WRITE PROBE COULD NOT PROVE THE REGISTRY IS STILL READ-ONLY: HTTP 401. Set MIGRATOR_PROBE_USER "
+                        "and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
+            return
+        log.warning("resuming inside the read-only window, but a write probe got HTTP %s, not 405: the registry takes "
+                    "writes, so the window starts over from the flip", status)
+        if all(original == current for _, original, current in self.registry.files(None)):
+            self.sweep_probe_leftovers(on_s3=False)  # already on the original config, proven writable: no restart
+            self.reset_to_online()
+        else:
+            self.restore_original(f"resumed inside the read-only window with the registry taking writes (HTTP {status})")
 
     @contextmanager
     def back_to_filesystem_on_failure(self) -> Iterator[None]:
@@ -811,7 +845,10 @@ class Migration:
     def restore_original(self, why: str) -> None:
         """The original config (filesystem, as it was) back in place, restarted, and writes proven accepted; the
         state then says the registry is online again. If any of that fails, ``RestoreFailed`` says what is true and
-        the state keeps what ``status`` and ``rollback`` need (read-only since when, why)."""
+        the state keeps what ``status`` and ``rollback`` need (read-only since when, why). The restore is recorded as
+        intended before its restart runs, so a run killed meanwhile is resumed by finishing it."""
+        self.state.restore_problem = f"a restore ({why}) was started but its restart was not proven to finish"
+        self.store.save(self.state)
         restart = self.registry.restore()
         self.record_restart(restart)
         problem = restart.problem

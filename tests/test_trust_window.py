@@ -1,0 +1,108 @@
+"""The read-only window trusted only when proven: resumes, the delete guard, the operator's config edits, images
+broken in the source, and a registry under http.prefix (issue 21, items 1, 4, 5, 7 and 9). Every test goes through
+the command line against a real docker-registry and moto, with the suite's independent oracles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import UPLOADS, bucket_contents, run_cli, source_files
+from test_e2e import assert_all_pull, push_images, storage_of
+
+from migrator.local import REGISTRY_BINARY, LocalRegistry
+from migrator.omnibus_fake import FakeOmnibus
+from migrator.registry_http import RegistryClient
+from migrator.state import StateStore
+
+pytestmark = pytest.mark.slow
+
+
+def shadow_failing_once(tmp_path: Path, failing_call: int) -> Path:
+    """A registry binary that fails on its ``failing_call``-th start (the shadow registry at the cut-over is the
+    second) and is docker-registry otherwise."""
+    counter = tmp_path / "shadow-calls"
+    script = tmp_path / "registry-failing-once"
+    script.write_text(f"""#!/bin/sh
+n=$(($(cat {counter} 2>/dev/null || echo 0) + 1)); echo $n > {counter}
+[ "$1" = serve ] && [ $n -eq {failing_call} ] && {{ echo 'injected start failure' >&2; exit 1; }}
+exec {REGISTRY_BINARY} "$@"
+""")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def run_migrator(plan: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_cli("run", "--yes", *args, plan)
+
+
+def assert_bucket_is_the_source(s3, bucket: str, root: Path) -> None:
+    copied = {k: v for k, v in bucket_contents(s3, bucket, "reg/").items() if not UPLOADS.match(k)}
+    assert copied == source_files(root), "the bucket differs from the source"
+
+
+def test_a_run_killed_while_its_restore_restarts_is_resumed_by_proving_the_mode(local_registry, s3, bucket, tmp_path):
+    """Item 1 (a): the cut-over check fails inside the window, the restore's restart brings the registry back
+    read-write, migrator is SIGKILLed before it records that; a push lands; the re-run must not go on as if the
+    registry were read-only: the window starts over from the flip and the push reaches the bucket."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=21)
+    binary = shadow_failing_once(tmp_path, failing_call=2)
+    killed_once = tmp_path / "killed"
+    # the first restart after the shadow's failure is the restore's: once it has run, SIGKILL migrator ($PPID)
+    restart = (f"{local_registry.restart_command} && if [ \"$(cat {tmp_path}/shadow-calls)\" = 2 ] && "
+               f"[ ! -e {killed_once} ]; then touch {killed_once}; kill -9 $PPID; fi")
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": local_registry.url, "restart": restart,
+        "health_timeout_seconds": 30, "binary": str(binary)})
+    killed = run_migrator(plan)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert client.write_probe("probe/between") == 202, "the restore's restart should have left the registry writable"
+    state = StateStore(plan.parent / "plan.state").load()
+    assert state.restore_problem, "the restore was not recorded as intended before its restart"
+    pushed[("late/push", "v1")] = client.push_image("late/push", "v1", [b"pushed between the runs" * 100])
+
+    resumed = run_migrator(plan)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "s3" in storage_of(local_registry.config)
+    assert client.write_probe("probe/after") == 202
+    assert_bucket_is_the_source(s3, bucket, local_registry.root)
+    assert_all_pull(client, pushed)
+
+
+def test_a_restore_that_came_up_late_is_proven_before_the_rerun_goes_on(local_registry, s3, bucket, tmp_path):
+    """Item 1 (b): the restore's registry gets healthy only after health_timeout_seconds (RestoreFailed, exit 1);
+    it then takes pushes. The re-run acts on restore_problem: it proves the registry's mode and starts over."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=22)
+    binary = shadow_failing_once(tmp_path, failing_call=2)
+    local = f"{sys.executable} -m migrator.local"
+    where = (f"--config {local_registry.config} --pidfile {local_registry.pidfile} --url {local_registry.url} "
+             f"--log {local_registry.logfile}")
+    late_once = tmp_path / "late"
+    # the first restart after the shadow's failure (the restore's) starts the registry 15 s later, in the background
+    restart = (f"if [ \"$(cat {tmp_path}/shadow-calls)\" = 2 ] && [ ! -e {late_once} ]; then touch {late_once}; "
+               f"{local} stop {where}; (sleep 15; {local} start {where}) >/dev/null 2>&1 & else {local} restart {where}; fi")
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": local_registry.url, "restart": f"sh -c {shlex.quote(restart)}",
+        "health_timeout_seconds": 8, "binary": str(binary)})
+    failed = run_migrator(plan)
+    assert failed.returncode == 1 and "was not proven" not in failed.stderr and "did not become healthy" in failed.stderr, \
+        failed.stderr
+    assert client.wait_healthy(30) and client.write_probe("probe/between") == 202
+    pushed[("late/push", "v1")] = client.push_image("late/push", "v1", [b"pushed after the late restore" * 100])
+
+    resumed = run_migrator(plan)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "s3" in storage_of(local_registry.config)
+    assert client.write_probe("probe/after") == 202
+    assert_bucket_is_the_source(s3, bucket, local_registry.root)
+    assert_all_pull(client, pushed)
