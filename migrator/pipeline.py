@@ -403,13 +403,18 @@ class Migration:
         return result
 
     def delta_passes(self) -> PassResult:
-        """Online passes until one finds fewer changes than the threshold: what is left for the window shrinks."""
+        """Online passes until one finds fewer changes than the threshold: what is left for the window shrinks. The
+        delete guard is asked about the last pass's candidates here, online: a mass delete the window's final pass
+        would refuse is refused now (exit 3), before any flip or restart."""
         total = PassResult()
+        result = None
         for _ in range(self.plan.sync.max_delta_passes):
             result = self.sync_pass()
             total.add(result)
             if result.changes < self.plan.sync.delta_stop_below:
                 break
+        if result is not None:
+            self.engine.check_deletes(result, self.plan.sync.max_delete_fraction, self.options.allow_mass_delete)
         return total
 
     def online_verification(self) -> PassResult:

@@ -106,3 +106,25 @@ def test_a_restore_that_came_up_late_is_proven_before_the_rerun_goes_on(local_re
     assert client.write_probe("probe/after") == 202
     assert_bucket_is_the_source(s3, bucket, local_registry.root)
     assert_all_pull(client, pushed)
+
+
+def test_a_mass_delete_seen_online_is_refused_before_the_flip(local_registry, s3, bucket):
+    """Item 4: after a pre-seed, more than sync.max_delete_fraction of the objects left the source: the online
+    passes see it, so run refuses (exit 3) before the flip: no restart, no read-only window."""
+    client = RegistryClient(local_registry.url)
+    push_images(client, 6, seed=4)
+    plan = local_registry.write_plan()
+    seeded = run_cli("sync", plan)
+    assert seeded.returncode == 0, seeded.stderr
+    subprocess.run(["rm", "-rf", str(local_registry.root / "docker/registry/v2/repositories/team0")], check=True)
+    config_before = local_registry.config.read_bytes()
+    pid_before = local_registry.pidfile.read_text()
+
+    result = run_cli("run", "--yes", plan)
+    assert result.returncode == 3, result.stderr
+    assert "max_delete_fraction" in result.stderr and "--allow-mass-delete" in result.stderr
+    assert local_registry.pidfile.read_text() == pid_before, "the registry was restarted"
+    assert local_registry.config.read_bytes() == config_before
+    assert client.write_probe("probe/after") == 202
+    state = StateStore(plan.parent / "plan.state").load()
+    assert state.readonly_on_at is None and not state.restarts
