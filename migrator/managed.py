@@ -280,7 +280,8 @@ class ManagedRegistry:
             process = subprocess.Popen([self.binary(), "serve", str(path)], stdout=log, stderr=log,
                                        stdin=subprocess.DEVNULL, env=registry_environment(),
                                        preexec_fn=_die_with_parent)
-        client = RegistryClient(f"http://127.0.0.1:{port}", ca_bundle=self.bucket.ca_bundle)
+        prefix = str(http.get("prefix") or "").strip("/")  # http.prefix is kept: the shadow serves under it too
+        client = RegistryClient(f"http://127.0.0.1:{port}/{prefix}", ca_bundle=self.bucket.ca_bundle)
         try:
             if not client.wait_healthy(30):
                 tail = redact(log_path.read_text(errors="replace"))[-600:]

@@ -128,3 +128,28 @@ def test_a_mass_delete_seen_online_is_refused_before_the_flip(local_registry, s3
     assert client.write_probe("probe/after") == 202
     state = StateStore(plan.parent / "plan.state").load()
     assert state.readonly_on_at is None and not state.restarts
+
+
+def test_a_registry_served_under_http_prefix_is_migrated(local_registry, s3, bucket):
+    """Item 9: http.prefix /reg/ (plan url http://host/reg): the shadow registry keeps the prefix and is asked
+    under it, as are the health checks and write probes."""
+    text = local_registry.config.read_text().replace("  secret: local-drill-secret\n",
+                                                    "  secret: local-drill-secret\n  prefix: /reg/\n")
+    local_registry.config.write_text(text)
+    local_registry.stop()
+    local_registry.start()
+    url = local_registry.url + "/reg"
+    client = RegistryClient(url)
+    assert client.health() == 200 and RegistryClient(local_registry.url).health() == 404
+    pushed = push_images(client, 3, seed=9)
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": url, "restart": local_registry.restart_command,
+        "health_timeout_seconds": 30})
+
+    result = run_migrator(plan)
+    assert result.returncode == 0, result.stderr
+    assert "s3" in storage_of(local_registry.config)
+    assert client.write_probe("probe/after") == 202
+    assert_bucket_is_the_source(s3, bucket, local_registry.root)
+    for (repository, tag), digest in pushed.items():  # skopeo cannot address a prefix: the registry's answers
+        assert client.pull_image(repository, tag) == digest, f"{repository}:{tag}"
