@@ -564,6 +564,8 @@ class Migration:
         if self.state.readonly_on_at is None and not self.options.yes:
             if not self.options.confirm(f"Put the registry at {self.plan.registry.url} in read-only mode now?"):
                 raise StoppedSafely("read-only flip declined; the registry was not touched (re-run to continue)")
+        if self.state.readonly_on_at is None:  # the registry runs on the live file: it is the original, edits included
+            self.registry.config.drop_backup()
         self.registry.take_backup()
         if self.state.readonly_on_at is None:
             self.state.readonly_on_at = now()
@@ -910,7 +912,9 @@ class Migration:
         )
 
     def reset_to_online(self) -> None:
-        """The registry is proven back on the filesystem, read-write: what the window proved no longer holds."""
+        """The registry is proven back on the filesystem, read-write: what the window proved no longer holds, and the
+        backup is dropped (the live file is the original again: an operator's edit before the next flip is kept)."""
+        self.registry.config.drop_backup()
         self.journal.close_window()
         self.state.restore_problem = None
         self.state.s3_config_written = False

@@ -130,6 +130,32 @@ def test_a_mass_delete_seen_online_is_refused_before_the_flip(local_registry, s3
     assert state.readonly_on_at is None and not state.restarts
 
 
+def test_the_operators_edits_after_a_safe_stop_survive_the_rerun(local_registry, s3, bucket, tmp_path):
+    """Item 5: a run stops safely inside the window (back on the filesystem); the operator then adds
+    http.draintimeout and rotates http.secret. The re-run's original is the live file: both edits stay."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=5)
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": local_registry.url, "restart": local_registry.restart_command,
+        "health_timeout_seconds": 30, "binary": str(shadow_failing_once(tmp_path, failing_call=2))})
+    stopped = run_migrator(plan)
+    assert stopped.returncode == 1 and "back on the filesystem, read-write" in stopped.stderr, stopped.stderr
+    edited = local_registry.config.read_text().replace("  secret: local-drill-secret\n",
+                                                       "  secret: rotated-secret\n  draintimeout: 10s\n")
+    local_registry.config.write_text(edited)
+    reported = run_cli("report", "--json", tmp_path / "report.json", plan)
+    assert reported.returncode == 0, reported.stderr
+    assert "draintimeout is unset" not in reported.stdout + reported.stderr
+    assert "-  draintimeout" not in (tmp_path / "report.json").read_text()
+
+    resumed = run_migrator(plan)
+    assert resumed.returncode == 0, resumed.stderr
+    config = yaml.safe_load(local_registry.config.read_text())
+    assert config["http"]["secret"] == "rotated-secret" and config["http"]["draintimeout"] == "10s"
+    assert "s3" in config["storage"]
+    assert_all_pull(client, pushed)
+
+
 def test_a_registry_served_under_http_prefix_is_migrated(local_registry, s3, bucket):
     """Item 9: http.prefix /reg/ (plan url http://host/reg): the shadow registry keeps the prefix and is asked
     under it, as are the health checks and write probes."""
@@ -153,3 +179,28 @@ def test_a_registry_served_under_http_prefix_is_migrated(local_registry, s3, buc
     assert_bucket_is_the_source(s3, bucket, local_registry.root)
     for (repository, tag), digest in pushed.items():  # skopeo cannot address a prefix: the registry's answers
         assert client.pull_image(repository, tag) == digest, f"{repository}:{tag}"
+
+
+def test_the_operators_edits_of_gitlab_rb_after_a_safe_stop_survive_the_rerun(local_registry, s3, bucket, tmp_path):
+    """Item 5 on Omnibus: after a safe stop the operator adds a line to gitlab.rb and reconfigures (its rendering
+    now sets http.draintimeout); the re-run keeps both, in gitlab.rb and in the config.yml it writes."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=15)
+    omnibus = FakeOmnibus(local_registry, tmp_path)
+    plan = omnibus.write_plan(binary=str(shadow_failing_once(tmp_path, failing_call=2)))
+    stopped = run_migrator(plan)
+    assert stopped.returncode == 1 and "back on the filesystem, read-write" in stopped.stderr, stopped.stderr
+    edit = "registry['http_secret'] = 'rotated-secret'\n"
+    omnibus.gitlab_rb.write_text(omnibus.gitlab_rb.read_text() + edit)
+    omnibus.template.write_text(omnibus.template.read_text().replace("  secret: local-drill-secret\n",
+                                                                     "  secret: local-drill-secret\n  draintimeout: 10s\n"))
+    omnibus.reconfigure()
+    local_registry.stop()
+    local_registry.start()
+
+    resumed = run_migrator(plan)
+    assert resumed.returncode == 0, resumed.stderr
+    assert edit in omnibus.gitlab_rb.read_text()
+    config = yaml.safe_load(local_registry.config.read_text())
+    assert config["http"]["draintimeout"] == "10s" and "s3" in config["storage"]
+    assert_all_pull(client, pushed)
