@@ -32,7 +32,7 @@ from migrator.cluster import SPLIT_ABOVE, DaskEngine, Job
 from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.failpoints import failpoint
 from migrator.html_report import write_html
-from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry
+from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry, pull_problem
 from migrator.journal import Journal
 from migrator.layout import FILESYSTEM_IN_USE, REPOSITORIES, is_blob_data, is_uploads, outermost
 from migrator.local import free_port
@@ -429,6 +429,12 @@ class Migration:
                 if not images.ok:
                     raise StoppedSafely(self.graph_bug(images) + ". Nothing was lost: the registry still serves from "
                                         "the filesystem")
+                if images.source_broken and self.plan.registry and self.plan.registry.broken_in_source == "block":
+                    raise StoppedSafely(
+                        f"the source itself lacks {images.source_broken} objects its images name (first: "
+                        f"{', '.join(images.source_broken_keys[:3])}), and registry.broken_in_source is block. The "
+                        "registry was not touched: repair those images (push them again), or set "
+                        "registry.broken_in_source: report to migrate them as they are")
                 # what was excused as in flight is re-checked in the window, sealed or not, walked or fed
                 self.journal.set_rechecks(result.in_flight_keys + images.in_flight_keys)
                 self.state.online_verified_objects = result.bucket_objects
@@ -547,7 +553,27 @@ class Migration:
         where = f"{self.registry.binary()} serving the s3 config read-only on loopback"
         with self.registry.shadow(self.target_s3(readonly=True), self.plan.state_dir / "shadow", free_port()) as client:
             failpoint("shadow-started")
-            return check_through_registry(client, tags), where
+            result = check_through_registry(client, tags)
+        # production still serves the filesystem (read-write before the window, read-only in it): ask it the same
+        self.set_aside_broken_in_source(result, lambda *tag: pull_problem(self.registry.client, *tag))
+        return result, where
+
+    def set_aside_broken_in_source(self, result: RegistryResult, on_filesystem: Callable[[str, str, str], Optional[str]]
+                                   ) -> None:
+        """Tags that fail from the filesystem too are broken in the source, not by the bucket or the s3 settings:
+        reported by image (output, report.json), not failed (``registry.broken_in_source: block`` stops the run
+        on them before the window, in the online image check)."""
+        result.set_aside_broken_in_source(on_filesystem)
+        if result.broken_in_source:
+            log.warning("%d images are broken in the source (the registry on the filesystem fails the same pull; the "
+                        "bucket is not to blame, they are migrated as they are): %s", len(result.broken_in_source),
+                        "; ".join(f"{b['image']}: {b['problem']}" for b in result.broken_in_source[:5]))
+
+    def known_broken_in_source(self) -> Callable[[str, str, str], Optional[str]]:
+        """For pulls asked once production runs on s3: what the checks before found broken in the source."""
+        known = {broken["image"]: broken["problem"] for kind in ("sample_on_s3", "through_registry")
+                 for broken in (self.state.images.get(kind) or {}).get("broken_in_source", [])}
+        return lambda repository, tag, digest: known.get(f"{repository}:{tag}")
 
     def tag_changed_since_last_pass(self, repository: str, tag: str, digest: str) -> bool:
         """The source's link for the tag was written since the last pass began, or no longer names ``digest``."""
@@ -687,6 +713,7 @@ class Migration:
             where = "the registry restarted read-only on s3 (no registry.binary on this host)"
             self.apply(self.target_s3(readonly=True), on_failure="rollback")
             result = check_through_registry(self.registry.client, tags)
+            self.set_aside_broken_in_source(result, self.known_broken_in_source())
         self.record_images("through_registry", result.to_json() | {"where": where})
         log.info("asked %s: %d tags, %d manifests, %d blobs; %d failed", where, result.tags, result.manifests,
                  result.blobs, len(result.failed))
@@ -747,6 +774,7 @@ class Migration:
         self.check_database_header()
         tags = self.tags_to_pull(changed=0, others=PRODUCTION_TAGS)
         result = check_through_registry(self.registry.client, tags)
+        self.set_aside_broken_in_source(result, self.known_broken_in_source())
         if not result.ok:
             self.stop_safely(f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
                              f"s3 (first: {'; '.join(result.failed[:3])})")
@@ -1101,6 +1129,8 @@ class Migration:
         summary["window"] = images.get("window")
         summary["through_registry"] = images.get("through_registry")
         summary["sample_on_s3"] = images.get("sample_on_s3")
+        summary["broken_in_source"] = sorted({broken["image"] for kind in ("sample_on_s3", "through_registry")
+                                              for broken in (images.get(kind) or {}).get("broken_in_source", [])})
         return summary
 
 

@@ -42,6 +42,7 @@ class RegistrySettings:
     restart_seconds: float = 10.0  # how long a restart takes, for 'report' until a run has measured one
     gitlab_ctl: str = "gitlab-ctl"  # Omnibus' control command (fast path: restart registry; reconfigure after)
     binary: Optional[str] = None  # the registry executable (default docker-registry, Omnibus: embedded registry)
+    broken_in_source: str = "report"  # images the source itself cannot serve: report (migrated as they are) or block
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ _REGISTRY = {
     "restart_seconds": ((int, float), False),
     "gitlab_ctl": (str, False),
     "binary": ((str, type(None)), False),
+    "broken_in_source": (str, False),
 }
 _SYNC = {
     "workers": (int, False),
@@ -280,6 +282,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
             raise InvalidInput(f"{plan_path}: registry.restart is required (the shell command that restarts the registry)")
         if "rendered_config" in reg:
             reg["rendered_config"] = _resolve(base, reg["rendered_config"])
+        if reg.get("broken_in_source", "report") not in ("report", "block"):
+            raise InvalidInput(f"{plan_path}: registry.broken_in_source must be report or block, "
+                               f"not {reg['broken_in_source']!r}")
         registry = RegistrySettings(config=config, format=fmt, restart=restart, **reg)
 
     sync = SyncSettings(**(values.get("sync") or {}))

@@ -181,6 +181,70 @@ def test_a_registry_served_under_http_prefix_is_migrated(local_registry, s3, buc
         assert client.pull_image(repository, tag) == digest, f"{repository}:{tag}"
 
 
+BROKEN_LAYER = b"a layer whose link a disk-full write left empty" * 200
+
+
+def push_broken_image(client: RegistryClient, registry: LocalRegistry) -> Path:
+    """broken/app:v1 with one layer link left empty (as after a disk-full write), the registry restarted (its
+    in-memory blob cache forgotten); returns that link."""
+    client.push_image("broken/app", "v1", [BROKEN_LAYER])
+    digest = hashlib.sha256(BROKEN_LAYER).hexdigest()
+    link = registry.root / f"docker/registry/v2/repositories/broken/app/_layers/sha256/{digest}/link"
+    link.write_bytes(b"")
+    registry.stop()
+    registry.start()
+    assert client.head_blob("broken/app", f"sha256:{digest}") != 200, "the filesystem registry should fail it too"
+    return link
+
+
+def test_an_image_broken_in_the_source_is_reported_not_blamed_on_s3(local_registry, s3, bucket, tmp_path):
+    """Item 7: what fails on the filesystem too is reported as broken in the source, by image, and the migration
+    goes on (registry.broken_in_source: report, the default)."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=7)
+    push_broken_image(client, local_registry)
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": local_registry.url, "restart": local_registry.restart_command,
+        "health_timeout_seconds": 30, "image_sample": 50})
+
+    result = run_migrator(plan)
+    assert result.returncode == 0, result.stderr
+    assert "check the s3 settings" not in result.stderr
+    assert "broken in the source" in result.stderr and "broken/app:v1" in result.stderr
+    report = json.loads((plan.parent / "plan.state/report.json").read_text())
+    assert report["images"]["broken_in_source"] == ["broken/app:v1"]
+    assert "s3" in storage_of(local_registry.config)
+    assert_bucket_is_the_source(s3, bucket, local_registry.root)
+    assert_all_pull(client, pushed)
+
+
+def test_broken_in_source_block_stops_before_the_window_and_a_repair_reaches_the_bucket(local_registry, s3, bucket):
+    """Item 7: registry.broken_in_source: block stops the run before the window, naming the broken objects; once
+    a re-push rewrites the empty link in place, the next run migrates the repaired image."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 2, seed=8)
+    link = push_broken_image(client, local_registry)
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": local_registry.url, "restart": local_registry.restart_command,
+        "health_timeout_seconds": 30, "broken_in_source": "block"})
+    config_before = local_registry.config.read_bytes()
+
+    blocked = run_migrator(plan)
+    assert blocked.returncode == 1, blocked.stderr
+    assert "registry.broken_in_source is block" in blocked.stderr and str(link.relative_to(local_registry.root)) in \
+        blocked.stderr, blocked.stderr
+    assert local_registry.config.read_bytes() == config_before and client.write_probe("probe/between") == 202
+
+    pushed[("broken/app", "v1")] = client.push_image("broken/app", "v1", [BROKEN_LAYER])  # the repair
+    assert len(link.read_bytes()) == 71, "the re-push did not rewrite the link in place"
+    repaired = run_migrator(plan)
+    assert repaired.returncode == 0, repaired.stderr
+    assert s3.get_object(Bucket=bucket, Key=f"reg/{link.relative_to(local_registry.root)}")["Body"].read() == \
+        link.read_bytes()
+    assert_bucket_is_the_source(s3, bucket, local_registry.root)
+    assert_all_pull(client, pushed)
+
+
 def test_the_operators_edits_of_gitlab_rb_after_a_safe_stop_survive_the_rerun(local_registry, s3, bucket, tmp_path):
     """Item 5 on Omnibus: after a safe stop the operator adds a line to gitlab.rb and reconfigures (its rendering
     now sets http.draintimeout); the re-run keeps both, in gitlab.rb and in the config.yml it writes."""
