@@ -334,8 +334,9 @@ class Migration:
         root = Path(filesystem_root(storage)).resolve()
         if root != self.plan.source:
             raise InvalidInput(
-                f"the registry's filesystem rootdirectory is {root} but the plan's source is {self.plan.source}; "
-                "set 'source' to the registry's rootdirectory"
+                f"registry.config ({self.registry.config.running_path}) has storage.filesystem.rootdirectory {root}, "
+                f"but the plan's source is {self.plan.source}: they must be the same directory. Set 'source' to "
+                f"{root}, or registry.config to the config of the registry that serves {self.plan.source}"
             )
 
     # --- phases ----------------------------------------------------------------------------
