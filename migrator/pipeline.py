@@ -927,7 +927,7 @@ class Migration:
         if since is None:
             return
         try:
-            written = self.objects_written_since(since)
+            written = len(self.objects_written_since(since))
         except BUCKET_ERRORS as exc:
             written, why = None, f"the bucket cannot be listed to check ({explain(exc, self.plan.bucket.name)})"
         else:
@@ -959,8 +959,9 @@ class Migration:
 
     # --- rollback, status, report ----------------------------------------------------------
 
-    def rollback(self, force: bool) -> None:
-        """Restore the original config; refused after the registry took writes on s3 unless forced."""
+    def rollback(self, force: bool) -> bool:
+        """Restore the original config; refused after the registry took writes on s3 unless forced. Everything that
+        would refuse is checked before the operator is asked (``options``); False when they decline."""
         if not self.registry.config.backup.exists():
             raise InvalidInput(f"no backup of the original config in {self.registry.config.backup_dir}: nothing to roll back to")
         since = self.state.writes_on_s3_since or self.state.readonly_off_at
@@ -968,31 +969,34 @@ class Migration:
             written = self.objects_written_since(since)
             if written:
                 raise Refused(
-                    f"the bucket holds {written} objects written since the cut-over that the filesystem lacks; "
-                    "rolling back would strand those pushes in the bucket. Re-run with --force if you accept losing them"
+                    f"the bucket holds {len(written)} objects written since the cut-over that the filesystem lacks "
+                    f"({stranded_images(written)}); rolling back would strand those pushes in the bucket. Re-run "
+                    "with --force if you accept losing them"
                 )
+        if not self.options.yes and not self.options.confirm("Restore the original registry config and restart it?"):
+            return False
         self.restore_original("rollback requested")
         self.state.outcome = "rolled back"
         self.store.save(self.state)
+        return True
 
-    def objects_written_since(self, since: float) -> int:
+    def objects_written_since(self, since: float) -> list[str]:
         """Objects written to the bucket since ``since`` that the filesystem does not hold: what returning the
         registry to the filesystem would strand (``_uploads`` aside; the cutoff allows for LastModified's
         one-second resolution and clock skew, our own copies being told apart by their content)."""
         cutoff = math.floor(since) - CLOCK_SKEW_SECONDS
         paginator = self.bucket.client.get_paginator("list_objects_v2")
-        count = 0
+        written = []
         for page in paginator.paginate(Bucket=self.plan.bucket.name, Prefix=self.bucket.key("docker/")):
             for item in page.get("Contents", ()):
                 rel = self.bucket.rel(item["Key"])
                 if item["LastModified"].timestamp() < cutoff or is_uploads(rel):
                     continue
                 path = self.plan.source / rel
-                if not path.is_file() or path.stat().st_size != item["Size"]:
-                    count += 1
-                elif not is_blob_data(rel):
-                    count += self.bucket.content_md5(rel, item["ETag"]) != md5_of(path.read_bytes())
-        return count
+                if (not path.is_file() or path.stat().st_size != item["Size"] or not is_blob_data(rel)
+                        and self.bucket.content_md5(rel, item["ETag"]) != md5_of(path.read_bytes())):
+                    written.append(rel)
+        return written
 
     def dry_run_report(self) -> dict:
         """What ``run`` would do, computed without writing to the bucket, the config or the registry."""
@@ -1143,6 +1147,25 @@ def planned_phases(plan: Plan) -> list[str]:
     """The phases ``run`` goes through for this plan, in order (``reconfigure``: the Omnibus fast path only)."""
     omnibus_fast = plan.registry is not None and plan.registry.format == "omnibus" and not plan.registry.restart
     return [p for p in ALL_PHASES if p != "reconfigure" or omnibus_fast]
+
+
+def stranded_images(rels: list[str]) -> str:
+    """The tags and repositories among bucket keys the filesystem lacks, for a message: what would be lost."""
+    tags: dict[str, None] = {}
+    repositories: dict[str, None] = {}
+    for rel in rels:
+        if not rel.startswith(REPOSITORIES):
+            continue
+        repository, marker, tail = rel[len(REPOSITORIES):].partition("/_manifests/tags/")
+        if marker:
+            tags[f"{repository}:{tail.split('/', 1)[0]}"] = None
+        else:
+            repositories[rel[len(REPOSITORIES):].split("/_", 1)[0]] = None
+    tagged = {tag.rsplit(":", 1)[0] for tag in tags}
+    untagged = [repository for repository in repositories if repository not in tagged]
+    named = ([f"tags {', '.join(list(tags)[:10])}"] if tags else []) + (
+        [f"repositories {', '.join(untagged[:10])}"] if untagged else [])
+    return "; ".join(named) or "blobs only"
 
 
 def verification_summary(result: VerifyResult, method: str) -> dict:
