@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import shlex
 import shutil
 import time
 import urllib.parse
@@ -36,7 +35,7 @@ from migrator.images import ImageGraph, ImageResult, RegistryResult, check_throu
 from migrator.journal import Journal
 from migrator.layout import FILESYSTEM_IN_USE, REPOSITORIES, is_blob_data, is_uploads, outermost
 from migrator.local import free_port
-from migrator.managed import ManagedRegistry, Restart, command_exists, open_registry
+from migrator.managed import ManagedRegistry, Restart, open_registry, restart_command_problem
 from migrator.march import md5_of
 from migrator.plan import Plan
 from migrator.registry_config import S3_DRIVERS, TargetState, filesystem_root, storage_driver
@@ -207,10 +206,10 @@ class Migration:
         ):
             raise InvalidInput("registry.write_credentials is true but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
         command = self.registry.restart_command
-        if not command_exists(command):
+        problem = restart_command_problem(command)
+        if problem:
             key = "registry.restart" if self.plan.registry.restart else "registry.gitlab_ctl"
-            raise InvalidInput(f"the restart command {command!r} runs {shlex.split(command)[0]!r}, which is not an "
-                               f"executable on PATH; fix {key}")
+            raise InvalidInput(f"the restart command {command!r} {problem}; fix {key}")
         self.warn_about_redirects()
         self.advise_on_registry_settings()
         resuming = bool(self.state.done) and self.state.outcome is None

@@ -3,6 +3,9 @@ or with a misleading message, each checked through the command line, before anyt
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import yaml
 from conftest import run_cli
 
@@ -48,3 +51,34 @@ def test_a_registry_config_for_another_root_names_both_keys_and_both_paths(tree,
     assert result.returncode == 2, result.stderr
     for named in ("registry.config", str(config), "rootdirectory /srv/elsewhere", "source", str(tree.root)):
         assert named in result.stderr, (named, result.stderr)
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemctl as a host with one unit, docker-registry.service, whose Environment sets AWS_CA_BUNDLE
+case "$1 $2" in
+  "cat docker-registry.service") echo "[Service]"; echo "ExecStart=/usr/bin/docker-registry serve /etc/r.yml" ;;
+  "show -p") [ "$4" = docker-registry.service ] && echo "Environment=AWS_CA_BUNDLE=/etc/ssl/minio-ca.pem" ;;
+  "cat "*) echo "No files found for $2." >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("restart, named", [
+    ("systemctl restart registry-typo.service", ["registry-typo.service", "systemctl cat"]),
+    ("sudo systemctl restart docker-registry.service", ["AWS_CA_BUNDLE", "docker-registry.service", "systemctl edit"]),
+])
+def test_the_restart_command_is_checked_before_any_copy(tree, make_plan, tmp_path, s3, bucket, restart, named):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bin_dir / "systemctl").chmod(0o755)
+    (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    (bin_dir / "sudo").chmod(0o755)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tree.root}\n")
+    plan = make_plan(tree.root, registry={"config": str(config), "restart": restart, "url": "http://127.0.0.1:9"})
+    result = run_cli("run", "--yes", plan, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert result.returncode == 2, result.stderr
+    for word in named + ["registry.restart"]:
+        assert word in result.stderr, (word, result.stderr)
+    assert not s3.list_objects_v2(Bucket=bucket).get("Contents"), "something was copied before the check"
