@@ -562,7 +562,10 @@ class Migration:
                                    ) -> None:
         """Tags that fail from the filesystem too are broken in the source, not by the bucket or the s3 settings:
         reported by image (output, report.json), not failed (``registry.broken_in_source: block`` stops the run
-        on them before the window, in the online image check)."""
+        on them before the window, in the online image check). Only when the image graph found the source broken
+        somewhere: otherwise a pull that fails on both is no property of the source."""
+        if not (self.state.images.get("all") or {}).get("source_broken"):
+            return
         result.set_aside_broken_in_source(on_filesystem)
         if result.broken_in_source:
             log.warning("%d images are broken in the source (the registry on the filesystem fails the same pull; the "
@@ -882,7 +885,7 @@ class Migration:
         state then says the registry is online again. If any of that fails, ``RestoreFailed`` says what is true and
         the state keeps what ``status`` and ``rollback`` need (read-only since when, why). The restore is recorded as
         intended before its restart runs, so a run killed meanwhile is resumed by finishing it."""
-        self.state.restore_problem = f"a restore ({why}) was started but its restart was not proven to finish"
+        self.state.restore_problem = f"its restart (after: {why}) has not been proven to take writes yet"
         self.store.save(self.state)
         restart = self.registry.restore()
         self.record_restart(restart)
