@@ -93,7 +93,6 @@ def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
         run_collector(job, delete_untagged, dry_run=False)
     except (Exception, KeyboardInterrupt) as exc:
         restore_original(job, f"garbage collection failed: {exc}")
-        job.managed.config.drop_backup()
         state.gc_started_at = None
         job.store.save(state)
         raise StoppedSafely(f"garbage collection failed ({exc}); the registry is back to read-write on the "
@@ -102,7 +101,6 @@ def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
                if not (job.plan.source / BLOBS / digest[:2] / digest / "data").exists()}
     read_only_from = state.readonly_on_at
     restore_original(job, "garbage collection done")
-    job.managed.config.drop_backup()
     state.gc_started_at = None
     job.store.save(state)
     return Collection(dry_run=False, blobs=len(removed), bytes=sum(removed.values()), manifests=manifests,
