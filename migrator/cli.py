@@ -589,11 +589,10 @@ def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None
         plan = _load(ctx, plan_path)
         if plan.registry is None:
             raise InvalidInput("the plan has no 'registry' section: there is no config to roll back")
-        if not yes and not _confirm("Restore the original registry config and restart it?"):
-            click.echo("rollback declined; nothing changed")
-            return EXIT_DIFFERENCES
-        with _progress(ctx) as progress, open_context(plan, progress) as job:
-            safety.rollback(job, force=force)
+        with _progress(ctx) as progress, open_context(plan, progress, Options(yes=yes, confirm=_confirm)) as job:
+            if not safety.rollback(job, force=force):
+                click.echo("rollback declined; nothing changed")
+                return EXIT_DIFFERENCES
         click.echo("rolled back: the registry runs with its original config again")
         return EXIT_OK
 

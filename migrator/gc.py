@@ -168,6 +168,5 @@ def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
 def _read_write(job: Context, why: str) -> None:
     """The registry back on its original config (read-write, proven) and the state out of gc."""
     restore_original(job, why)
-    job.managed.config.drop_backup()
     job.state.gc_started_at = None
     job.store.save(job.state)

@@ -369,6 +369,7 @@ class RegistryResult:
     failed: list = field(default_factory=list)
     failed_tags: list = field(default_factory=list)  # (repository, tag, digest) of each failure
     in_flight: int = 0  # failures excused: the tag changed in the source since the last pass began
+    broken_in_source: list = field(default_factory=list)  # {image, problem}: fails on the filesystem too
 
     @property
     def ok(self) -> bool:
@@ -378,6 +379,19 @@ class RegistryResult:
         """Drop the failures of tags ``changed`` says moved since the bucket was proven (asked again later)."""
         kept = [(problem, tag) for problem, tag in zip(self.failed, self.failed_tags) if not changed(*tag)]
         self.in_flight += len(self.failed) - len(kept)
+        self.failed = [problem for problem, _ in kept]
+        self.failed_tags = [tag for _, tag in kept]
+
+    def set_aside_broken_in_source(self, on_filesystem: Callable[[str, str, str], Optional[str]]) -> None:
+        """Move the failures the source itself has to ``broken_in_source``: ``on_filesystem(repository, tag, digest)``
+        says what the same pull meets on the filesystem (None: it pulls there), so the bucket is not blamed."""
+        kept = []
+        for problem, tag in zip(self.failed, self.failed_tags):
+            there = on_filesystem(*tag)
+            if there is None:
+                kept.append((problem, tag))
+            else:
+                self.broken_in_source.append({"image": f"{tag[0]}:{tag[1]}", "problem": there})
         self.failed = [problem for problem, _ in kept]
         self.failed_tags = [tag for _, tag in kept]
 
@@ -402,6 +416,11 @@ def check_through_registry(client: RegistryClient, tags: list[tuple[str, str, st
                 result.failed.append(problem)
                 result.failed_tags.append(tuple(tag))
     return result
+
+
+def pull_problem(client: RegistryClient, repository: str, tag: str, digest: str) -> Optional[str]:
+    """What pulling one tag from ``client`` meets (None: it pulls)."""
+    return _pull_tag(client, repository, tag, digest)[1]
 
 
 def _pull_tag(client: RegistryClient, repository: str, tag: str, digest: str) -> tuple[list[int], Optional[str]]:

@@ -299,7 +299,8 @@ class ManagedRegistry:
             process = subprocess.Popen([self.binary(), "serve", str(path)], stdout=log, stderr=log,
                                        stdin=subprocess.DEVNULL, env=registry_environment(),
                                        preexec_fn=_die_with_parent)
-        client = RegistryClient(f"http://127.0.0.1:{port}", ca_bundle=self.bucket.trusted_ca)
+        prefix = str(http.get("prefix") or "").strip("/")  # http.prefix is kept: the shadow serves under it too
+        client = RegistryClient(f"http://127.0.0.1:{port}/{prefix}", ca_bundle=self.bucket.trusted_ca)
         try:
             if not client.wait_healthy(30):
                 tail = redact(log_path.read_text(errors="replace"))[-600:]
@@ -421,8 +422,45 @@ def open_registry(settings: RegistrySettings, bucket: BucketSettings, key_prefix
     return kind(settings, bucket, key_prefix, backup_dir)
 
 
-def command_exists(command: str) -> bool:
-    """The first word of a shell command is an executable (on PATH or by path)."""
-    program = shlex.split(command)[0]
-    return bool(shutil.which(program)) or os.access(program, os.X_OK)
+SYSTEMCTL_RESTARTS = ("restart", "try-restart", "reload-or-restart", "try-reload-or-restart", "start")
+
+
+def restart_command_problem(command: str) -> Optional[str]:
+    """Why ``command`` cannot restart the registry, found without running it (None: nothing found): its program is
+    not found or cannot run (``command -v``); a systemd unit it restarts does not exist (``systemctl cat``) or
+    starts the registry with AWS_CA_BUNDLE set, which Distribution 2.8's s3 driver panics on."""
+    words = shlex.split(command)
+    program = words[0]
+    found = subprocess.run(["sh", "-c", 'command -v "$1"', "sh", program], capture_output=True, text=True)
+    if found.returncode != 0 or (os.sep in program and not os.access(program, os.X_OK)):
+        return f"runs {program!r}, which is not an executable on PATH (command -v finds no such command)"
+    for unit in systemd_units(words):
+        shown = subprocess.run(["systemctl", "cat", unit], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if shown.returncode != 0:
+            return (f"restarts the systemd unit {unit}, but 'systemctl cat {unit}' fails "
+                    f"({redact(shown.stderr.strip())[-200:]}): name the registry's unit")
+        environment = subprocess.run(["systemctl", "show", "-p", "Environment", unit], capture_output=True, text=True,
+                                     stdin=subprocess.DEVNULL).stdout
+        if "AWS_CA_BUNDLE=" in environment:
+            return (f"restarts the systemd unit {unit}, whose Environment sets AWS_CA_BUNDLE: the registry's s3 driver "
+                    "(Distribution 2.8) panics on start with it (LoadCustomCABundleError), after the switch to s3. "
+                    f"Remove it from the unit ('systemctl edit {unit}', then 'systemctl daemon-reload') and add the "
+                    "endpoint's CA to the host's trust store")
+    return None
+
+
+def systemd_units(words: list[str]) -> list[str]:
+    """The units a ``systemctl restart UNIT...`` in a command's words restarts (sudo and options allowed)."""
+    names = [os.path.basename(word) for word in words]
+    if "systemctl" not in names:
+        return []
+    rest = [word for word in words[names.index("systemctl") + 1:] if not word.startswith("-")]
+    if not rest or rest[0] not in SYSTEMCTL_RESTARTS:
+        return []
+    units = []
+    for word in rest[1:]:
+        if word in ("&&", "||", ";", "|"):
+            break
+        units.append(word)
+    return units
 

@@ -13,7 +13,15 @@ import yaml
 from migrator.errors import InvalidInput
 from migrator.parts import MAX_PART, MIN_PART, MiB
 
-SECRET_KEYS = {"accesskey", "secretkey", "aws_access_key_id", "aws_secret_access_key", "sessiontoken"}
+SECRET_KEYS = {"accesskey", "secretkey", "awsaccesskeyid", "awssecretaccesskey", "sessiontoken", "awssessiontoken",
+               "accesskeyid", "secretaccesskey", "password", "token"}  # compared without case, '_' or '-'
+CREDENTIALS_GO = ("credentials come from the AWS chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+                  "environment, a profile (bucket.profile, ~/.aws/credentials) or an instance role")
+
+
+def is_secret_key(key: object) -> bool:
+    """A key naming a credential, however it is spelled (secret_key, SecretAccessKey, aws-session-token...)."""
+    return str(key).lower().replace("_", "").replace("-", "") in SECRET_KEYS
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class RegistrySettings:
     restart_seconds: float = 10.0  # how long a restart takes, for 'report' until a run has measured one
     gitlab_ctl: str = "gitlab-ctl"  # Omnibus' control command (fast path: restart registry; reconfigure after)
     binary: Optional[str] = None  # the registry executable (default docker-registry, Omnibus: embedded registry)
+    broken_in_source: str = "report"  # images the source itself cannot serve: report (migrated as they are) or block
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ _REGISTRY = {
     "restart_seconds": ((int, float), False),
     "gitlab_ctl": (str, False),
     "binary": ((str, type(None)), False),
+    "broken_in_source": (str, False),
 }
 _SYNC = {
     "workers": (int, False),
@@ -169,11 +179,9 @@ def _check(node: yaml.Node, schema: dict, where: str, plan_path: Path) -> dict:
         key = key_node.value
         line = key_node.start_mark.line + 1
         dotted = f"{where}.{key}" if where else key
-        if str(key).lower() in SECRET_KEYS:
-            raise InvalidInput(
-                f"{plan_path}:{line}: '{dotted}' is a secret and plans must not hold secrets; "
-                "remove it and provide credentials through the AWS chain (environment, profile, instance role)"
-            )
+        if is_secret_key(key):
+            raise InvalidInput(f"{plan_path}:{line}: '{dotted}' is a secret, and secrets do not belong in a plan: "
+                               f"remove it; {CREDENTIALS_GO}")
         if key not in schema:
             allowed = ", ".join(schema)
             raise InvalidInput(f"{plan_path}:{line}: unknown key '{dotted}' (allowed here: {allowed})")
@@ -204,13 +212,29 @@ def _check(node: yaml.Node, schema: dict, where: str, plan_path: Path) -> dict:
 
 def _refuse_secrets(mapping: dict, where: str, line: int, plan_path: Path) -> None:
     for key, value in mapping.items():
-        if str(key).lower() in SECRET_KEYS:
-            raise InvalidInput(
-                f"{plan_path}:{line}: '{where}.{key}' is a secret and plans must not hold secrets; "
-                "use write_credentials: true to copy them from the environment into the registry config"
-            )
+        if is_secret_key(key):
+            raise InvalidInput(f"{plan_path}:{line}: '{where}.{key}' is a secret, and secrets do not belong in a plan: "
+                               f"remove it; {CREDENTIALS_GO} (registry.write_credentials: true copies them from the "
+                               "environment into the registry config)")
         if isinstance(value, dict):
             _refuse_secrets(value, f"{where}.{key}", line, plan_path)
+
+
+def _root_near(source: Path, depth: int = 3) -> Optional[Path]:
+    """The rootdirectory a misplaced ``source`` points near: its parent when it is ``docker/`` (or inside it), else
+    the one directory below it (at most ``depth`` levels) that holds docker/registry/v2."""
+    for above in [source, *source.parents][:depth + 1]:
+        if above.name == "docker" and (above / "registry" / "v2").is_dir():
+            return above.parent
+    found = []
+    for dirpath, dirnames, _ in os.walk(source):
+        level = len(Path(dirpath).relative_to(source).parts)
+        if (Path(dirpath) / "docker" / "registry" / "v2").is_dir():
+            found.append(Path(dirpath))
+            dirnames.clear()
+        elif level >= depth:
+            dirnames.clear()
+    return found[0] if len(found) == 1 else None
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -253,6 +277,10 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if not source.is_dir():
         raise InvalidInput(f"source {source} is a file, not a directory; set 'source' to the directory that contains docker/")
     if not (source / "docker" / "registry" / "v2").is_dir():
+        right = _root_near(source)
+        if right is not None:
+            raise InvalidInput(f"source {source} has no docker/registry/v2: it is not the registry's rootdirectory, "
+                               f"{right} is (the directory that contains docker/); set 'source' to {right}")
         raise InvalidInput(
             f"source {source} has no docker/registry/v2; set 'source' to the registry's filesystem "
             "rootdirectory (the directory that contains docker/)"
@@ -289,6 +317,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
             raise InvalidInput(f"{plan_path}: registry.restart is required (the shell command that restarts the registry)")
         if "rendered_config" in reg:
             reg["rendered_config"] = _resolve(base, reg["rendered_config"])
+        if reg.get("broken_in_source", "report") not in ("report", "block"):
+            raise InvalidInput(f"{plan_path}: registry.broken_in_source must be report or block, "
+                               f"not {reg['broken_in_source']!r}")
         registry = RegistrySettings(config=config, format=fmt, restart=restart, **reg)
 
     sync = SyncSettings(**(values.get("sync") or {}))

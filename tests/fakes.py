@@ -86,6 +86,9 @@ class FakeConfig:
     def backup(self) -> Path:
         return self.backup_dir / "config.yml"
 
+    def drop_backup(self) -> None:
+        self.backup.unlink(missing_ok=True)
+
 
 @dataclass
 class FakeRegistry:
@@ -95,6 +98,7 @@ class FakeRegistry:
     restart_command: str = "true"
     restores: int = 0
     restore_problem: Optional[str] = None
+    on_original: bool = True  # the config files hold the original (a restore wrote it back)
     client: FakeClient = field(default_factory=FakeClient)
 
     def __post_init__(self) -> None:
@@ -108,6 +112,9 @@ class FakeRegistry:
 
     def diff(self, target: object = None) -> str:
         return ""
+
+    def files(self, target: object = None) -> list[tuple[Path, str, str]]:
+        return [(self.config.path, "original", "original" if self.on_original else "read-only")]
 
     def binary(self) -> Optional[str]:
         return None

@@ -94,9 +94,37 @@ def test_resume_at_every_phase(tmp_path, monkeypatch, done):
     in_window = "readonly_on" in ctx.state.done
     if in_window:
         ctx.state.readonly_on_at = time.time()
+        ctx.registry.client.write_status = 405  # flipped read-only, and still so
     runner.run(ctx)
     assert ran == (DISTRIBUTION[done:] if in_window else DISTRIBUTION[min(done, 1):])
     assert ctx.state.done == DISTRIBUTION
+
+
+@pytest.mark.parametrize("on_original", [True, False])
+def test_resuming_inside_the_window_with_a_registry_that_takes_writes_starts_the_window_over(
+        tmp_path, monkeypatch, on_original):
+    """The state says read-only, but a write probe gets 202 (a restore's restart ran before a kill): the flip and
+    everything after it are done again, after delta passes; a restart only when the files are not the original."""
+    ran: list[str] = []
+    recording(monkeypatch, ran)
+    ctx = context(tmp_path)
+    ctx.registry.on_original = on_original
+    ctx.state.done = DISTRIBUTION[:DISTRIBUTION.index("final_sync")]
+    ctx.state.readonly_on_at = time.time()
+    runner.run(ctx)
+    assert ran == DISTRIBUTION[1:]
+    assert ctx.registry.restores == (0 if on_original else 1)
+
+
+def test_resuming_after_an_unproven_restore_finishes_it_first(tmp_path, monkeypatch):
+    ran: list[str] = []
+    recording(monkeypatch, ran)
+    ctx = context(tmp_path)
+    ctx.state.done = DISTRIBUTION[:DISTRIBUTION.index("verify_window")]
+    ctx.state.readonly_on_at = time.time()
+    ctx.state.restore_problem = "its restart (after: x) has not been proven to take writes yet"
+    runner.run(ctx)
+    assert ctx.registry.restores == 1 and ran == DISTRIBUTION[1:]
 
 
 @pytest.mark.parametrize("phase", ["readonly_on", "final_sync", "verify_window", "cutover", "readonly_off"])
@@ -173,9 +201,11 @@ def test_the_strand_guard_keeps_the_registry_on_s3_when_the_bucket_took_a_push(t
     ctx.bucket.put(layer, b"sha256:" + b"1" * 64)  # our own copy: the same content
     ctx.bucket.put("docker/registry/v2/repositories/a/_uploads/x/data", b"in progress")  # not a push
     ctx.bucket.put("docker/registry/v2/blobs/sha256/00/" + "0" * 64 + "/data", b"old", modified=since - 60)
-    assert safety.objects_written_since(ctx, since) == 0
+    assert safety.objects_written_since(ctx, since) == []
     ctx.bucket.put("docker/registry/v2/repositories/a/_manifests/tags/new/current/link", b"sha256:" + b"2" * 64)
-    assert safety.objects_written_since(ctx, since) == 1
+    written = safety.objects_written_since(ctx, since)
+    assert written == ["docker/registry/v2/repositories/a/_manifests/tags/new/current/link"]
+    assert safety.stranded_images(written) == "tags a:new"
     with pytest.raises(StoppedSafely, match="left on s3, read-write"):
         safety.stop_safely(ctx, "the probe failed")
     assert ctx.registry.restores == 0
@@ -252,10 +282,14 @@ class ScriptedEngine:
     def __init__(self, changes: list[int]):
         self.changes = list(changes)
         self.passes = 0
+        self.guarded: list[PassResult] = []  # the passes the delete guard was asked about
 
     def run_pass(self) -> PassResult:
         self.passes += 1
         return PassResult(source_objects=10, uploaded_objects=self.changes.pop(0))
+
+    def check_deletes(self, result: PassResult, max_fraction: float, allow: bool) -> None:
+        self.guarded.append(result)
 
 
 @pytest.mark.parametrize("changes, passes", [([500, 120, 99, 5], 3), ([500] * 7, 5), ([0], 1)])
@@ -266,6 +300,8 @@ def test_delta_passes_stop_once_a_pass_finds_few_changes_or_after_the_limit(tmp_
     assert ctx.engine.passes == passes == ctx.state.passes == len(ctx.state.pass_history)
     assert total.uploaded_objects == sum(changes[:passes])
     assert StateStore(ctx.plan.state_dir).load().last_pass_changes == changes[passes - 1]
+    # the delete guard is asked online, about the last pass (issue 21, item 4)
+    assert [r.uploaded_objects for r in ctx.engine.guarded] == [changes[passes - 1]]
 
 
 def test_gc_asks_before_its_read_only_stretch_and_a_no_changes_nothing(tmp_path, monkeypatch):

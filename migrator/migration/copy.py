@@ -54,13 +54,18 @@ def sync_pass(ctx: Context, paths: Optional[list[str]] = None) -> PassResult:
 
 
 def delta_passes(ctx: Context) -> PassResult:
-    """Online passes until one finds fewer changes than the threshold: what is left for the window shrinks."""
+    """Online passes until one finds fewer changes than the threshold: what is left for the window shrinks. The
+    delete guard is asked about the last pass's candidates here, online: a mass delete the window's final pass
+    would refuse is refused now (exit 3), before any flip or restart."""
     total = PassResult()
+    result: Optional[PassResult] = None
     for _ in range(ctx.plan.sync.max_delta_passes):
         result = sync_pass(ctx)
         total.add(result)
         if result.changes < ctx.plan.sync.delta_stop_below:
             break
+    if result is not None:
+        ctx.engine.check_deletes(result, ctx.plan.sync.max_delete_fraction, ctx.options.allow_mass_delete)
     return total
 
 

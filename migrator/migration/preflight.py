@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import uuid
 from pathlib import Path
 
 from migrator.doctor import Diagnosis, diagnose
 from migrator.errors import InvalidInput
-from migrator.managed import command_exists
+from migrator.managed import restart_command_problem
 from migrator.march import md5_of
 from migrator.migration.context import Context
 from migrator.registry_config import S3_DRIVERS, filesystem_root, storage_driver
@@ -90,10 +89,10 @@ def check_registry(ctx: Context) -> None:
     ):
         raise InvalidInput("registry.write_credentials is true but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
     command = ctx.managed.restart_command
-    if not command_exists(command):
+    problem = restart_command_problem(command)
+    if problem:
         key = "registry.restart" if ctx.settings.restart else "registry.gitlab_ctl"
-        raise InvalidInput(f"the restart command {command!r} runs {shlex.split(command)[0]!r}, which is not an "
-                           f"executable on PATH; fix {key}")
+        raise InvalidInput(f"the restart command {command!r} {problem}; fix {key}")
     advise_on_registry_settings(ctx)
     resuming = bool(ctx.state.done) and ctx.state.outcome is None
     wait = ctx.settings.health_timeout_seconds if resuming else 5  # a crash may have left a restart running
@@ -128,8 +127,9 @@ def check_registry_config(ctx: Context) -> None:
     root = Path(filesystem_root(storage)).resolve()
     if root != ctx.plan.source:
         raise InvalidInput(
-            f"the registry's filesystem rootdirectory is {root} but the plan's source is {ctx.plan.source}; "
-            "set 'source' to the registry's rootdirectory"
+            f"registry.config ({ctx.managed.config.running_path}) has storage.filesystem.rootdirectory {root}, "
+            f"but the plan's source is {ctx.plan.source}: they must be the same directory. Set 'source' to "
+            f"{root}, or registry.config to the config of the registry that serves {ctx.plan.source}"
         )
 
 

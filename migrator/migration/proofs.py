@@ -12,11 +12,11 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from migrator.errors import InvalidInput, StoppedSafely
 from migrator.failpoints import failpoint
-from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry
+from migrator.images import ImageGraph, ImageResult, RegistryResult, check_through_registry, pull_problem
 from migrator.layout import FILESYSTEM_IN_USE, REPOSITORIES
 from migrator.migration.context import Context
 from migrator.migration.copy import delete, sync_pass
@@ -87,6 +87,12 @@ def online_verification(ctx: Context) -> PassResult:
             if not images.ok:
                 raise StoppedSafely(graph_bug(images) + ". Nothing was lost: the registry still serves from "
                                     "the filesystem")
+            if images.source_broken and ctx.plan.registry and ctx.plan.registry.broken_in_source == "block":
+                raise StoppedSafely(
+                    f"the source itself lacks {images.source_broken} objects its images name (first: "
+                    f"{', '.join(images.source_broken_keys[:3])}), and registry.broken_in_source is block. The "
+                    "registry was not touched: repair those images (push them again), or set "
+                    "registry.broken_in_source: report to migrate them as they are")
             # what was excused as in flight is re-checked in the window, sealed or not, walked or fed
             ctx.journal.set_rechecks(result.in_flight_keys + images.in_flight_keys)
             ctx.state.online_verified_objects = result.bucket_objects
@@ -211,7 +217,32 @@ def ask_shadow(ctx: Context, tags: list[tuple[str, str, str]]) -> tuple[Registry
     where = f"{ctx.managed.binary()} serving the s3 config read-only on loopback"
     with ctx.managed.shadow(target_s3(ctx, readonly=True), ctx.plan.state_dir / "shadow", free_port()) as client:
         failpoint("shadow-started")
-        return check_through_registry(client, tags), where
+        result = check_through_registry(client, tags)
+    # production still serves the filesystem (read-write before the window, read-only in it): ask it the same
+    set_aside_broken_in_source(ctx, result, lambda *tag: pull_problem(ctx.managed.client, *tag))
+    return result, where
+
+
+def set_aside_broken_in_source(ctx: Context, result: RegistryResult,
+                               on_filesystem: Callable[[str, str, str], Optional[str]]) -> None:
+    """Tags that fail from the filesystem too are broken in the source, not by the bucket or the s3 settings:
+    reported by image (output, report.json), not failed (``registry.broken_in_source: block`` stops the run
+    on them before the window, in the online image check). Only when the image graph found the source broken
+    somewhere: otherwise a pull that fails on both is no property of the source."""
+    if not (ctx.state.images.get("all") or {}).get("source_broken"):
+        return
+    result.set_aside_broken_in_source(on_filesystem)
+    if result.broken_in_source:
+        log.warning("%d images are broken in the source (the registry on the filesystem fails the same pull; the "
+                    "bucket is not to blame, they are migrated as they are): %s", len(result.broken_in_source),
+                    "; ".join(f"{b['image']}: {b['problem']}" for b in result.broken_in_source[:5]))
+
+
+def known_broken_in_source(ctx: Context) -> Callable[[str, str, str], Optional[str]]:
+    """For pulls asked once production runs on s3: what the checks before found broken in the source."""
+    known = {broken["image"]: broken["problem"] for kind in ("sample_on_s3", "through_registry")
+             for broken in (ctx.state.images.get(kind) or {}).get("broken_in_source", [])}
+    return lambda repository, tag, digest: known.get(f"{repository}:{tag}")
 
 
 def tag_changed_since_last_pass(ctx: Context, repository: str, tag: str, digest: str) -> bool:

@@ -93,4 +93,6 @@ def images_summary(ctx: Context) -> dict:
     summary["window"] = images.get("window")
     summary["through_registry"] = images.get("through_registry")
     summary["sample_on_s3"] = images.get("sample_on_s3")
+    summary["broken_in_source"] = sorted({broken["image"] for kind in ("sample_on_s3", "through_registry")
+                                          for broken in (images.get(kind) or {}).get("broken_in_source", [])})
     return summary

@@ -2,7 +2,8 @@
 says is done, records each phase's figures, and inside the read-only window sends any failure down the failure path
 (``safety.back_to_filesystem_on_failure``). ``planned_phases`` (what ``status`` lists) reads the same table.
 
-    preflight → initial sync → delta passes → online verification → proof on s3
+    preflight (resuming inside the window: the registry's mode proven) → initial sync → delta passes
+    → online verification → proof on s3
     → read-only on → final sync + delete → verify the window's change
     → cut-over to s3 → read-only off → (Omnibus: reconfigure) → done
 """
@@ -23,7 +24,7 @@ from migrator.migration import copy, proofs, window
 from migrator.migration.context import Context
 from migrator.migration.preflight import preflight
 from migrator.migration.report import Report, build_report
-from migrator.migration.safety import back_to_filesystem_on_failure
+from migrator.migration.safety import back_to_filesystem_on_failure, prove_mode_on_resume
 from migrator.plan import Plan
 from migrator.state import now
 from migrator.sync import PassResult
@@ -91,6 +92,8 @@ def run(ctx: Context) -> Report:
         raise InvalidInput("'migrator gc' did not finish (the registry may be read-only): re-run 'migrator gc' "
                            "to finish it first")
     preflight(ctx, canary=True)
+    if ctx.registry is not None:
+        prove_mode_on_resume(ctx)
     ctx.tracker = PassTracker(ctx.plan.source, ctx.plan.sync.change_feed)
     phases = phases_for(ctx.plan)
     if ctx.state.readonly_on_at is None:  # still online: what was proven online may be stale

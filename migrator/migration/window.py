@@ -14,7 +14,15 @@ from migrator.images import check_through_registry
 from migrator.managed import Restart
 from migrator.migration.context import Context
 from migrator.migration.estimate import estimate_window
-from migrator.migration.proofs import PRODUCTION_TAGS, ask_shadow, prove_lockfile, record_images, tags_to_pull
+from migrator.migration.proofs import (
+    PRODUCTION_TAGS,
+    ask_shadow,
+    known_broken_in_source,
+    prove_lockfile,
+    record_images,
+    set_aside_broken_in_source,
+    tags_to_pull,
+)
 from migrator.migration.registry import PROBE_REPOSITORY, record_restart, sweep_probe_leftovers, target_s3
 from migrator.migration.safety import restore_original, stop_safely
 from migrator.registry_config import TargetState
@@ -48,6 +56,8 @@ def readonly_on(ctx: Context) -> None:
     """Back up the config, flip to read-only, restart, and prove it: a write must get 405. Pushes are refused
     from the first moment the restart left the registry without an answer (or, if none was seen, the 405). The
     operator was asked before (``ask_before_the_window``, ``gc``'s own question)."""
+    if ctx.state.readonly_on_at is None:  # the registry runs on the live file: it is the original, edits included
+        ctx.managed.config.drop_backup()
     ctx.managed.take_backup()
     if ctx.state.readonly_on_at is None:
         ctx.state.readonly_on_at = now()
@@ -80,6 +90,7 @@ def cutover(ctx: Context) -> None:
         where = "the registry restarted read-only on s3 (no registry.binary on this host)"
         apply(ctx, target_s3(ctx, readonly=True), on_failure="rollback")
         result = check_through_registry(ctx.managed.client, tags)
+        set_aside_broken_in_source(ctx, result, known_broken_in_source(ctx))
     record_images(ctx, "through_registry", result.to_json() | {"where": where})
     log.info("asked %s: %d tags, %d manifests, %d blobs; %d failed", where, result.tags, result.manifests,
              result.blobs, len(result.failed))
@@ -106,6 +117,7 @@ def readonly_off(ctx: Context) -> None:
     check_database_header(ctx)
     tags = tags_to_pull(ctx, changed=0, others=PRODUCTION_TAGS)
     result = check_through_registry(ctx.managed.client, tags)
+    set_aside_broken_in_source(ctx, result, known_broken_in_source(ctx))
     if not result.ok:
         stop_safely(ctx, f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
                          f"s3 (first: {'; '.join(result.failed[:3])})")
