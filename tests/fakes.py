@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+import botocore.exceptions
+
 from migrator.journal import Journal
 from migrator.migration.context import Context, Options
 from migrator.plan import BucketSettings, Plan, RegistrySettings, SyncSettings
@@ -56,6 +58,11 @@ class FakeBucket:
 
     def head_md5(self, rel: str, head: dict) -> str:
         return md5(self.objects[rel][0])
+
+    def get_bytes(self, rel: str) -> bytes:
+        if rel not in self.objects:
+            raise botocore.exceptions.ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
+        return self.objects[rel][0]
 
     def delete_keys(self, rels: list[str]) -> None:
         for rel in rels:

@@ -16,7 +16,7 @@ from migrator.errors import RestoreFailed, StoppedSafely
 from migrator.migration import copy, runner, safety, window
 from migrator.migration.context import Options
 from migrator.migration.estimate import WindowEstimate, estimate_window
-from migrator.migration.proofs import check_window_changes
+from migrator.migration.proofs import check_window_changes, tag_moved_on_s3
 from migrator.state import StateStore
 from migrator.sync import PassResult
 from migrator.verify import Difference, difference
@@ -314,3 +314,13 @@ def test_gc_asks_before_its_read_only_stretch_and_a_no_changes_nothing(tmp_path,
         gc.collect_garbage(ctx, delete_untagged=False)
     assert asked and "Pushes are refused while the garbage is collected" in asked[0]
     assert ctx.state.gc_started_at is None
+
+
+def test_a_tag_a_client_moved_on_s3_after_writes_were_accepted_is_no_fault_of_the_copy(tmp_path):
+    """readonly_off asks production for tags once pushes land on s3: a tag pushed (or deleted) since then no longer
+    names the frozen source's digest in the bucket, and is excused (test_drills' live traffic met it)."""
+    ctx = context(tmp_path)
+    ctx.bucket.put("docker/registry/v2/repositories/team/app/_manifests/tags/v1/current/link", b"sha256:new")
+    assert tag_moved_on_s3(ctx, "team/app", "v1", "sha256:old")
+    assert not tag_moved_on_s3(ctx, "team/app", "v1", "sha256:new")
+    assert tag_moved_on_s3(ctx, "team/app", "deleted", "sha256:old")

@@ -245,6 +245,15 @@ def known_broken_in_source(ctx: Context) -> Callable[[str, str, str], Optional[s
     return lambda repository, tag, digest: known.get(f"{repository}:{tag}")
 
 
+def tag_moved_on_s3(ctx: Context, repository: str, tag: str, digest: str) -> bool:
+    """Once writes are accepted on s3: the bucket's link for the tag no longer names the frozen source's ``digest``
+    (the window proved it did), so a client pushed or deleted the tag since; its answer is no fault of the copy."""
+    try:
+        return ctx.bucket.get_bytes(f"{REPOSITORIES}{repository}/_manifests/tags/{tag}/current/link") != digest.encode()
+    except BUCKET_ERRORS as exc:
+        return getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404")
+
+
 def tag_changed_since_last_pass(ctx: Context, repository: str, tag: str, digest: str) -> bool:
     """The source's link for the tag was written since the last pass began, or no longer names ``digest``."""
     path = ctx.plan.source / f"{REPOSITORIES}{repository}/_manifests/tags/{tag}/current/link"
