@@ -42,7 +42,7 @@ def doctor(ctx: Context, push: bool) -> Diagnosis:
     with ctx.bucket.counter.phase_scope("preflight"):
         diagnosis = diagnose(ctx.plan, ctx.bucket.client, ctx.registry, push=push and before_window,
                              uses_database=ctx.state.uses_database)
-    for finding in diagnosis.findings:
+    for finding in [] if ctx.engine.dry_run else diagnosis.findings:  # a dry run's report prints them itself
         log.warning("%s [%s] %s", "BLOCKS" if finding.blocks else "advice", finding.check, finding.message)
     if diagnosis.blocking and before_window and not ctx.engine.dry_run:
         raise InvalidInput(f"'migrator doctor' found {len(diagnosis.blocking)} problems that block the migration "
