@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import crossplane
 
 from migrator.errors import InvalidInput, RestoreFailed
+from migrator.files import atomic_write
 
 log = logging.getLogger("migrator")
 
@@ -168,13 +169,13 @@ class NginxFront:
                 raise InvalidInput(f"{self.settings.nginx} carries migrator's steering but its original is not in "
                                    f"{self.backup.parent}; put the operator's file back by hand")
             return
-        _write_durably(self.backup, live)
+        atomic_write(self.backup, live)
 
     def steer(self, servers: list[Server]) -> None:
         """Send the registry's requests to ``servers``, reload, and wait for the old workers to finish theirs."""
         self.keep_original()
         text = steered_text(self.original_text(), self.registry_address, servers, str(self.settings.nginx))
-        _write_durably(self.settings.nginx, text.encode(), like=self.settings.nginx)
+        atomic_write(self.settings.nginx, text)
         problem = self.reload()
         if problem is not None:
             self.restore()
@@ -189,7 +190,7 @@ class NginxFront:
             return
         original = self.backup.read_bytes()
         if self.settings.nginx.read_bytes() != original:
-            _write_durably(self.settings.nginx, original, like=self.settings.nginx)
+            atomic_write(self.settings.nginx, original)
             problem = self.reload()
             if problem is not None:
                 raise RestoreFailed(f"the original {self.settings.nginx} was written back, but nginx did not reload "
@@ -238,23 +239,3 @@ def nginx_workers() -> dict[int, int]:
         except (OSError, IndexError, ValueError):
             continue
     return workers
-
-
-def _write_durably(path: Path, data: bytes, like: Optional[Path] = None) -> None:
-    """Write ``data`` by rename (fsync'd), with the mode and owner of ``like`` when it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.migrator-tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if like is not None and like.exists():
-        status = like.stat()
-        os.chmod(temporary, status.st_mode & 0o7777)
-        os.chown(temporary, status.st_uid, status.st_gid)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

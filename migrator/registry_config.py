@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,6 +22,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from migrator.errors import InvalidInput
+from migrator.files import atomic_write
 
 DRIVERS = ("filesystem", "s3", "s3_v2", "azure", "gcs", "swift", "oss", "inmemory")
 S3_DRIVERS = ("s3", "s3_v2")  # GitLab's fork runs s3 as s3_v2 from 19.0; s3_v2 can be named directly
@@ -52,32 +52,6 @@ def storage_driver(storage: dict) -> tuple[str, dict]:
 def is_readonly(storage: dict) -> bool:
     readonly = ((storage.get("maintenance") or {}).get("readonly") or {})
     return bool(readonly.get("enabled"))
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Temp file beside the target, same mode and owner, fsync, rename, fsync the directory."""
-    st = path.stat()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), st.st_mode & 0o7777)
-            try:
-                os.fchown(handle.fileno(), st.st_uid, st.st_gid)
-            except PermissionError:
-                pass
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def unified_diff(before: str, after: str, name: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from migrator.errors import InvalidInput, Refused
+from migrator.files import atomic_write
 from migrator.plan import Plan
 
 
@@ -119,18 +120,7 @@ class StateStore:
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         """Atomically replace a JSON file in the state directory."""
         target = self.directory / name
-        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(target, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
         return target
 
 
