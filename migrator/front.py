@@ -43,6 +43,7 @@ class FrontSettings:
 
     nginx: Path
     reload: str
+    url: Optional[str] = None  # the registry's URL through nginx, for the probes; default: the server's listen
     drain_timeout_seconds: float = 600.0  # how long old workers may take to finish their requests after a reload
 
 
@@ -79,32 +80,48 @@ def same_address(url: str, address: str) -> bool:
     return target[0] == host or (target[0] in LOOPBACK and host in LOOPBACK)
 
 
-def steered_text(original: str, registry_address: str, servers: list[Server], source_name: str) -> str:
-    """``original`` with its ``proxy_pass`` lines to ``registry_address`` sent to our upstream of ``servers``.
+def proxies_to(original: str, registry_address: str, source_name: str) -> list[tuple[int, dict]]:
+    """(line, enclosing server block) of each ``proxy_pass`` in ``original`` that goes to ``registry_address``.
 
-    Raises InvalidInput when the file has no such line (the plan names the wrong file or address)."""
-    parsed = _parse_text(original, source_name)
-    proxies: list[int] = []  # lines (1-based) of proxy_pass directives to the registry
-    servers_at: list[int] = []  # line of the server block around each of them
+    Raises InvalidInput when there is none (the plan names the wrong file or address)."""
+    found: list[tuple[int, dict]] = []
 
-    def walk(block: list, server_line: Optional[int]) -> None:
+    def walk(block: list, server: Optional[dict]) -> None:
         for directive in block:
             if directive["directive"] == "server" and "block" in directive:
-                walk(directive["block"], directive["line"])
+                walk(directive["block"], directive)
             elif directive["directive"] == "proxy_pass" and directive["args"] and \
                     same_address(directive["args"][0], registry_address):
-                if server_line is None:
+                if server is None:
                     raise InvalidInput(f"{source_name}: the proxy_pass on line {directive['line']} is outside a server "
                                        "block; registry.front.nginx must name the file with the registry's server block")
-                proxies.append(directive["line"])
-                servers_at.append(server_line)
+                found.append((directive["line"], server))
             elif "block" in directive:
-                walk(directive["block"], server_line)
+                walk(directive["block"], server)
 
-    walk(parsed, None)
-    if not proxies:
+    walk(_parse_text(original, source_name), None)
+    if not found:
         raise InvalidInput(f"{source_name} has no proxy_pass to the registry at {registry_address}; set "
                            "registry.front.nginx to the nginx file whose proxy_pass sends requests to the registry")
+    return found
+
+
+def listen_url(server: dict, source_name: str) -> str:
+    """The plain-http URL the server block listens on, on this host (its first ``listen``)."""
+    listen = next((d["args"] for d in server["block"] if d["directive"] == "listen" and d["args"]), None)
+    if listen is None or "ssl" in listen or listen[0].startswith("unix:"):
+        raise InvalidInput(f"{source_name}: the registry's server block listens {'with TLS' if listen else 'nowhere'}"
+                           "; set registry.front.url to the registry's URL through nginx (https://host:port)")
+    host, _, port = listen[0].rpartition(":")
+    host = host.strip("[]")
+    return f"http://{'127.0.0.1' if host in ('', '*', '0.0.0.0', '::') else host}:{port or listen[0]}"
+
+
+def steered_text(original: str, registry_address: str, servers: list[Server], source_name: str) -> str:
+    """``original`` with its ``proxy_pass`` lines to ``registry_address`` sent to our upstream of ``servers``."""
+    found = proxies_to(original, registry_address, source_name)
+    proxies = [line for line, _ in found]
+    servers_at = [server["line"] for _, server in found]
     lines = original.splitlines(keepends=True)
     for number in proxies:
         lines[number - 1] = re.sub(r"(https?://)(\[[^\]]+\]|[^/;\s]+)", rf"\g<1>{UPSTREAM}", lines[number - 1], count=1)
@@ -147,6 +164,13 @@ class NginxFront:
             raise InvalidInput(f"registry.front.nginx {self.settings.nginx} cannot be read ({exc.strerror})") from None
         steered_text(self.original_text() if MARKER in text else text, self.registry_address, [Server("127.0.0.1:1")],
                      str(self.settings.nginx))
+
+    def url(self) -> str:
+        """The registry's URL through nginx: ``registry.front.url``, else where its server block listens."""
+        if self.settings.url:
+            return self.settings.url.rstrip("/")
+        _, server = proxies_to(self.original_text(), self.registry_address, str(self.settings.nginx))[0]
+        return listen_url(server, str(self.settings.nginx))
 
     def original_text(self) -> str:
         return self.original().decode()

@@ -145,6 +145,7 @@ class ManagedRegistry:
         self.key_prefix = key_prefix
         self.client = RegistryClient(settings.url, ca_bundle=bucket.trusted_ca)
         self.config = self.open_config(backup_dir)
+        self.clients_url = settings.url  # where clients reach it (a front's URL): restarts are sampled there
 
     def open_config(self, backup_dir: Path) -> RegistryConfig:
         raise NotImplementedError
@@ -231,7 +232,7 @@ class ManagedRegistry:
         """Run ``command``, sampling the registry's answers until it is healthy again."""
         restart = Restart(command=command, started_at=time.time())
         started = time.monotonic()
-        with AnswerSampler(self.settings.url) as sampler:
+        with AnswerSampler(self.clients_url) as sampler:
             restart.problem = run_command(command)
             if restart.problem is None and not self.client.wait_healthy(self.settings.health_timeout_seconds):
                 restart.problem = (f"the registry did not become healthy within "

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import yaml
 
 from migrator.errors import InvalidInput
+from migrator.front import FrontSettings
 from migrator.parts import MAX_PART, MIN_PART, MiB
 
 SECRET_KEYS = {"accesskey", "secretkey", "awsaccesskeyid", "awssecretaccesskey", "sessiontoken", "awssessiontoken",
@@ -60,6 +61,7 @@ class RegistrySettings:
     gitlab_ctl: str = "gitlab-ctl"  # Omnibus' control command (fast path: restart registry; reconfigure after)
     binary: Optional[str] = None  # the registry executable (default docker-registry, Omnibus: embedded registry)
     broken_in_source: str = "report"  # images the source itself cannot serve: report (migrated as they are) or block
+    front: Optional[FrontSettings] = None  # the operator's nginx in front of the registry, steered for the window
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ _REGISTRY = {
     "gitlab_ctl": (str, False),
     "binary": ((str, type(None)), False),
     "broken_in_source": (str, False),
+    "front": ({"nginx": (str, True), "reload": (str, True), "url": ((str, type(None)), False),
+               "drain_timeout_seconds": ((int, float), False)}, False),
 }
 _SYNC = {
     "workers": (int, False),
@@ -320,6 +324,15 @@ def load_plan(path: str | os.PathLike) -> Plan:
         if reg.get("broken_in_source", "report") not in ("report", "block"):
             raise InvalidInput(f"{plan_path}: registry.broken_in_source must be report or block, "
                                f"not {reg['broken_in_source']!r}")
+        if reg.get("front"):
+            if fmt == "omnibus" and restart:
+                raise InvalidInput(f"{plan_path}: registry.front with registry.restart on Omnibus: a reconfigure inside "
+                                   "the window renders gitlab-registry.conf again and would undo the front's steering; "
+                                   "remove registry.restart (the gitlab-ctl fast path restarts the registry alone)")
+            front = dict(reg["front"], nginx=_resolve(base, reg["front"]["nginx"]))
+            if front.get("drain_timeout_seconds", 1) <= 0:
+                raise InvalidInput(f"{plan_path}: registry.front.drain_timeout_seconds must be above 0")
+            reg["front"] = FrontSettings(**front)
         registry = RegistrySettings(config=config, format=fmt, restart=restart, **reg)
 
     sync = SyncSettings(**(values.get("sync") or {}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import json
 import shutil
 import threading
 import time
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from migrator.errors import InvalidInput
 from migrator.front import MARKER, FrontSettings, NginxFront, Server, same_address, steered_text
@@ -269,3 +271,40 @@ def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_pa
         proxy.stop()
         standby.stop()
         primary.stop()
+
+
+@pytest.mark.slow
+def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_window(local_registry, tmp_path):
+    """The whole 'migrator run' with registry.front, readers and writers going through nginx all along: every read
+    answered, no transfer cut, pushes refused only between the steering and its giving back (read from report.json),
+    the operator's nginx file byte-identical afterwards, and every image pushed during the run pulls from s3."""
+    site = OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{local_registry.port}")
+    proxy = Nginx(tmp_path / "nginx", site).start()
+    try:
+        original = proxy.site.read_bytes()
+        layout = Layout(tmp_path / "seed")
+        layout.image("v1", "app")
+        layer = large_image(layout, "big", 100 * 1024 * 1024)
+        push(layout, "v1", proxy.url[7:], "team/app:v1")
+        push(layout, "big", proxy.url[7:], "team/big:v1")
+        plan = local_registry.write_plan(registry={
+            "config": str(local_registry.config), "restart": local_registry.restart_command, "url": local_registry.url,
+            "health_timeout_seconds": 30, "front": {"nginx": str(proxy.site), "reload": proxy.reload_command}})
+        with ClientLoad(proxy.url, tmp_path / "load", [("team/app:v1", layout.digest("v1"))],
+                        ("team/big", *layer)) as load:
+            time.sleep(2)
+            result = run_cli("run", "--yes", plan)
+            time.sleep(3)  # pushes land on s3 too
+        assert result.returncode == 0, result.stderr
+        report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
+        failures = load.failures(report["pushes_refused_from"], report["readonly_off_at"])
+        assert not failures, [dataclasses.astuple(f) for f in failures]
+        assert report["reads_refused_seconds"] == 0
+        assert proxy.site.read_bytes() == original
+        assert "s3" in local_registry.config.read_text()
+        summary = load.summary()
+        assert summary["blob"]["ok"] >= 2 and summary["pull"]["ok"] >= 2 and summary["push"]["ok"] >= 2, summary
+        for reference in load.pushed:
+            pull(proxy.url[7:], reference, tmp_path / "check")
+    finally:
+        proxy.stop()

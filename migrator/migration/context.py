@@ -10,6 +10,7 @@ from migrator.changefeed import PassTracker
 from migrator.cluster import SPLIT_ABOVE, DaskEngine, DaskSyncEngine, Job
 from migrator.journal import Journal
 from migrator.managed import ManagedRegistry, open_registry
+from migrator.migration.standby import Front
 from migrator.plan import Plan, RegistrySettings
 from migrator.s3 import Bucket, open_bucket
 from migrator.state import RunState, StateStore, migrated_resources
@@ -44,6 +45,7 @@ class Context:
     engine: SyncEngine  # the threads engine, or ``DaskSyncEngine`` (sync.engine: dask); chosen by ``open_context``
     registry: Optional[ManagedRegistry]
     tracker: Optional[PassTracker] = None  # the change feed: ``run`` watches it, other commands do not
+    front: Optional[Front] = None  # registry.front: the operator's nginx, steered to a standby in the window
     hints: list[str] = field(default_factory=list)  # set by preflight: settings worth changing (``report`` lists them)
 
     @property
@@ -93,11 +95,15 @@ def open_context(plan: Plan, progress: Optional[Progress] = None, options: Optio
             registry = (open_registry(plan.registry, plan.bucket, plan.key_prefix, plan.state_dir / "config-backup")
                         if plan.registry else None)
             ctx = Context(plan, options or Options(), progress, store, state, bucket, journal, engine, registry)
+            if plan.registry is not None and plan.registry.front is not None and registry is not None:
+                ctx.front = Front(plan.registry.front, registry, plan.registry.url, plan.state_dir)
             try:
                 yield ctx
             finally:
                 if ctx.tracker is not None:
                     ctx.tracker.close()
+                if ctx.front is not None:
+                    ctx.front.close()
         finally:
             engine.close()
     finally:

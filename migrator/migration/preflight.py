@@ -101,6 +101,12 @@ def check_registry(ctx: Context) -> None:
             f"the registry at {ctx.settings.url} does not answer GET /v2/ with 200 or 401; "
             "check registry.url and that the registry is running"
         )
+    if ctx.front is not None:
+        ctx.front.check(put_back=not ctx.engine.dry_run)
+        reload_problem = restart_command_problem(ctx.front.nginx.settings.reload)
+        if reload_problem:
+            raise InvalidInput(f"the front's reload command {ctx.front.nginx.settings.reload!r} {reload_problem}; "
+                               "fix registry.front.reload")
     if ctx.state.uses_database is None:
         ctx.state.uses_database = ctx.managed.uses_database()
     if ctx.managed.client.health() == 401:

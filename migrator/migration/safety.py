@@ -94,6 +94,8 @@ def restore_original(ctx: Context, why: str) -> None:
         log.warning("%s; but the registry answers writes: it kept running its original (filesystem) config", problem)
         problem = None
     if problem is None:
+        if ctx.front is not None:  # clients back on the registry, proven read-write on the filesystem
+            ctx.front.give_back()
         sweep_probe_leftovers(ctx, on_s3=False)
         reset_to_online(ctx)
         return

@@ -64,6 +64,12 @@ def readonly_on(ctx: Context) -> None:
     if ctx.state.readonly_on_at is None:
         ctx.state.readonly_on_at = now()
         ctx.store.save(ctx.state)
+    if ctx.front is not None:  # clients go to a read-only standby first: the restart below is nobody's
+        if ctx.state.pushes_refused_from is None:  # nginx's new workers send pushes to it from its reload on
+            ctx.state.pushes_refused_from = now()
+            ctx.store.save(ctx.state)
+        ctx.front.to_standby(ctx.managed.target(on_s3=False, readonly=True))
+        prove_through_front(ctx, expect=405)
     restart = apply(ctx, ctx.managed.target(on_s3=False, readonly=True), on_failure="restore")
     prove_writes(ctx, expect=405)
     if ctx.state.pushes_refused_from is None:
@@ -125,6 +131,11 @@ def readonly_off(ctx: Context) -> None:
         stop_safely(ctx, f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
                          f"s3 (first: {'; '.join(result.failed[:3])})")
     sweep_probe_leftovers(ctx, on_s3=True)
+    if ctx.front is not None:  # clients come back to the registry, now on s3: pushes land from here
+        ctx.front.give_back()
+        prove_through_front(ctx, expect=202)
+        sweep_probe_leftovers(ctx, on_s3=True)
+        accepted_at = now()
     ctx.state.readonly_off_at = accepted_at
     ctx.store.save(ctx.state)
 
@@ -170,6 +181,17 @@ def apply(ctx: Context, target: TargetState, on_failure: str) -> Restart:
         restore_original(ctx, restart.problem)
         raise InvalidInput(f"{restart.problem}; the original config was restored and the registry takes writes again")
     stop_safely(ctx, restart.problem)
+
+
+def prove_through_front(ctx: Context, expect: int) -> None:
+    """A write probe through the front gets ``expect``: 405 once nginx sends clients to the read-only standby, 202
+    once it sends them back to the registry on s3."""
+    assert ctx.front is not None
+    status = ctx.front.client().write_probe(PROBE_REPOSITORY)
+    if status == expect or status == 401:  # 401: token auth, as prove_writes says
+        log.info("write probe through the front: HTTP %d", status)
+        return
+    stop_safely(ctx, f"a write probe through the front ({ctx.front.nginx.url()}) got HTTP {status}, not {expect}")
 
 
 def prove_writes(ctx: Context, expect: int) -> None:

@@ -1,0 +1,71 @@
+"""``registry.front`` in the window: a standby (the registry's own binary on the same storage, read-only) that
+answers every client while the registry restarts, and the operator's nginx steered to it and given back
+(``migrator.front``). Clients then see no restart: reads are answered throughout, pushes get the read-only 405
+from the moment nginx is steered to the moment it is given back, and no request is cut (each reload waits for
+nginx's old workers to finish theirs)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from urllib.parse import urlparse
+
+from migrator.errors import InvalidInput
+from migrator.front import NginxFront, Server
+from migrator.managed import ManagedRegistry, run_command
+from migrator.net import free_port
+from migrator.plan import FrontSettings
+from migrator.registry_config import TargetState
+from migrator.registry_http import RegistryClient
+
+log = logging.getLogger("migrator")
+
+
+def registry_address(url: str) -> str:
+    """host:port of the registry's own URL (``registry.url``): what the front's ``proxy_pass`` names."""
+    parsed = urlparse(url)
+    return f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+
+
+class Front:
+    """The operator's nginx for one run, and the standby it is steered to while the registry restarts."""
+
+    def __init__(self, settings: FrontSettings, registry: ManagedRegistry, url: str, state_dir: Path):
+        self.registry = registry
+        self.address = registry_address(url)
+        self.nginx = NginxFront(settings, self.address, state_dir / "front-backup", run_command)
+        self.work_dir = state_dir / "standby"
+        self._standby = contextlib.ExitStack()
+
+    def check(self, put_back: bool) -> None:
+        """Before anything changes: the file proxies to the registry and the registry answers through it.
+        ``put_back``: a run killed while nginx was steered has the operator's file put back first (its standby died
+        with it; nginx has been asking the registry, its backup, since)."""
+        self.nginx.check()
+        if put_back:
+            self.nginx.restore()
+        self.registry.clients_url = self.nginx.url()
+        if not self.client().wait_healthy(10):
+            raise InvalidInput(f"the registry does not answer GET /v2/ through the front at {self.nginx.url()}; "
+                               "check registry.front (nginx, url) and that nginx runs")
+
+    def client(self) -> RegistryClient:
+        """The registry as clients reach it: through nginx."""
+        return RegistryClient(self.nginx.url(), ca_bundle=self.registry.bucket.trusted_ca)
+
+    def to_standby(self, target: TargetState) -> None:
+        """Start the standby serving ``target`` (read-only) and send every request to it; the registry stays in
+        the upstream as a backup, so nginx asks it should the standby die with migrator."""
+        port = free_port()
+        self._standby.close()
+        self._standby.enter_context(self.registry.shadow(target, self.work_dir, port))
+        self.nginx.steer([Server(f"127.0.0.1:{port}"), Server(self.address, backup=True)])
+
+    def give_back(self) -> None:
+        """nginx back on the operator's file (drained: nothing reaches the standby any more), the standby stopped."""
+        self.nginx.restore()
+        self._standby.close()
+
+    def close(self) -> None:
+        self._standby.close()
