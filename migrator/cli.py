@@ -210,6 +210,14 @@ def _seconds(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.1f}s"
 
 
+def front_lines(front: Optional[Mapping[str, int]]) -> list[str]:
+    """What nginx answered clients during the run (registry.front), from its own access log."""
+    if not front:
+        return []
+    return [f"front: {front['reads']} reads, {front['reads_failed']} failed; {front['pushes']} push requests, "
+            f"{front['pushes_refused']} refused (405), {front['pushes_failed']} failed"]
+
+
 def summary_lines(result: Mapping[str, Any]) -> list[str]:
     """The end of 'run', in 80 columns."""
     window = result["read_only_window_seconds"]
@@ -217,6 +225,7 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
              f"(restarts {result['restart_seconds']:.1f}s)",
              f"clients saw: pushes refused {_seconds(result.get('pushes_refused_seconds'))}, "
              f"reads unanswered {_seconds(result.get('reads_refused_seconds'))}",
+             *front_lines(result.get("front")),
              f"  {'phase':<20}{'time':>8}{'up':>9}{'bytes':>11}{'del':>6}{'requests':>10}"]
     for phase in result["phases"]:
         lines.append(f"  {phase['name']:<20}{phase['seconds']:>7.1f}s{phase['uploaded_objects']:>9}"

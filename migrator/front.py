@@ -106,6 +106,50 @@ def proxies_to(original: str, registry_address: str, source_name: str) -> list[t
     return found
 
 
+def access_logs(server: dict) -> list[Path]:
+    """The files the server block logs its requests to (``access_log`` at its level or in its locations)."""
+    found = []
+
+    def walk(block: list) -> None:
+        for directive in block:
+            if directive["directive"] == "access_log" and directive["args"] and directive["args"][0] != "off" \
+                    and not directive["args"][0].startswith("syslog:"):
+                found.append(Path(directive["args"][0]))
+            elif "block" in directive:
+                walk(directive["block"])
+
+    walk(server["block"])
+    return list(dict.fromkeys(found))
+
+
+# a request line in nginx's combined format and those like it (GitLab's gitlab_access): "METHOD URI HTTP/1.1" STATUS
+_REQUEST = re.compile(rb'"([A-Z]+) (\S+)[^"]*" (\d{3}) ')
+WRITES = (b"POST", b"PUT", b"PATCH", b"DELETE")
+
+
+def count_requests(path: Path, offset: int) -> dict:
+    """What clients asked of the registry through nginx from ``offset`` of its access log on: reads (GET, HEAD)
+    and pushes (POST, PUT, PATCH, DELETE), and of those the ones refused read-only (405) and failed (5xx, or
+    499: the client gave up on an answer)."""
+    counts = {"reads": 0, "reads_failed": 0, "pushes": 0, "pushes_refused": 0, "pushes_failed": 0}
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for line in handle:
+            match = _REQUEST.search(line)
+            if match is None or not match.group(2).startswith(b"/v2/"):
+                continue
+            status = int(match.group(3))
+            failed = status >= 500 or status == 499
+            if match.group(1) in WRITES:
+                counts["pushes"] += 1
+                counts["pushes_refused"] += status == 405
+                counts["pushes_failed"] += failed
+            else:
+                counts["reads"] += 1
+                counts["reads_failed"] += failed
+    return counts
+
+
 def listen_url(server: dict, source_name: str) -> str:
     """The plain-http URL the server block listens on, on this host (its first ``listen``)."""
     listen = next((d["args"] for d in server["block"] if d["directive"] == "listen" and d["args"]), None)
@@ -171,6 +215,11 @@ class NginxFront:
             return self.settings.url.rstrip("/")
         _, server = proxies_to(self.original_text(), self.registry_address, str(self.settings.nginx))[0]
         return listen_url(server, str(self.settings.nginx))
+
+    def access_logs(self) -> list[Path]:
+        """The access logs of the server blocks that proxy to the registry."""
+        found = proxies_to(self.original_text(), self.registry_address, str(self.settings.nginx))
+        return list(dict.fromkeys(log for _, server in found for log in access_logs(server)))
 
     def original_text(self) -> str:
         return self.original().decode()

@@ -47,6 +47,16 @@ def _size(count: float) -> str:
     return ""
 
 
+def _front(front: Optional[Mapping[str, int]]) -> str:
+    """Requests nginx answered clients during the run (registry.front), by kind, from its access log."""
+    if not front:
+        return ""
+    return (f"<p>Through the front (nginx's access log): <b>{front['reads']}</b> reads, "
+            f"<span class=\"{'bad' if front['reads_failed'] else 'ok'}\">{front['reads_failed']} failed</span>; "
+            f"<b>{front['pushes']}</b> push requests, {front['pushes_refused']} refused read-only, "
+            f"<span class=\"{'bad' if front['pushes_failed'] else 'ok'}\">{front['pushes_failed']} failed</span>.</p>")
+
+
 def timeline(report: Mapping[str, Any], around: Optional[tuple[float, float]] = None) -> str:
     """An SVG: a row of the attempts (each labelled with its outcome), one row a phase, passes beneath, the read-only
     window shaded across, restarts as red bars. ``around``: only that stretch of time, to its own scale."""
@@ -199,6 +209,7 @@ refused for <b>{_seconds(report.get('pushes_refused_seconds'))}</b> and reads un
 <b>{_seconds(report.get('reads_refused_seconds'))}</b>,
 from {_when(report.get('readonly_on_at'))} to {_when(report.get('readonly_off_at'))}; {report.get('passes', 0)} passes;
 final pass: {html.escape(str((report.get('final_pass') or {}).get('method', 'n/a')))}.</p>
+{_front(report.get('front'))}
 <h2>Timeline</h2>
 {legend}
 {timeline(report)}

@@ -50,6 +50,7 @@ class RunState:
     uses_database: Optional[bool] = None  # GitLab's fork ran with its metadata database before the migration
     filesystem_proven_at: Optional[float] = None  # wall clock: a write probe proved the registry back on the filesystem
     closed_windows: list = field(default_factory=list)  # {on, off}: read-only windows closed by going back
+    front_log_offsets: dict = field(default_factory=dict)  # registry.front: where nginx's access logs ended at start
     attempts: list = field(default_factory=list)  # {started_at, ended_at, outcome} of each run of the plan
     stopped: Optional[dict] = None  # the last attempt's stop: {at, reason, exit_code}; None while running or after success
 

@@ -25,7 +25,7 @@ class Nginx:
         self.main = directory / "nginx.conf"
         self.access_log = directory / "access.log"
         directory.mkdir(parents=True, exist_ok=True)
-        self.site.write_text(site.replace("{port}", str(self.port)))
+        self.site.write_text(site.replace("{port}", str(self.port)).replace("{dir}", str(directory)))
         self.main.write_text(f"""daemon on;
 pid {directory}/nginx.pid;
 error_log {directory}/error.log info;

@@ -45,6 +45,9 @@ server { ## HTTPS server
   client_max_body_size 0;
   chunked_transfer_encoding on;
 
+  access_log  {dir}/gitlab_registry_access.log;
+  access_log  {dir}/access.log probe;
+
   location / {
 
     proxy_set_header Host $http_host;
@@ -264,7 +267,7 @@ def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_pa
         assert not failures, [dataclasses.astuple(f) for f in failures]
         summary = load.summary()
         assert summary["blob"]["ok"] >= 2 and summary["pull"]["ok"] >= 4 and summary["push"]["ok"] >= 2, summary
-        assert proxy.site.read_bytes() == site.replace("{port}", str(proxy.port)).encode()
+        assert proxy.site.read_bytes() == site.replace("{port}", str(proxy.port)).replace("{dir}", str(proxy.directory)).encode()
         for reference in load.pushed:
             pull(proxy.url[7:], reference, tmp_path / "check")
     finally:
@@ -300,6 +303,8 @@ def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_wind
         failures = load.failures(report["pushes_refused_from"], report["readonly_off_at"])
         assert not failures, [dataclasses.astuple(f) for f in failures]
         assert report["reads_refused_seconds"] == 0
+        front = report["front"]  # counted from nginx's own log of the registry's server block
+        assert front["reads"] > 0 and front["pushes"] > 0 and front["reads_failed"] == front["pushes_failed"] == 0, front
         assert proxy.site.read_bytes() == original
         assert "s3" in local_registry.config.read_text()
         summary = load.summary()

@@ -103,6 +103,8 @@ def check_registry(ctx: Context) -> None:
         )
     if ctx.front is not None:
         ctx.front.check(put_back=not ctx.engine.dry_run)
+        if not ctx.state.front_log_offsets and not ctx.engine.dry_run:  # the migration's requests are counted from here
+            ctx.state.front_log_offsets = ctx.front.log_offsets()
         reload_problem = restart_command_problem(ctx.front.nginx.settings.reload)
         if reload_problem:
             raise InvalidInput(f"the front's reload command {ctx.front.nginx.settings.reload!r} {reload_problem}; "

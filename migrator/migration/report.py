@@ -33,6 +33,7 @@ class Report(TypedDict):
     restarts: list[dict[str, Any]]
     pass_history: list[dict[str, Any]]
     config_diff: Optional[str]
+    front: Optional[dict]  # registry.front: requests nginx answered for the registry during the run, by kind
 
 
 def build_report(ctx: Context) -> Report:
@@ -64,6 +65,7 @@ def build_report(ctx: Context) -> Report:
         restarts=state.restarts,
         pass_history=state.pass_history,
         config_diff=ctx.registry.diff() if ctx.registry is not None else None,
+        front=ctx.front.requests_since(state.front_log_offsets) if ctx.front is not None else None,
     )
 
 

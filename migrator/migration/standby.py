@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlparse
 
 from migrator.errors import InvalidInput
-from migrator.front import NginxFront, Server
+from migrator.front import NginxFront, Server, count_requests
 from migrator.managed import ManagedRegistry, run_command
 from migrator.net import free_port
 from migrator.plan import FrontSettings
@@ -49,6 +50,17 @@ class Front:
         if not self.client().wait_healthy(10):
             raise InvalidInput(f"the registry does not answer GET /v2/ through the front at {self.nginx.url()}; "
                                "check registry.front (nginx, url) and that nginx runs")
+
+    def log_offsets(self) -> dict[str, int]:
+        """Where each access log of the registry's server block ends now: a run counts its requests from here."""
+        return {str(path): path.stat().st_size for path in self.nginx.access_logs() if path.is_file()}
+
+    def requests_since(self, offsets: dict[str, int]) -> Optional[dict]:
+        """Requests nginx answered for the registry since ``offsets`` (None without an access log to read)."""
+        counted = [count_requests(Path(path), offset) for path, offset in offsets.items() if Path(path).is_file()]
+        if not counted:
+            return None
+        return {key: sum(counts[key] for counts in counted) for key in counted[0]}
 
     def client(self) -> RegistryClient:
         """The registry as clients reach it: through nginx."""
