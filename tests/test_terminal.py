@@ -34,7 +34,7 @@ def slow_restart_plan(local_registry, seconds: float):
 
 
 def test_report_in_a_terminal_shows_progress_and_does_not_crash(plan):
-    terminal = Terminal("report", plan)
+    terminal = Terminal("report", plan, rows=120)  # the whole report on one screen, as an operator scrolls back
     assert terminal.exit_code() == 0, terminal.text()
     assert "unexpected" not in terminal.text()
     assert "estimated read-only window" in terminal.text()
