@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import crossplane
 
 from migrator.errors import InvalidInput, RestoreFailed
+from migrator.failpoints import failpoint
 from migrator.files import atomic_write
 
 log = logging.getLogger("migrator")
@@ -249,11 +250,13 @@ class NginxFront:
         self.keep_original()
         text = steered_text(self.original_text(), self.registry_address, servers, str(self.settings.nginx))
         atomic_write(self.settings.nginx, text)
+        failpoint("front-written")
         problem = self.reload()
         if problem is not None:
             self.restore()
             raise InvalidInput(f"nginx did not take the steered {self.settings.nginx} ({problem}); the original was "
                                "put back. Check registry.front.reload")
+        failpoint("front-steered")
         log.info("front: %s now sends the registry's requests to %s", self.settings.nginx,
                  ", ".join(f"{s.address}{' (backup)' if s.backup else ''}" for s in servers))
 
@@ -264,6 +267,7 @@ class NginxFront:
         original = self.backup.read_bytes()
         if self.settings.nginx.read_bytes() != original:
             atomic_write(self.settings.nginx, original)
+            failpoint("front-put-back")
             problem = self.reload()
             if problem is not None:
                 raise RestoreFailed(f"the original {self.settings.nginx} was written back, but nginx did not reload "

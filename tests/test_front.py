@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import threading
 import time
@@ -311,5 +312,33 @@ def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_wind
         assert summary["blob"]["ok"] >= 2 and summary["pull"]["ok"] >= 2 and summary["push"]["ok"] >= 2, summary
         for reference in load.pushed:
             pull(proxy.url[7:], reference, tmp_path / "check")
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["front-written@1", "front-steered@1", "front-put-back@1"])
+def test_a_run_killed_while_it_changes_the_front_is_finished_by_the_next(local_registry, tmp_path, point):
+    """SIGKILL at each step that changes nginx: while migrator is dead, nginx still answers through the registry
+    itself (the upstream's backup: the standby died with migrator); the next run puts the operator's file back
+    first and finishes; the file is byte-identical and every image pulls through nginx from s3."""
+    site = OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{local_registry.port}")
+    proxy = Nginx(tmp_path / "nginx", site).start()
+    try:
+        original = proxy.site.read_bytes()
+        layout = Layout(tmp_path / "seed")
+        layout.image("v1", "app")
+        push(layout, "v1", proxy.url[7:], "team/app:v1")
+        plan = local_registry.write_plan(registry={
+            "config": str(local_registry.config), "restart": local_registry.restart_command, "url": local_registry.url,
+            "health_timeout_seconds": 30, "front": {"nginx": str(proxy.site), "reload": proxy.reload_command}})
+        killed = run_cli("run", "--yes", plan, env=dict(os.environ, MIGRATOR_FAILPOINT=point))
+        assert killed.returncode == -9, killed.stderr
+        pull(proxy.url[7:], "team/app:v1", tmp_path / "while-dead")  # answered while migrator is dead
+        finished = run_cli("run", "--yes", plan)
+        assert finished.returncode == 0, finished.stderr
+        assert proxy.site.read_bytes() == original
+        assert "s3" in local_registry.config.read_text()
+        assert pull(proxy.url[7:], "team/app:v1", tmp_path / "after") == layout.digest("v1")
     finally:
         proxy.stop()
