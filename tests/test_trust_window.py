@@ -27,13 +27,16 @@ pytestmark = pytest.mark.slow
 
 
 def shadow_failing_once(tmp_path: Path, failing_call: int) -> Path:
-    """A registry binary that fails on its ``failing_call``-th start (the shadow registry at the cut-over is the
-    second) and is docker-registry otherwise."""
+    """A registry binary whose ``failing_call``-th read-only start fails (the shadow registry serving the s3 config
+    read-only: the check before the window is the first, the cut-over's the second) and is docker-registry
+    otherwise (doctor's read-write push under a scratch prefix, --version)."""
     counter = tmp_path / "shadow-calls"
     script = tmp_path / "registry-failing-once"
     script.write_text(f"""#!/bin/sh
-n=$(($(cat {counter} 2>/dev/null || echo 0) + 1)); echo $n > {counter}
-[ "$1" = serve ] && [ $n -eq {failing_call} ] && {{ echo 'injected start failure' >&2; exit 1; }}
+if [ "$1" = serve ] && grep -q readonly "$2"; then
+  n=$(($(cat {counter} 2>/dev/null || echo 0) + 1)); echo $n > {counter}
+  [ $n -eq {failing_call} ] && {{ echo 'injected start failure' >&2; exit 1; }}
+fi
 exec {REGISTRY_BINARY} "$@"
 """)
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
