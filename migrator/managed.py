@@ -222,7 +222,10 @@ class ManagedRegistry:
     def restore(self) -> Restart:
         """The original config back in place and restarted."""
         self.write_original()
-        return self.restart()
+        failpoint("restore-written")
+        restart = self.restart()
+        failpoint("restore-restarted")
+        return restart
 
     def restart(self) -> Restart:
         """The restart command, watched: how long it took and how long reads got no answer."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import signal
 import stat
@@ -268,3 +269,29 @@ def test_the_operators_edits_of_gitlab_rb_after_a_safe_stop_survive_the_rerun(lo
     config = yaml.safe_load(local_registry.config.read_text())
     assert config["http"]["draintimeout"] == "10s" and "s3" in config["storage"]
     assert_all_pull(client, pushed)
+
+
+@pytest.mark.parametrize("point", ["restore-written@1", "restore-restarted@1"])
+def test_a_run_killed_at_each_step_of_its_restore_is_finished_and_proven_by_the_rerun(local_registry, s3, bucket,
+                                                                                     tmp_path, point):
+    """Item 1, the resume drill: a failure inside the window starts the restore; SIGKILL right after the original
+    config is written (the registry still runs read-only) and right after its restart (it takes writes); a push
+    where it can land; the re-run proves the registry's mode by a write probe, finishes, and loses nothing."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=23)
+    plan = local_registry.write_plan(registry={
+        "config": str(local_registry.config), "url": local_registry.url, "restart": local_registry.restart_command,
+        "health_timeout_seconds": 30, "binary": str(shadow_failing_once(tmp_path, failing_call=2))})
+    killed = run_cli("run", "--yes", plan, env=dict(os.environ, MIGRATOR_FAILPOINT=point))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert StateStore(plan.parent / "plan.state").load().restore_problem, "the restore was not recorded first"
+    expected = 405 if point.startswith("restore-written") else 202  # the restart has not run / has run
+    assert client.write_probe("probe/between") == expected
+    if expected == 405:
+        resumed = run_migrator(plan)
+        assert resumed.returncode == 0, resumed.stderr
+        assert client.write_probe("probe/after") == 202
+        assert_bucket_is_the_source(s3, bucket, local_registry.root)
+        assert_all_pull(client, pushed)
+    else:
+        push_between_the_runs_then_resume(client, pushed, plan, local_registry, s3, bucket)
