@@ -171,6 +171,27 @@ def test_without_the_registry_binary_the_cutover_check_restarts(local_registry, 
     assert_all_pull(client, pushed)
 
 
+@pytest.mark.parametrize("point", ["config-written@1", "restore-written@1", "restore-restarted@1"])
+def test_gc_killed_at_each_step_is_finished_by_the_same_command(local_registry, tmp_path, point):
+    """The gc resume drill: SIGKILL after the read-only config is written, after the original is written back, and
+    after its restart; 'migrator gc' again finishes: the config byte-identical, writes proven, every image pulls."""
+    client = RegistryClient(local_registry.url)
+    pushed = push_images(client, 3, seed=11)
+    orphan = client.push_blob("team0/app0", b"a layer no manifest names" * 100)
+    data = local_registry.root / f"docker/registry/v2/blobs/sha256/{orphan[7:9]}/{orphan[7:]}/data"
+    original = file_hash(local_registry.config)
+    plan = local_registry.write_plan()
+    killed = run_cli("gc", "--yes", plan, env=dict(os.environ, MIGRATOR_FAILPOINT=point))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    done = run_cli("gc", "--yes", plan)
+    assert done.returncode == 0, done.stderr
+    assert not data.exists()
+    assert file_hash(local_registry.config) == original
+    assert client.write_probe("probe/after-gc") == 202
+    assert StateStore(plan.parent / "plan.state").load().gc_started_at is None
+    assert_all_pull(client, pushed)
+
+
 def test_gc_removes_an_unreferenced_blob_and_every_image_still_pulls(local_registry, s3, bucket, tmp_path):
     client = RegistryClient(local_registry.url)
     pushed = push_images(client, 3, seed=10)
