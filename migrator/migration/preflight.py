@@ -148,6 +148,10 @@ def advise_on_registry_settings(ctx: Context) -> None:
     if ctx.managed.draintimeout() is None:
         ctx.hints.append("http.draintimeout is unset (0) in the registry config, so each restart cuts requests "
                           "in flight; e.g. 'draintimeout: 10s' under http lets them finish (it lengthens a restart)")
+    if ctx.settings.front is None:
+        ctx.hints.append("no registry.front: clients see the window's restarts (reads unanswered while the port is "
+                         "closed, requests in flight cut); naming the nginx in front of the registry lets migrator "
+                         "steer it to a read-only standby meanwhile, so only pushes are refused (docs/front.md)")
     storage = ctx.settings.storage
     gitlab = ctx.settings.format == "omnibus" or ctx.plan.bucket.driver == "s3_v2"
     if gitlab and ctx.plan.bucket.endpoint:
