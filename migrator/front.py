@@ -261,19 +261,21 @@ class NginxFront:
                  ", ".join(f"{s.address}{' (backup)' if s.backup else ''}" for s in servers))
 
     def restore(self) -> None:
-        """The operator's bytes back (when a copy was kept), nginx reloaded and drained; the copy removed after."""
+        """The operator's bytes back (when a copy was kept), nginx reloaded and drained; the copy removed after.
+        nginx is reloaded even when the file already holds them: a run killed between the write and the reload
+        left nginx serving the steered file."""
         if not self.backup.exists():
             return
         original = self.backup.read_bytes()
         if self.settings.nginx.read_bytes() != original:
             atomic_write(self.settings.nginx, original)
             failpoint("front-put-back")
-            problem = self.reload()
-            if problem is not None:
-                raise RestoreFailed(f"the original {self.settings.nginx} was written back, but nginx did not reload "
-                                    f"({problem}); reload nginx by hand, then run 'migrator rollback PLAN'")
-            log.info("front: %s is the operator's again (sha256 %s)", self.settings.nginx,
-                     hashlib.sha256(original).hexdigest()[:12])
+        problem = self.reload()
+        if problem is not None:
+            raise RestoreFailed(f"the original {self.settings.nginx} was written back, but nginx did not reload "
+                                f"({problem}); reload nginx by hand, then run 'migrator rollback PLAN'")
+        log.info("front: %s is the operator's again (sha256 %s)", self.settings.nginx,
+                 hashlib.sha256(original).hexdigest()[:12])
         self.backup.unlink()
 
     def reload(self) -> Optional[str]:

@@ -338,6 +338,8 @@ def test_a_run_killed_while_it_changes_the_front_is_finished_by_the_next(local_r
         finished = run_cli("run", "--yes", plan)
         assert finished.returncode == 0, finished.stderr
         assert proxy.site.read_bytes() == original
+        urllib.request.urlopen(proxy.url + "/v2/", timeout=10).read()
+        assert proxy.requests()[-1][3] == f"127.0.0.1:{local_registry.port}", "nginx still serves the steered file"
         assert "s3" in local_registry.config.read_text()
         assert pull(proxy.url[7:], "team/app:v1", tmp_path / "after") == layout.digest("v1")
     finally:

@@ -44,6 +44,9 @@ class Front:
         ``put_back``: a run killed while nginx was steered has the operator's file put back first (its standby died
         with it; nginx has been asking the registry, its backup, since)."""
         self.nginx.check()
+        if not self.registry.binary():
+            raise InvalidInput("registry.front needs the registry's own binary on this host for the standby that "
+                               "answers while the registry restarts: set registry.binary")
         if put_back:
             self.nginx.restore()
         self.registry.clients_url = self.nginx.url()
