@@ -14,6 +14,7 @@ from terminal import Terminal
 from test_e2e import push_images
 
 from migrator.registry_http import RegistryClient
+from migrator.testing.synthetic import RegistryTree, populate
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,8 @@ def test_report_in_a_terminal_shows_progress_and_does_not_crash(plan):
     assert terminal.text().count("hint: http.draintimeout") == 1, terminal.text()  # said once
 
 
-def test_run_to_the_end_shows_one_progress_block_and_where_the_registry_is(plan, bucket):
+def test_run_to_the_end_shows_one_progress_block_and_where_the_registry_is(plan, bucket, local_registry):
+    populate(RegistryTree(local_registry.root), images=200)  # a copy long enough for the block's redraws (2 a second)
     terminal = Terminal("run", "--yes", plan)
     assert terminal.exit_code() == 0, terminal.text()
     copying = terminal.saw(BLOCK)
