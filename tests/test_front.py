@@ -277,13 +277,24 @@ def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_pa
         primary.stop()
 
 
+def front_of(registry: LocalRegistry, tmp_path: Path) -> Nginx:
+    """A started nginx whose Omnibus-like site proxies to ``registry``."""
+    return Nginx(tmp_path / "nginx", OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{registry.port}")).start()
+
+
+def plan_behind(registry: LocalRegistry, proxy: Nginx) -> Path:
+    """The registry's plan with ``proxy`` as its registry.front."""
+    return registry.write_plan(registry={
+        "config": str(registry.config), "restart": registry.restart_command, "url": registry.url,
+        "health_timeout_seconds": 30, "front": {"nginx": str(proxy.site), "reload": proxy.reload_command}})
+
+
 @pytest.mark.slow
 def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_window(local_registry, tmp_path):
     """The whole 'migrator run' with registry.front, readers and writers going through nginx all along: every read
     answered, no transfer cut, pushes refused only between the steering and its giving back (read from report.json),
     the operator's nginx file byte-identical afterwards, and every image pushed during the run pulls from s3."""
-    site = OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{local_registry.port}")
-    proxy = Nginx(tmp_path / "nginx", site).start()
+    proxy = front_of(local_registry, tmp_path)
     try:
         original = proxy.site.read_bytes()
         layout = Layout(tmp_path / "seed")
@@ -291,9 +302,7 @@ def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_wind
         layer = large_image(layout, "big", 100 * 1024 * 1024)
         push(layout, "v1", proxy.url[7:], "team/app:v1")
         push(layout, "big", proxy.url[7:], "team/big:v1")
-        plan = local_registry.write_plan(registry={
-            "config": str(local_registry.config), "restart": local_registry.restart_command, "url": local_registry.url,
-            "health_timeout_seconds": 30, "front": {"nginx": str(proxy.site), "reload": proxy.reload_command}})
+        plan = plan_behind(local_registry, proxy)
         with ClientLoad(proxy.url, tmp_path / "load", [("team/app:v1", layout.digest("v1"))],
                         ("team/big", *layer)) as load:
             time.sleep(2)
@@ -322,16 +331,13 @@ def test_a_run_killed_while_it_changes_the_front_is_finished_by_the_next(local_r
     """SIGKILL at each step that changes nginx: while migrator is dead, nginx still answers through the registry
     itself (the upstream's backup: the standby died with migrator); the next run puts the operator's file back
     first and finishes; the file is byte-identical and every image pulls through nginx from s3."""
-    site = OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{local_registry.port}")
-    proxy = Nginx(tmp_path / "nginx", site).start()
+    proxy = front_of(local_registry, tmp_path)
     try:
         original = proxy.site.read_bytes()
         layout = Layout(tmp_path / "seed")
         layout.image("v1", "app")
         push(layout, "v1", proxy.url[7:], "team/app:v1")
-        plan = local_registry.write_plan(registry={
-            "config": str(local_registry.config), "restart": local_registry.restart_command, "url": local_registry.url,
-            "health_timeout_seconds": 30, "front": {"nginx": str(proxy.site), "reload": proxy.reload_command}})
+        plan = plan_behind(local_registry, proxy)
         killed = run_cli("run", "--yes", plan, env=dict(os.environ, MIGRATOR_FAILPOINT=point))
         assert killed.returncode == -9, killed.stderr
         pull(proxy.url[7:], "team/app:v1", tmp_path / "while-dead")  # answered while migrator is dead
