@@ -87,7 +87,8 @@ def test_run_declined_at_its_prompt_with_ctrl_c_changes_nothing(plan, local_regi
     assert "registry: read-write on filesystem" in status.text(), status.text()
 
 
-def test_ctrl_c_during_the_copy_then_status_says_what_is_true(plan):
+def test_ctrl_c_during_the_copy_then_status_says_what_is_true(plan, local_registry):
+    populate(RegistryTree(local_registry.root), images=200, max_layer=512 * 1024)  # a copy of some seconds: Ctrl-C lands in it
     terminal = Terminal("run", "--yes", plan, env=None)
     terminal.wait_for(r"initial_sync \(pass 1\)")
     terminal.interrupt()
