@@ -438,7 +438,7 @@ def status_snapshot(plan: Plan) -> dict:
         "last_pass_seconds": state.last_pass_seconds,
         "last_pass_changes": state.last_pass_changes,
         "progress": {name: live.get(name) for name in (
-            "pass", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes", "expected_objects",
+            "pass", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes", "expected_objects", "expected_bytes",
             "rate_objects_per_second", "rate_bytes_per_second", "eta_seconds")},
         "last_problem": live.get("last_problem"),
         "read_only": None,
@@ -482,10 +482,15 @@ def _status_lines(snapshot: dict) -> list[str]:
         eta = f", ETA {progress['eta_seconds']:.0f}s" if progress["eta_seconds"] is not None else ""
         lines.append(f"running: {snapshot['phase']} (pass {progress['pass'] or '-'}): {done}, "
                      f"{progress['rate_objects_per_second'] or 0:.0f} files/s{eta}")
-        lines.append(f"  uploaded {progress['uploaded_objects']} objects, {human_bytes(progress['uploaded_bytes'] or 0)}; "
+        of_bytes = f" of ~{human_bytes(progress['expected_bytes'])}" if progress.get("expected_bytes") else ""
+        lines.append(f"  uploaded {progress['uploaded_objects']} objects, "
+                     f"{human_bytes(progress['uploaded_bytes'] or 0)}{of_bytes}; "
                      f"listed {progress['listed']}, checked {progress['checked']}")
-    lines.append(f"passes: {snapshot['passes']}; last pass {snapshot['last_pass_seconds']}s with "
-                 f"{snapshot['last_pass_changes']} changes")
+    if snapshot["passes"]:
+        lines.append(f"passes: {snapshot['passes']}; last pass {snapshot['last_pass_seconds']}s with "
+                     f"{snapshot['last_pass_changes']} changes")
+    else:
+        lines.append("passes: none finished yet")
     if snapshot["read_only"] is not None:
         since = f" since {snapshot['read_only_since']}" if snapshot["read_only_since"] else ""
         lines.append(f"registry read-only now: {'yes' + since if snapshot['read_only'] else 'no'}")

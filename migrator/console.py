@@ -97,7 +97,11 @@ def progress_lines(data: dict) -> list[str]:
             parts.append(f"{walked:,} of {expected:,} files ({min(walked / expected, 1):.0%})")
         else:
             parts.append(f"{walked:,} files")
-        parts.append(f"uploaded {data['uploaded_objects']:,} objects, {human_bytes(data['uploaded_bytes'])}")
+        uploaded = f"uploaded {data['uploaded_objects']:,} objects, {human_bytes(data['uploaded_bytes'])}"
+        if data.get("expected_bytes"):
+            uploaded += (f" of ~{human_bytes(data['expected_bytes'])} "
+                         f"({min(data['uploaded_bytes'] / data['expected_bytes'], 1):.0%})")
+        parts.append(uploaded)
         parts.append(f"{data['rate_objects_per_second'] or 0:,.0f} files/s, "
                      f"{human_bytes(data['rate_bytes_per_second'] or 0)}/s")
         if data.get("eta_seconds") is not None:
@@ -129,6 +133,9 @@ class ProgressBlock(Progress):
     def pass_started(self, number: int, expected_objects: Optional[int]) -> None:
         self.counts.pass_started(number, expected_objects)
         self._start()
+
+    def totals(self, number: int, files: int, upload_bytes: int) -> None:
+        self.counts.totals(number, files, upload_bytes)
 
     def walked(self, count: int) -> None:
         self.counts.walked(count)

@@ -230,6 +230,10 @@ class Journal:
         """Objects the bucket holds as far as we know (unconfirmed placeholders excluded)."""
         return self._conn.execute("SELECT COUNT(*) FROM objects WHERE size >= 0").fetchone()[0]
 
+    def total_bytes(self) -> int:
+        """Bytes of the objects the bucket holds as far as we know."""
+        return self._conn.execute("SELECT COALESCE(SUM(size), 0) FROM objects WHERE size >= 0").fetchone()[0]
+
     def count_in(self, ranges: Iterable[tuple[str, str]]) -> int:
         """Like ``count``, within these [low, high) key ranges."""
         return sum(self._conn.execute("SELECT COUNT(*) FROM objects WHERE rel >= ? AND rel < ? AND size >= 0",

@@ -18,6 +18,7 @@ from migrator.sync import Progress
 
 LIVE_FILE = "live.json"
 FLUSH_SECONDS = 1.0
+ADVICE = "migrator_advice"  # a log record's flag: said to the operator, but not the run's problem
 COUNTERS = ("walked", "listed", "checked", "uploaded_objects", "uploaded_bytes")
 
 
@@ -48,9 +49,12 @@ def with_rates(data: dict, at: float, running: bool) -> dict:
     elapsed = max(at - started, 1e-3) if started else None
     data["rate_objects_per_second"] = round(data["walked"] / elapsed, 1) if elapsed else None
     data["rate_bytes_per_second"] = round(data["uploaded_bytes"] / elapsed) if elapsed else None
-    expected, rate = data.get("expected_objects"), data["rate_objects_per_second"]
-    data["eta_seconds"] = (round(max(expected - data["walked"], 0) / rate, 1)
-                           if expected and rate and running else None)
+    etas = []  # the later of the files' and the bytes' (a few large layers take longer than their count says)
+    if data.get("expected_objects") and data["rate_objects_per_second"]:
+        etas.append(max(data["expected_objects"] - data["walked"], 0) / data["rate_objects_per_second"])
+    if data.get("expected_bytes") and data["rate_bytes_per_second"]:
+        etas.append(max(data["expected_bytes"] - data["uploaded_bytes"], 0) / data["rate_bytes_per_second"])
+    data["eta_seconds"] = round(max(etas), 1) if etas and running else None
     return data
 
 
@@ -62,6 +66,7 @@ class Counts(Progress):
         self._lock = threading.Lock()
         self.data: dict = {"pid": os.getpid(), "started_at": time.time(), "phase": None, "phase_started_at": None,
                            "pass": None, "pass_phase": None, "pass_started_at": None, "expected_objects": None,
+                           "expected_bytes": None,
                            **dict.fromkeys(COUNTERS, 0), "last_problem": None, "finished": False}
 
     def phase_started(self, name: str) -> None:
@@ -73,7 +78,15 @@ class Counts(Progress):
     def pass_started(self, number: int, expected_objects: Optional[int]) -> None:
         with self._lock:
             self.data.update({"pass": number, "pass_phase": self.data["phase"], "pass_started_at": time.time(),
-                              "expected_objects": expected_objects, **dict.fromkeys(COUNTERS, 0)})
+                              "expected_objects": expected_objects, "expected_bytes": None,
+                              **dict.fromkeys(COUNTERS, 0)})
+        self.changed(force=True)
+
+    def totals(self, number: int, files: int, upload_bytes: int) -> None:
+        with self._lock:
+            if self.data["pass"] != number:  # counted too late: that pass is over
+                return
+            self.data.update(expected_objects=files, expected_bytes=upload_bytes)
         self.changed(force=True)
 
     def walked(self, count: int) -> None:
@@ -138,14 +151,16 @@ class LiveStatus(Counts):
 
 
 class _LastProblem(logging.Handler):
-    """Warnings and errors logged during the run become live.json's ``last_problem``."""
+    """Warnings and errors logged during the run become live.json's ``last_problem``; advice (a record flagged
+    ``ADVICE``) does not: it is not the run's problem."""
 
     def __init__(self, live: LiveStatus):
         super().__init__(logging.WARNING)
         self.live = live
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.live.problem(record.getMessage())
+        if not getattr(record, ADVICE, False):
+            self.live.problem(record.getMessage())
 
 
 def read_live(state_dir: Path) -> Optional[dict]:

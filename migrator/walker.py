@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple, Union
+from typing import Iterator, NamedTuple, Optional, Union
 
 from migrator.errors import StoppedSafely
-from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir, is_uploads
+from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir, is_uploads, shards
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,19 @@ def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...], 
         except FileNotFoundError:
             continue  # removed while we walked: it is simply not part of this pass
         yield SourceFile(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, seen_ns, linked[-1] or is_link)
+
+
+def source_totals(source: Path, stop: threading.Event) -> Optional[tuple[int, int]]:
+    """The files and bytes a whole pass walks, walked the same way; None once ``stop`` is set."""
+    files = nbytes = 0
+    for shard in shards():
+        for found in walk_shard(source, shard):
+            if stop.is_set():
+                return None
+            if isinstance(found, SourceFile):  # always, without digest_dirs
+                files += 1
+                nbytes += found.size
+    return files, nbytes
 
 
 def read_bytes(source: Path, rel: str) -> bytes:

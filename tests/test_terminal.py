@@ -48,6 +48,8 @@ def test_run_to_the_end_shows_one_progress_block_and_where_the_registry_is(plan,
     assert terminal.exit_code() == 0, terminal.text()
     copying = terminal.saw(BLOCK)
     assert copying, "no progress block during the initial sync:\n" + "\n---\n".join(terminal.frames[-5:])
+    assert terminal.saw(r"initial_sync \(pass 1\) \| [\d,]+ of [\d,]+ files \(\d+%\) \| uploaded [\d,]+ objects, "
+                        r"[\d.]+ (B|KiB|MiB) of ~[\d.]+ (B|KiB|MiB) \(\d+%\)"), "the first pass never showed its totals"
     frame = copying[-1].splitlines()
     row = next(i for i, line in enumerate(frame) if re.search(BLOCK, line))
     assert frame[row + 1].startswith("registry: read-write on filesystem"), copying[-1]

@@ -6,6 +6,7 @@ state's pass figures (``passes``, ``last_pass_*``, ``pass_history``, ``final_pas
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Optional
 
@@ -14,6 +15,7 @@ from migrator.layout import outermost
 from migrator.migration.context import Context
 from migrator.s3 import BUCKET_ERRORS, explain
 from migrator.sync import PassResult
+from migrator.walker import source_totals
 
 log = logging.getLogger("migrator")
 
@@ -29,13 +31,20 @@ def sync_pass(ctx: Context, paths: Optional[list[str]] = None) -> PassResult:
     """A copy pass over the whole tree, or over just ``paths`` when the change feed vouches for the rest."""
     started = time.monotonic()
     started_ns = ctx.state.last_pass_started_ns = time.time_ns()
-    ctx.progress.pass_started(ctx.state.passes + 1, ctx.journal.count())
+    number = ctx.state.passes + 1
+    ctx.progress.pass_started(number, ctx.journal.count() or None)
+    stop_counting = threading.Event()  # set at the pass's end: a count still walking stops
+    if paths is None and ctx.state.passes == 0:  # the initial sync: the journal cannot say what it will walk
+        threading.Thread(target=_count_source, args=(ctx, number, ctx.journal.total_bytes(), stop_counting),
+                         name="count-source", daemon=True).start()
     if ctx.tracker and paths is None:
         ctx.tracker.pass_started()
     try:
         result = ctx.engine.run_pass() if paths is None else ctx.engine.sync_paths(paths)
     except BUCKET_ERRORS as exc:
         raise InvalidInput(f"copy pass failed: {explain(exc, ctx.plan.bucket.name)}") from None
+    finally:
+        stop_counting.set()
     if ctx.tracker and paths is None:
         ctx.tracker.pass_finished(result.source_changes, result.delete_candidates, result.first_linked)
     ctx.state.passes += 1
@@ -51,6 +60,19 @@ def sync_pass(ctx: Context, paths: Optional[list[str]] = None) -> PassResult:
              ", ".join(f"{n} {r}" for r, n in result.reasons.items()) or "nothing changed",
              len(result.delete_candidates), ctx.state.last_pass_seconds)
     return result
+
+
+def _count_source(ctx: Context, number: int, bytes_in_bucket: int, stop: threading.Event) -> None:
+    """Tell the progress block what the initial sync will walk and (about) what it will upload: the source's files,
+    and its bytes less those the bucket already holds (a resumed sync)."""
+    try:
+        totals = source_totals(ctx.plan.source, stop)
+    except Exception as exc:  # only the block's totals are lost; the pass reports the walk's own errors
+        log.debug("counting the source for the progress totals failed: %s", exc)
+        return
+    if totals is not None:
+        files, nbytes = totals
+        ctx.progress.totals(number, files, max(nbytes - bytes_in_bucket, 0))
 
 
 def delta_passes(ctx: Context) -> PassResult:

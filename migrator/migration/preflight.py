@@ -14,6 +14,7 @@ from pathlib import Path
 
 from migrator.doctor import Diagnosis, diagnose
 from migrator.errors import InvalidInput
+from migrator.live import ADVICE
 from migrator.managed import restart_command_problem
 from migrator.march import md5_of
 from migrator.migration.context import Context
@@ -43,7 +44,8 @@ def doctor(ctx: Context, push: bool) -> Diagnosis:
         diagnosis = diagnose(ctx.plan, ctx.bucket.client, ctx.registry, push=push and before_window,
                              uses_database=ctx.state.uses_database)
     for finding in [] if ctx.engine.dry_run else diagnosis.findings:  # a dry run's report prints them itself
-        log.warning("%s [%s] %s", "BLOCKS" if finding.blocks else "advice", finding.check, finding.message)
+        log.warning("%s [%s] %s", "BLOCKS" if finding.blocks else "advice", finding.check, finding.message,
+                    extra={ADVICE: not finding.blocks})
     if diagnosis.blocking and before_window and not ctx.engine.dry_run:
         raise InvalidInput(f"'migrator doctor' found {len(diagnosis.blocking)} problems that block the migration "
                            f"(first: [{diagnosis.blocking[0].check}] {diagnosis.blocking[0].message}); "
