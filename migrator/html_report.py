@@ -172,6 +172,20 @@ def _subject(report: Mapping[str, Any]) -> str:
     return _table(["", ""], [[label, value or "n/a"] for label, value in rows]).replace("<tr><th></th><th></th></tr>", "")
 
 
+def _window(report: Mapping[str, Any]) -> str:
+    """The read-only window in a sentence, as far as this run got."""
+    on, off = report.get("readonly_on_at"), report.get("readonly_off_at")
+    if on is None:
+        return "The registry was not made read-only: clients saw nothing of this run."
+    if off is None:
+        return (f"The registry was made read-only at {_when(on)}; this attempt stopped before it was read-write on s3 "
+                "(the outcome says where it is).")
+    return (f"Read-only window: <b>{_seconds(report.get('read_only_window_seconds'))}</b> (restarts "
+            f"{report.get('restart_seconds', 0):.1f} s); clients saw pushes refused for "
+            f"<b>{_seconds(report.get('pushes_refused_seconds'))}</b> and reads unanswered for "
+            f"<b>{_seconds(report.get('reads_refused_seconds'))}</b>, from {_when(on)} to {_when(off)};")
+
+
 def _seconds(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.1f} s"
 
@@ -184,7 +198,6 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def render(report: Mapping[str, Any], title: str = "migrator report") -> str:
     """The whole page, from a report.json's contents."""
-    window = report.get("read_only_window_seconds")
     verification = report.get("verification") or {}
     images = report.get("images") or {}
     through = images.get("through_registry") or {}
@@ -193,9 +206,11 @@ def render(report: Mapping[str, Any], title: str = "migrator report") -> str:
     phases = [[p["name"], f'{p["seconds"]:.1f} s', p.get("uploaded_objects", 0), _size(p.get("uploaded_bytes", 0)),
                p.get("deleted_objects", 0), p.get("s3_requests", 0)] for p in report.get("phases", [])]
     diff = report.get("config_diff") or ""
+    restart = ("registry restart: clients on the standby meanwhile" if report.get("front")
+               else "registry restart: requests in flight cut")
     legend = (f'<p class="legend"><span><i class="swatch" style="background:{WINDOW_COLOUR}"></i>read-only window: '
-              f'pushes refused (405)</span><span><i class="swatch" style="background:{RESTART_COLOUR}"></i>registry '
-              'restart: requests in flight cut</span><span><i class="swatch" style="background:'
+              f'pushes refused (405)</span><span><i class="swatch" style="background:{RESTART_COLOUR}"></i>{restart}'
+              '</span><span><i class="swatch" style="background:'
               f'{PUSHES_COLOUR}"></i>pushes refused</span><span><i class="swatch" style="background:{READS_COLOUR}">'
               '</i>reads unanswered</span></p>')
     return f"""<!DOCTYPE html>
@@ -204,11 +219,8 @@ def render(report: Mapping[str, Any], title: str = "migrator report") -> str:
 <h1>{html.escape(title)}</h1>
 {_subject(report)}
 <p>Outcome: <span class="{'ok' if outcome_ok else 'bad'}">{html.escape(_outcome(report))}</span>.
-Read-only window: <b>{_seconds(window)}</b> (restarts {report.get('restart_seconds', 0):.1f} s); clients saw pushes
-refused for <b>{_seconds(report.get('pushes_refused_seconds'))}</b> and reads unanswered for
-<b>{_seconds(report.get('reads_refused_seconds'))}</b>,
-from {_when(report.get('readonly_on_at'))} to {_when(report.get('readonly_off_at'))}; {report.get('passes', 0)} passes;
-final pass: {html.escape(str((report.get('final_pass') or {}).get('method', 'n/a')))}.</p>
+{_window(report)} {report.get('passes', 0)} passes;
+final pass: {html.escape(str((report.get('final_pass') or {}).get('method', 'not run')))}.</p>
 {_front(report.get('front'))}
 <h2>Timeline</h2>
 {legend}
