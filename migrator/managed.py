@@ -111,10 +111,12 @@ class AnswerSampler:
 
 
 def run_command(command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Optional[str]:
-    """Run a shell command; None when it exits 0, else what went wrong (secrets redacted)."""
+    """Run a shell command; None when it exits 0, else what went wrong (secrets redacted). Without AWS_CA_BUNDLE
+    (``registry_environment``): a command that starts the registry itself passes its environment on, and the
+    registry's s3 driver panics with it, at the cut-over."""
     try:
         completed = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env=registry_environment())
     except subprocess.TimeoutExpired:
         return f"command {command!r} did not finish in {timeout:.0f}s"
     if completed.returncode != 0:

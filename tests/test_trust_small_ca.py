@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import urllib.parse
 
 import pytest
 from conftest import UPLOADS, bucket_contents, run_cli, source_files
 from oci import Layout, pull, push
+from test_e2e import push_images
 
 from migrator.direct_put import GIVE_UP_AFTER, FallbackPut
-from migrator.testing.local import LocalRegistry
+from migrator.registry_http import RegistryClient
+from migrator.testing.local import REGISTRY_BINARY, LocalRegistry
 
 
 @pytest.mark.slow
@@ -59,3 +62,20 @@ def test_a_put_path_refusing_the_certificate_is_given_up_once_and_said_once(capl
     assert put.sent == 1 and put.given_up
     said = [record.getMessage() for record in caplog.records]
     assert len(said) == 1 and "UnknownIssuer" in said[0] and "rest of the run" in said[0], said
+
+
+@pytest.mark.slow
+def test_a_restart_command_starting_the_registry_itself_does_not_pass_it_aws_ca_bundle(local_registry):
+    """A restart that starts docker-registry from its own shell hands it the environment migrator runs in; with
+    AWS_CA_BUNDLE there (migrator's own way to trust a CA) Distribution 2.8's s3 driver panicked at the cut-over."""
+    registry = local_registry
+    push_images(RegistryClient(registry.url), 3, seed=8)
+    starts_it_itself = (f"{sys.executable} -m migrator.testing.local stop --config {registry.config} "
+                        f"--pidfile {registry.pidfile} --url {registry.url}; setsid {REGISTRY_BINARY} serve "
+                        f"{registry.config} >> {registry.logfile} 2>&1 < /dev/null & echo $! > {registry.pidfile}")
+    plan = registry.write_plan(registry={"config": str(registry.config), "restart": starts_it_itself,
+                                         "url": registry.url, "health_timeout_seconds": 30})
+    result = run_cli("run", "--yes", plan, env=dict(os.environ, AWS_CA_BUNDLE="/etc/ssl/certs/ca-certificates.crt"))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "LoadCustomCABundleError" not in registry.logfile.read_text()
+    assert f"read-write on s3://{registry.bucket}/reg/" in result.stderr + result.stdout
