@@ -63,7 +63,8 @@ def test_run_to_the_end_shows_one_progress_block_and_where_the_registry_is(plan,
 
 def test_run_answered_at_its_prompt_counts_no_waiting(plan):
     terminal = Terminal("run", plan)
-    asked = terminal.wait_for(r"read-only mode now\? Pushes are refused for about (\d+) s \(restarts included\)\. "
+    asked = terminal.wait_for(r"read-only mode now\? Pushes are refused for about (\d+) s \(restarts included: 2 of 10 "
+                              r"s each assumed, registry\.restart_seconds\)\. "
                               r"Ctrl-C or N now: nothing changes; Ctrl-C inside the window: back to the filesystem, "
                               r"read-write \[y/N\]:")
     assert int(asked.group(1)) > 0

@@ -49,8 +49,11 @@ def ask_before_the_window(ctx: Context) -> None:
     if ctx.state.readonly_on_at is not None or ctx.options.yes:
         return
     last = PassResult(uploaded_objects=ctx.state.last_pass_changes or 0)
-    estimate = estimate_window(ctx, last, ctx.state.last_pass_seconds or 0.0).to_json()
-    ask_before_readonly(ctx, f"Pushes are refused for about {estimate['total']:.0f} s (restarts included). Ctrl-C "
+    estimate = estimate_window(ctx, last, ctx.state.last_pass_seconds or 0.0)
+    restarts = "restarts included" if estimate.restart_measured else (
+        f"restarts included: {estimate.restarts} of {estimate.seconds_per_restart:g} s each assumed, "
+        "registry.restart_seconds")
+    ask_before_readonly(ctx, f"Pushes are refused for about {estimate.to_json()['total']:.0f} s ({restarts}). Ctrl-C "
                              "or N now: nothing changes; Ctrl-C inside the window: back to the filesystem, read-write")
 
 
