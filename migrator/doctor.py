@@ -86,10 +86,12 @@ class Diagnosis:
 
 
 def diagnose(plan: Plan, client: Any, registry: Optional[ManagedRegistry], push: bool = True,
-             uses_database: Optional[bool] = None) -> Diagnosis:
+             uses_database: Optional[bool] = None, scans: bool = True) -> Diagnosis:
     """Every check, in order of what hurts most. ``client``: a boto3 S3 client with the plan's credentials;
     ``registry``: the plan's registry (None: no registry section); ``push``: try the push by the registry itself
-    (it writes under a scratch prefix, removed again; ``report`` leaves it out)."""
+    (it writes under a scratch prefix, removed again; ``report`` leaves it out); ``scans``: the checks that read the
+    whole source or list the whole prefix (a run resumed inside the read-only window leaves them out: they were
+    made before it, and the window is no time for them)."""
     diagnosis = Diagnosis()
     checks: list[tuple[str, Callable[[], tuple[list[Finding], list[str]]]]] = []
     if registry is not None:
@@ -98,9 +100,9 @@ def diagnose(plan: Plan, client: Any, registry: Optional[ManagedRegistry], push:
         checks.append(("registry-version", lambda: check_version(plan, registry, uses_database)))
         checks.append(("redirect", lambda: check_redirect(plan, registry.settings)))
     checks += [("lifecycle", lambda: check_lifecycle(plan, client)),
-               ("versioning", lambda: check_versioning(plan, client)),
-               ("blob-size", lambda: check_blob_sizes(plan)),
-               ("keys", lambda: check_keys(plan, client))]
+               ("versioning", lambda: check_versioning(plan, client))]
+    if scans:
+        checks += [("blob-size", lambda: check_blob_sizes(plan)), ("keys", lambda: check_keys(plan, client))]
     for name, check in checks:
         found, proven = check()
         diagnosis.findings += found

@@ -31,6 +31,7 @@ class FakeBucket:
         self.counter = RequestCounter()
         self.etags_are_md5 = True
         self.deleted: list[str] = []
+        self.client = None  # no boto3 client: what asks for one (doctor's checks) is faked in the test
 
     def put(self, rel: str, data: bytes, modified: Optional[float] = None) -> None:
         self.objects[rel] = (data, time.time() if modified is None else modified)

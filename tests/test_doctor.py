@@ -3,6 +3,7 @@ as stated, and nothing outside the scratch prefix changed (listed before and aft
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import yaml
 from conftest import file_hash, listing, run_cli
 
 from migrator.doctor import version_findings
+from migrator.plan import BucketSettings
 from migrator.registry_http import RegistryClient
 from migrator.testing.local import REGISTRY_BINARY, LocalRegistry, MotoServer
 
@@ -288,3 +290,21 @@ def test_rgw_object_lock_and_an_expiring_rule_block(rgw, tree, tmp_path):
     assert set(checks(result, blocks=True)) == {"lifecycle", "object-lock"}, result
     assert "versioning is enabled" in checks(result, blocks=False)["versioning"]
     assert listing(s3, name) == before
+
+
+def test_inside_the_read_only_window_the_whole_tree_scans_are_left_out(s3, bucket, tmp_path, monkeypatch):
+    """A run resumed inside the window asks doctor again: listing the whole prefix and reading every blob's size
+    would lengthen the window by the registry's size, for what was checked before it."""
+    from fakes import plan as fake_plan
+
+    from migrator import doctor as doctor_module
+
+    scanned: list[str] = []
+    monkeypatch.setattr(doctor_module, "check_keys", lambda plan, client: (scanned.append("keys"), ([], []))[1])
+    monkeypatch.setattr(doctor_module, "check_blob_sizes", lambda plan: (scanned.append("blob-size"), ([], []))[1])
+    the_plan = dataclasses.replace(fake_plan(tmp_path, registry=None),
+                                   bucket=BucketSettings(name=bucket, endpoint=s3.meta.endpoint_url))
+    doctor_module.diagnose(the_plan, s3, None, scans=False)
+    assert scanned == []
+    doctor_module.diagnose(the_plan, s3, None)
+    assert scanned == ["blob-size", "keys"]

@@ -6,14 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 from fakes import context, plan
 
 from migrator import gc
 from migrator.cli import status_snapshot
+from migrator.doctor import Diagnosis
 from migrator.errors import InvalidInput, RestoreFailed, StoppedSafely
-from migrator.migration import copy, runner, safety, window
+from migrator.migration import copy, preflight, runner, safety, window
 from migrator.migration.context import Options
 from migrator.migration.estimate import WindowEstimate, estimate_window
 from migrator.migration.proofs import check_window_changes, tag_moved_on_s3
@@ -336,3 +338,15 @@ def test_a_tag_a_client_moved_on_s3_after_writes_were_accepted_is_no_fault_of_th
     assert tag_moved_on_s3(ctx, "team/app", "v1", "sha256:old")
     assert not tag_moved_on_s3(ctx, "team/app", "v1", "sha256:new")
     assert tag_moved_on_s3(ctx, "team/app", "deleted", "sha256:old")
+
+
+def test_a_run_resumed_inside_the_window_asks_doctor_without_the_push_or_the_whole_tree_scans(tmp_path, monkeypatch):
+    asked: dict = {}
+    monkeypatch.setattr(preflight, "diagnose", lambda *args, **options: (asked.update(options), Diagnosis())[1])
+    ctx = dataclasses.replace(context(tmp_path), engine=SimpleNamespace(dry_run=False))
+    ctx.state.readonly_on_at = time.time()
+    preflight.doctor(ctx, push=True)
+    assert asked["push"] is False and asked["scans"] is False
+    ctx.state.readonly_on_at = None
+    preflight.doctor(ctx, push=True)
+    assert asked["push"] is True and asked["scans"] is True

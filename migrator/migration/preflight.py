@@ -38,11 +38,12 @@ def preflight(ctx: Context, canary: bool) -> Diagnosis:
 
 def doctor(ctx: Context, push: bool) -> Diagnosis:
     """Doctor's checks; before the window a blocking finding stops here, nothing changed (exit 2), except on a dry
-    run, which lists it. The push by the registry itself only before the window: a run resumed inside it skips it."""
+    run, which lists it. The push by the registry itself and the whole-tree scans only before the window: a run
+    resumed inside it skips them."""
     before_window = ctx.state.readonly_on_at is None
     with ctx.bucket.counter.phase_scope("preflight"):
         diagnosis = diagnose(ctx.plan, ctx.bucket.client, ctx.registry, push=push and before_window,
-                             uses_database=ctx.state.uses_database)
+                             uses_database=ctx.state.uses_database, scans=before_window)
     for finding in [] if ctx.engine.dry_run else diagnosis.findings:  # a dry run's report prints them itself
         log.warning("%s [%s] %s", "BLOCKS" if finding.blocks else "advice", finding.check, finding.message,
                     extra={ADVICE: not finding.blocks})
