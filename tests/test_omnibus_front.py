@@ -142,3 +142,23 @@ def test_an_omnibus_run_killed_while_it_changes_nginx_is_finished(local_registry
         assert not (plan.parent / "plan.state" / "front-backup" / "nginx-original").exists()
     finally:
         omnibus.stop_nginx()
+
+
+@pytest.mark.slow
+def test_a_reconfigure_after_the_window_that_restarts_nginx_is_named(local_registry, tmp_path):
+    """gitlab.rb changed nginx's settings since the last reconfigure: the fast path's reconfigure after the window
+    renders gitlab-registry.conf differently and Omnibus restarts nginx. migrator cannot prevent it (the operator's
+    change) but says so; nginx ends on the new rendering, sending requests to the registry on s3."""
+    omnibus = omnibus_behind_nginx(local_registry, tmp_path)
+    try:
+        with omnibus.gitlab_rb.open("a") as handle:
+            handle.write("registry_nginx['hsts_max_age'] = 3600\n")  # not reconfigured yet
+        plan = omnibus.write_plan(front={"nginx": str(omnibus.nginx_site)})
+        result = run_cli("run", "--yes", plan)
+        assert result.returncode == 0, result.stderr
+        assert "Omnibus restarted nginx, cutting requests in flight" in result.stderr
+        assert "restart nginx" in [action for _, action in omnibus.actions()]
+        assert b"max-age=3600" in omnibus.nginx_site.read_bytes() and reconfigure_renders_it_so(omnibus)
+        assert answered_by(omnibus, tmp_path) == f"127.0.0.1:{local_registry.port}"
+    finally:
+        omnibus.stop_nginx()
