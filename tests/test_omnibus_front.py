@@ -129,6 +129,8 @@ def test_an_omnibus_run_killed_while_it_changes_nginx_is_finished(local_registry
         killed = run_cli("run", "--yes", plan, env=dict(os.environ, MIGRATOR_FAILPOINT=point))
         assert killed.returncode == -9, killed.stderr
         pull(registry, "team/app:v1", tmp_path / "while-dead")  # answered while migrator is dead
+        status = run_cli("status", plan).stdout
+        assert ("file still carries migrator's steering" in status) is (point != "front-put-back@1"), status
         if then.startswith("reconfigure"):  # the operator's way of putting Omnibus' files back
             omnibus.reconfigure()
             assert "restart nginx" in [action for _, action in omnibus.actions()]
@@ -140,6 +142,11 @@ def test_an_omnibus_run_killed_while_it_changes_nginx_is_finished(local_registry
         assert ("s3" in local_registry.config.read_text()) is (then != "rollback")
         assert pull(registry, "team/app:v1", tmp_path / "after") == layout.digest("v1")
         assert not (plan.parent / "plan.state" / "front-backup" / "nginx-original").exists()
+        if then == "rollback":  # a run killed after a rollback is not reported by the rollback's outcome
+            killed = run_cli("run", "--yes", plan, env=dict(os.environ, MIGRATOR_FAILPOINT=point))
+            assert killed.returncode == -9, killed.stderr
+            status = run_cli("status", plan).stdout
+            assert "rolled back" not in status and "killed?" in status, status
     finally:
         omnibus.stop_nginx()
 
