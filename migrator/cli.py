@@ -18,6 +18,7 @@ from migrator import __version__
 from migrator.console import ProgressBlock, human_bytes, setup_logging
 from migrator.doctor import examine
 from migrator.errors import EXIT_DIFFERENCES, EXIT_INVALID, EXIT_OK, InvalidInput, MigratorError, describe_unexpected
+from migrator.front import MARKER
 from migrator.gc import collect_garbage, would_free
 from migrator.html_report import write_html
 from migrator.live import Counts, LiveStatus, read_live, registry_state
@@ -181,8 +182,10 @@ def _asker(block: ProgressBlock) -> Callable[[str], bool]:
 
 @contextmanager
 def _attempt_recorded(job: MigrationContext) -> Iterator[None]:
-    """A stopped attempt leaves its reason in the state (for 'status') and its report.json and report.html."""
+    """A stopped attempt leaves its reason in the state (for 'status') and its report.json and report.html. A new
+    attempt clears the last one's outcome ('rolled back', 'done'): killed, it must not be reported by that."""
     job.state.stopped = None
+    job.state.outcome = None
     attempt: dict[str, Any] = {"started_at": time.time(), "ended_at": None, "outcome": None}  # None after a SIGKILL
     job.state.attempts.append(attempt)
     job.store.save(job.state)
@@ -446,6 +449,7 @@ def status_snapshot(plan: Plan) -> dict:
         "restore_problem": state.restore_problem,
         "outcome": _outcome(state, live),
         "registry": registry_state(state, plan.registry is not None),
+        "front_steered": front_steered(plan),
     }
     if not snapshot["running"]:  # a finished or stopped run's warnings are its own; its stop is the news
         snapshot["last_problem"] = ({"at": state.stopped["at"], "message": state.stopped["reason"]}
@@ -457,6 +461,16 @@ def status_snapshot(plan: Plan) -> dict:
         if snapshot["read_only"] and state.readonly_on_at:
             snapshot["read_only_since"] = datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
     return snapshot
+
+
+def front_steered(plan: Plan) -> Optional[bool]:
+    """Whether registry.front's nginx file carries migrator's steering now (None without a front, or unreadable)."""
+    if plan.registry is None or plan.registry.front is None:
+        return None
+    try:
+        return MARKER.encode() in plan.registry.front.nginx.read_bytes()
+    except OSError:
+        return None
 
 
 def _outcome(state: RunState, live: dict) -> str:
@@ -501,6 +515,11 @@ def _status_lines(snapshot: dict) -> list[str]:
     if snapshot["last_problem"] and not (stopped and snapshot["last_problem"]["message"] in snapshot["outcome"]):
         lines.append(f"last problem: {snapshot['last_problem']['message'][:300]}")
     lines.append(f"registry: {snapshot['registry']}")
+    if snapshot["front_steered"]:
+        lines.append("front: nginx is steered to migrator's read-only standby" if snapshot["running"] else
+                     "front: nginx's file still carries migrator's steering (its standby died with the run: nginx "
+                     "answers through the registry itself, the backup server); the next 'migrator run' or 'migrator "
+                     "rollback' puts the operator's file back")
     lines.append(f"outcome: {snapshot['outcome']}")
     if stopped:
         lines.append("next: fix what the stop names, if anything; then 'migrator run PLAN' continues where it stopped")

@@ -263,13 +263,20 @@ class NginxFront:
     def restore(self) -> None:
         """The operator's bytes back (when a copy was kept), nginx reloaded and drained; the copy removed after.
         nginx is reloaded even when the file already holds them: a run killed between the write and the reload
-        left nginx serving the steered file."""
+        left nginx serving the steered file. A live file without our marker is the operator's and is kept as it
+        is: it was rendered again since (GitLab Omnibus' ``gitlab-ctl reconfigure`` while a killed run left it
+        steered), and the kept copy may be older than what the operator's settings render now."""
         if not self.backup.exists():
             return
         original = self.backup.read_bytes()
-        if self.settings.nginx.read_bytes() != original:
+        live = self.settings.nginx.read_bytes()
+        if MARKER.encode() in live:
             atomic_write(self.settings.nginx, original)
             failpoint("front-put-back")
+        elif live != original:
+            log.info("front: %s was written again since it was steered (a gitlab-ctl reconfigure?); kept as it is",
+                     self.settings.nginx)
+            original = live
         problem = self.reload()
         if problem is not None:
             raise RestoreFailed(f"the original {self.settings.nginx} was written back, but nginx did not reload "

@@ -104,6 +104,8 @@ def normalise_prefix(prefix: str) -> str:
     return f"{stripped}/" if stripped else ""
 
 
+OMNIBUS_REGISTRY_NGINX = "/var/opt/gitlab/nginx/conf/gitlab-registry.conf"  # rendered by gitlab-ctl reconfigure
+
 # Schema: key -> (type(s), required). Nested dicts are schemas of their own.
 _BUCKET = {
     "name": (str, True),
@@ -130,7 +132,7 @@ _REGISTRY = {
     "gitlab_ctl": (str, False),
     "binary": ((str, type(None)), False),
     "broken_in_source": (str, False),
-    "front": ({"nginx": (str, True), "reload": (str, True), "url": ((str, type(None)), False),
+    "front": ({"nginx": (str, False), "reload": (str, False), "url": ((str, type(None)), False),
                "drain_timeout_seconds": ((int, float), False)}, False),
 }
 _SYNC = {
@@ -324,12 +326,22 @@ def load_plan(path: str | os.PathLike) -> Plan:
         if reg.get("broken_in_source", "report") not in ("report", "block"):
             raise InvalidInput(f"{plan_path}: registry.broken_in_source must be report or block, "
                                f"not {reg['broken_in_source']!r}")
-        if reg.get("front"):
-            if fmt == "omnibus" and restart:
-                raise InvalidInput(f"{plan_path}: registry.front with registry.restart on Omnibus: a reconfigure inside "
-                                   "the window renders gitlab-registry.conf again and would undo the front's steering; "
-                                   "remove registry.restart (the gitlab-ctl fast path restarts the registry alone)")
-            front = dict(reg["front"], nginx=_resolve(base, reg["front"]["nginx"]))
+        if reg.get("front") is not None:
+            front = dict(reg["front"])
+            if fmt == "omnibus":
+                if restart:
+                    raise InvalidInput(
+                        f"{plan_path}: registry.front with registry.restart on Omnibus: each reconfigure inside the "
+                        "window renders gitlab-registry.conf again, so Chef rewrites the steered file and restarts "
+                        "nginx (cutting requests in flight) while the registry restarts; remove registry.restart "
+                        "(the fast path restarts the registry alone and reconfigures once nginx is given back)")
+                front.setdefault("nginx", OMNIBUS_REGISTRY_NGINX)
+                front.setdefault("reload", f"{reg.get('gitlab_ctl', 'gitlab-ctl')} hup nginx")
+            for key, what in (("nginx", "the nginx file whose proxy_pass goes to the registry"),
+                              ("reload", "the command that reloads nginx gracefully")):
+                if key not in front:
+                    raise InvalidInput(f"{plan_path}: registry.front.{key} is required ({what})")
+            front["nginx"] = _resolve(base, front["nginx"])
             if front.get("drain_timeout_seconds", 1) <= 0:
                 raise InvalidInput(f"{plan_path}: registry.front.drain_timeout_seconds must be above 0")
             reg["front"] = FrontSettings(**front)

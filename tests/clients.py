@@ -37,12 +37,13 @@ class ClientLoad:
     """Readers and writers looping against ``url`` (host:port, plain http) until ``stop``."""
 
     def __init__(self, url: str, work: Path, images: list[tuple[str, str]], layer: Optional[tuple[str, str, int]],
-                 blob_rate: int = 40 * 1024 * 1024):
+                 blob_rate: int = 20 * 1024 * 1024, blob_readers: int = 2):
         self.url = url.removeprefix("http://").rstrip("/")
         self.work = work
         self.images = images  # (repository:tag, manifest digest) pushed before the load starts
         self.layer = layer  # (repository, digest, size) of the large layer to read slowly
         self.blob_rate = blob_rate  # bytes per second a slow reader takes
+        self.blob_readers = blob_readers  # slow readers, started a share of one pull's time apart
         self.operations: list[Operation] = []
         self.pushed: list[str] = []  # references whose push landed
         self._stop = threading.Event()
@@ -50,7 +51,9 @@ class ClientLoad:
         self._threads = [threading.Thread(target=self._pulls, daemon=True),
                          threading.Thread(target=self._pushes, daemon=True)]
         if layer is not None:
-            self._threads.append(threading.Thread(target=self._blobs, daemon=True))
+            pull_seconds = layer[2] / blob_rate
+            self._threads += [threading.Thread(target=self._blobs, args=(pull_seconds * reader / blob_readers,),
+                                               daemon=True) for reader in range(blob_readers)]
 
     def __enter__(self) -> ClientLoad:
         for thread in self._threads:
@@ -83,9 +86,13 @@ class ClientLoad:
             self._record(operation)
             turn += 1
 
-    def _blobs(self) -> None:
+    def _blobs(self, delay: float) -> None:
+        """Pull the large layer slowly, again and again, from ``delay`` seconds on (readers are staggered so that,
+        across any moment shorter than a pull's share, one pull is under way)."""
+        assert self.layer is not None
         repository, digest, size = self.layer
         chunk = 256 * 1024
+        self._stop.wait(delay)
         while not self._stop.is_set():
             operation = Operation("blob", digest, time.time())
             received = 0
@@ -134,6 +141,12 @@ class ClientLoad:
             return (operation.refused and refused_from is not None and refused_until is not None
                     and operation.started >= refused_from - 0.5 and operation.ended <= refused_until + 0.5)
         return [operation for operation in self.operations if not operation.ok and not excused(operation)]
+
+    def moments_without_a_pull_across(self, spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """The (start, end) spans that no successful large-layer pull began before and ended after."""
+        pulls = [operation for operation in self.operations if operation.kind == "blob" and operation.ok]
+        return [(start, end) for start, end in spans
+                if not any(pull.started < start and pull.ended > end for pull in pulls)]
 
     def summary(self) -> dict:
         kinds: dict = {}

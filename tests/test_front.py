@@ -207,6 +207,22 @@ def test_requests_in_flight_finish_across_the_steering_and_it_waits_for_them(ngi
     steering.restore()
 
 
+def test_a_file_written_again_while_steered_is_the_operators_and_kept(nginx, backends, tmp_path):
+    """A file without migrator's marker while steered was written since by someone else (Omnibus' reconfigure renders
+    it afresh, say after a changed setting): putting the front back keeps it rather than the older copy, reloads."""
+    registry, standby = backends
+    steering = front(nginx, registry, tmp_path / "state")
+    steering.steer([Server(standby.address)])
+    rendered_again = (OMNIBUS_SITE.replace("{registry}", registry.address).replace("{port}", str(nginx.port))
+                      .replace("{dir}", str(nginx.directory))
+                      .replace("server_tokens off;", "server_tokens off;\n  client_body_timeout 30s;"))
+    nginx.site.write_text(rendered_again)
+    steering.restore()
+    assert nginx.site.read_text() == rendered_again
+    assert answer(nginx.url) == "registry"
+    assert not (tmp_path / "state" / "nginx-original").exists()
+
+
 def test_a_steering_nginx_refuses_puts_the_original_back(nginx, backends, tmp_path):
     registry, _ = backends
     original = nginx.site.read_bytes()
@@ -277,6 +293,15 @@ def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_pa
         primary.stop()
 
 
+def assert_a_large_pull_across_each_restart(load: ClientLoad, report: dict) -> None:
+    """Every restart of the run (from report.json) had a pull of the 100 MB layer under way from before it began to
+    after it ended, and that pull got every byte."""
+    restarts = [(restart["started_at"], restart["started_at"] + restart["seconds"]) for restart in report["restarts"]]
+    assert restarts
+    uncovered = load.moments_without_a_pull_across(restarts)
+    assert not uncovered, (uncovered, [dataclasses.astuple(o) for o in load.operations if o.kind == "blob"])
+
+
 def front_of(registry: LocalRegistry, tmp_path: Path) -> Nginx:
     """A started nginx whose Omnibus-like site proxies to ``registry``."""
     return Nginx(tmp_path / "nginx", OMNIBUS_SITE.replace("{registry}", f"127.0.0.1:{registry.port}")).start()
@@ -313,6 +338,7 @@ def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_wind
         failures = load.failures(report["pushes_refused_from"], report["readonly_off_at"])
         assert not failures, [dataclasses.astuple(f) for f in failures]
         assert report["reads_refused_seconds"] == 0
+        assert_a_large_pull_across_each_restart(load, report)
         front = report["front"]  # counted from nginx's own log of the registry's server block
         assert front["reads"] > 0 and front["pushes"] > 0 and front["reads_failed"] == front["pushes_failed"] == 0, front
         assert proxy.site.read_bytes() == original

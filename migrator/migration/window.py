@@ -146,10 +146,15 @@ def readonly_off(ctx: Context) -> None:
 def reconfigure(ctx: Context) -> None:
     """Omnibus, after the window: one ``gitlab-ctl reconfigure`` must keep s3, read-write, and a healthy
     registry that takes writes."""
+    front_before = ctx.front.nginx.settings.nginx.read_bytes() if ctx.front is not None else None
     restart = ctx.managed.after_window(target_s3(ctx, readonly=False))
     if restart is None:
         return  # this registry needs nothing after the window
     record_restart(ctx, restart)
+    if ctx.front is not None and ctx.front.nginx.settings.nginx.read_bytes() != front_before:
+        log.warning("gitlab-ctl reconfigure rendered %s differently from the file nginx had (gitlab.rb changed since "
+                    "the last reconfigure before the run): Omnibus restarted nginx, cutting requests in flight. Run "
+                    "'gitlab-ctl reconfigure' before a migration with registry.front", ctx.front.nginx.settings.nginx)
     if restart.problem:
         raise StoppedSafely(f"the registry runs on s3, read-write, and takes pushes; but {restart.problem}. Keep "
                             "the migrator block in gitlab.rb, fix what the message says, then re-run the same "
