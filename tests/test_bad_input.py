@@ -133,10 +133,8 @@ CASES = {
                                            "does not answer"),
     "restart command not found": lambda w: (["run", "--yes", w.plan(**{"registry.restart": "/nonexistent/restart"})],
                                             None, 2, "not an executable"),
-    # found only when run, at the flip: the original config put back and proven, a stop (exit 1), not an exit 2
-    "restart command fails": lambda w: (["run", "--yes", w.plan(**{"registry.restart": "false"})], None, 1,
-                                        "failed with exit code 1: ; the original config was restored and the "
-                                        "registry takes writes again"),
+    "restart command fails": lambda w: (["run", "--yes", w.plan(**{"registry.restart": "false"})], None, 2,
+                                        "failed with exit code 1"),
     "state directory not writable": lambda w: (["run", "--yes", w.plan(state=str(w.registry.config) + "/state")],
                                                None, 2, "not writable"),
     "second concurrent run": lambda w: (["run", "--yes", w.locked_plan()], None, 3, "another migrator run"),

@@ -43,7 +43,7 @@ def test_a_worker_on_a_lagging_snapshot_of_the_source_is_refused_by_name(tmp_pat
     dask_cluster.add_worker("lagging", wrap=swap)
 
     result = run_cli("sync", plan)
-    assert result.returncode == 1, result.stdout + result.stderr  # a stop: the bucket keeps what the pass copied
+    assert result.returncode == 2, result.stdout + result.stderr
     assert "worker lagging" in result.stderr and str(moved) in result.stderr, result.stderr
     assert "worker-1" not in result.stderr
 

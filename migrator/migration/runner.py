@@ -24,7 +24,7 @@ from migrator.migration import copy, proofs, window
 from migrator.migration.context import Context
 from migrator.migration.preflight import preflight
 from migrator.migration.report import Report, build_report
-from migrator.migration.safety import back_to_filesystem_on_failure, copy_kept_on_bad_input, prove_mode_on_resume
+from migrator.migration.safety import back_to_filesystem_on_failure, prove_mode_on_resume
 from migrator.plan import Plan
 from migrator.state import now
 from migrator.sync import PassResult
@@ -107,9 +107,6 @@ def run(ctx: Context) -> Report:
         if phase.window and ctx.registry is not None:
             with back_to_filesystem_on_failure(ctx):
                 run_phase(ctx, phase)
-        elif phase.online or phase.window:  # the registry untouched (online, or no registry: section)
-            with copy_kept_on_bad_input():
-                run_phase(ctx, phase)
         else:
             run_phase(ctx, phase)
     return finish(ctx)
@@ -163,6 +160,6 @@ def sync_once(ctx: Context) -> tuple[PassResult, int]:
     """``migrator sync``: preflight, then one online copy pass outside the phases; its result and S3 requests."""
     preflight(ctx, canary=True)
     ctx.progress.phase_started("sync")
-    with ctx.bucket.counter.phase_scope("sync"), copy_kept_on_bad_input():
+    with ctx.bucket.counter.phase_scope("sync"):
         result = copy.sync_pass(ctx)
     return result, ctx.bucket.counter.attempts["sync"]

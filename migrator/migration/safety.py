@@ -42,16 +42,6 @@ def back_to_filesystem_on_failure(ctx: Context) -> Iterator[None]:
         stop_safely(ctx, f"{why} inside the read-only window")
 
 
-@contextmanager
-def copy_kept_on_bad_input() -> Iterator[None]:
-    """Exit 2 promises that nothing changed; once a copy pass may have written to the bucket, a bad input found
-    (the bucket refusing, say) stops the run with exit 1 instead, saying what is true."""
-    try:
-        yield
-    except InvalidInput as exc:
-        raise StoppedSafely(f"{exc}; the registry was not touched, the bucket keeps what was copied so far") from None
-
-
 def stop_safely(ctx: Context, problem: str) -> NoReturn:
     """Back to the filesystem, read-write (when the plan has a registry), and stop with exit 1.
 

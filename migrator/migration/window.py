@@ -187,8 +187,7 @@ def apply(ctx: Context, target: TargetState, on_failure: str) -> Restart:
         return restart
     if on_failure == "restore":
         restore_original(ctx, restart.problem)
-        raise StoppedSafely(f"{restart.problem}; the original config was restored and the registry takes writes "
-                            "again")
+        raise InvalidInput(f"{restart.problem}; the original config was restored and the registry takes writes again")
     stop_safely(ctx, restart.problem)
 
 
