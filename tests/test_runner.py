@@ -331,6 +331,7 @@ def test_a_tag_a_client_moved_on_s3_after_writes_were_accepted_is_no_fault_of_th
 def test_a_run_resumed_inside_the_window_asks_doctor_without_the_push_or_the_whole_tree_scans(tmp_path, monkeypatch):
     asked: dict = {}
     monkeypatch.setattr(preflight, "diagnose", lambda *args, **options: (asked.update(options), Diagnosis())[1])
+    monkeypatch.setattr(preflight, "remove_prefix", lambda client, bucket, prefix: None)
     ctx = dataclasses.replace(context(tmp_path), engine=SimpleNamespace(dry_run=False))
     ctx.state.readonly_on_at = time.time()
     preflight.doctor(ctx, push=True)

@@ -12,7 +12,7 @@ import os
 import uuid
 from pathlib import Path
 
-from migrator.doctor import Diagnosis, diagnose
+from migrator.doctor import SCRATCH, Diagnosis, diagnose, remove_prefix
 from migrator.errors import InvalidInput
 from migrator.live import ADVICE
 from migrator.managed import restart_command_problem
@@ -42,6 +42,8 @@ def doctor(ctx: Context, push: bool) -> Diagnosis:
     resumed inside it skips them."""
     before_window = ctx.state.readonly_on_at is None
     with ctx.bucket.counter.phase_scope("preflight"):
+        if not ctx.engine.dry_run:  # a run killed during doctor's push left its scratch keys: not the registry's
+            remove_prefix(ctx.bucket.client, ctx.plan.bucket.name, f"{ctx.plan.key_prefix}{SCRATCH}/")
         diagnosis = diagnose(ctx.plan, ctx.bucket.client, ctx.registry, push=push and before_window,
                              uses_database=ctx.state.uses_database, scans=before_window)
     for finding in [] if ctx.engine.dry_run else diagnosis.findings:  # a dry run's report prints them itself
