@@ -293,6 +293,24 @@ def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_pa
         primary.stop()
 
 
+def run_under_client_load(url: str, tmp_path: Path, plan: Path, app_digest: str,
+                          layer: tuple) -> tuple[dict, ClientLoad]:
+    """``migrator run`` while readers (team/app:v1, the large ``layer`` of team/big) and writers go through the front
+    at ``url``; it ends 0, no client failed outside the window's refusals, no read went unanswered, and a large pull
+    was under way across each restart. The run's report.json and the load."""
+    with ClientLoad(url, tmp_path / "load", [("team/app:v1", app_digest)], ("team/big", *layer)) as load:
+        time.sleep(2)
+        result = run_cli("run", "--yes", plan)
+        time.sleep(3)  # pushes land on s3 too
+    assert result.returncode == 0, result.stderr
+    report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
+    failures = load.failures(report["pushes_refused_from"], report["readonly_off_at"])
+    assert not failures, [dataclasses.astuple(f) for f in failures]
+    assert report["reads_refused_seconds"] == 0
+    assert_a_large_pull_across_each_restart(load, report)
+    return report, load
+
+
 def assert_a_large_pull_across_each_restart(load: ClientLoad, report: dict) -> None:
     """Every restart of the run (from report.json) had a pull of the 100 MB layer under way from before it began to
     after it ended, and that pull got every byte."""
@@ -328,17 +346,7 @@ def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_wind
         push(layout, "v1", proxy.url[7:], "team/app:v1")
         push(layout, "big", proxy.url[7:], "team/big:v1")
         plan = plan_behind(local_registry, proxy)
-        with ClientLoad(proxy.url, tmp_path / "load", [("team/app:v1", layout.digest("v1"))],
-                        ("team/big", *layer)) as load:
-            time.sleep(2)
-            result = run_cli("run", "--yes", plan)
-            time.sleep(3)  # pushes land on s3 too
-        assert result.returncode == 0, result.stderr
-        report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
-        failures = load.failures(report["pushes_refused_from"], report["readonly_off_at"])
-        assert not failures, [dataclasses.astuple(f) for f in failures]
-        assert report["reads_refused_seconds"] == 0
-        assert_a_large_pull_across_each_restart(load, report)
+        report, load = run_under_client_load(proxy.url, tmp_path, plan, layout.digest("v1"), layer)
         front = report["front"]  # counted from nginx's own log of the registry's server block
         assert front["reads"] > 0 and front["pushes"] > 0 and front["reads_failed"] == front["pushes_failed"] == 0, front
         assert proxy.site.read_bytes() == original

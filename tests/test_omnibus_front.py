@@ -8,10 +8,7 @@ names the server which answered each request (set up as an operator would, throu
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,9 +19,9 @@ from migrator.errors import InvalidInput
 from migrator.plan import load_plan
 from migrator.testing.local import LocalRegistry
 from migrator.testing.omnibus_fake import NGINX, FakeOmnibus
-from tests.clients import ClientLoad, large_image
+from tests.clients import large_image
 from tests.oci import Layout, pull, push
-from tests.test_front import assert_a_large_pull_across_each_restart
+from tests.test_front import run_under_client_load
 
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed (scripts/setup.sh installs it)")
 
@@ -80,17 +77,7 @@ def test_an_omnibus_run_behind_its_nginx_costs_clients_nothing_but_pushes_inside
         push(layout, "v1", registry, "team/app:v1")
         push(layout, "big", registry, "team/big:v1")
         plan = omnibus.write_plan(front={"nginx": str(omnibus.nginx_site)})  # reload: gitlab-ctl hup nginx
-        with ClientLoad(omnibus.nginx_url, tmp_path / "load", [("team/app:v1", layout.digest("v1"))],
-                        ("team/big", *layer)) as load:
-            time.sleep(2)
-            result = run_cli("run", "--yes", plan)
-            time.sleep(3)  # pushes land on s3 too
-        assert result.returncode == 0, result.stderr
-        report = json.loads((plan.parent / "plan.state" / "report.json").read_text())
-        failures = load.failures(report["pushes_refused_from"], report["readonly_off_at"])
-        assert not failures, [dataclasses.astuple(f) for f in failures]
-        assert report["reads_refused_seconds"] == 0
-        assert_a_large_pull_across_each_restart(load, report)
+        report, load = run_under_client_load(omnibus.nginx_url, tmp_path, plan, layout.digest("v1"), layer)
         front = report["front"]  # counted from Omnibus' gitlab_registry_access.log (gitlab_access format)
         assert front["reads"] > 0 and front["pushes"] > 0 and front["reads_failed"] == front["pushes_failed"] == 0, front
         assert front["pushes_refused"] > 0, front
