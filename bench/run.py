@@ -5,10 +5,12 @@ the scale run), BENCH_CHURN (changes, default 300), BENCH_DIR (work directory, d
 BENCH_S3 (the S3 servers, comma-separated, default ``rgw,moto``: a throw-away Ceph RGW (``migrator.testing.rgw``), a local
 moto_server, or an endpoint URL (peers' request counts then read "n/a"); the initial sync and the window's work
 run against each on the same tree; engines, the registry windows, growth and scale against the first), BENCH_ONLY (parts,
-comma-separated, of initial, bytes, engines, registry, growth and scale; only those, written beside latest.md; registry also
-runs the manual procedure's steps it is compared with), BENCH_RECONFIGURE_SECONDS (the fake Omnibus reconfigure, default
-90), BENCH_BYTES_LAYERS (the bytes-heavy tree's large layers in MiB, comma-separated, default 512,1024,1536,2048, beside
-BENCH_BYTES_OBJECTS small files, default 2000), BENCH_SINGLE_MIB (one layer alone, default 2048; 0 skips it).
+comma-separated, of initial, bytes, engines, registry, clients, growth and scale; only those, written beside latest.md;
+registry also runs the manual procedure's steps it is compared with; clients runs readers and writers through a whole
+migration with and without registry.front, and through the manual procedure), BENCH_RECONFIGURE_SECONDS (the fake
+Omnibus reconfigure, default 90), BENCH_BYTES_LAYERS (the bytes-heavy tree's large layers in MiB, comma-separated,
+default 512,1024,1536,2048, beside BENCH_BYTES_OBJECTS small files, default 2000), BENCH_SINGLE_MIB (one layer alone,
+default 2048; 0 skips it).
 Results: a markdown table printed and written to bench/results/<date>.md and bench/results/latest.md.
 """
 
@@ -30,6 +32,7 @@ from typing import Callable, Iterator
 import boto3
 import yaml
 
+from bench.clients import client_windows, render_clients
 from bench.tree import add_layers, generate
 from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, shards
@@ -168,7 +171,7 @@ def main() -> int:
     scale_objects = int(os.environ.get("BENCH_SCALE_OBJECTS", 1_000_000))
     changes = int(os.environ.get("BENCH_CHURN", 300))
     only = os.environ.get("BENCH_ONLY")  # parts, comma-separated: just those (latest.md untouched)
-    parts = set(only.split(",")) if only else {"initial", "bytes", "engines", "registry", "growth", "scale"}
+    parts = set(only.split(",")) if only else {"initial", "bytes", "engines", "registry", "clients", "growth", "scale"}
     servers = os.environ.get("BENCH_S3", "rgw,moto").split(",")
     root = Path(os.environ.get("BENCH_DIR", "/tmp/migrator-bench"))
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -185,11 +188,11 @@ def main() -> int:
             print(f"S3 server: {server} at {endpoint}", flush=True)
             s3 = boto3.client("s3", endpoint_url=endpoint)
             figures = results["servers"][server] = {}
-            if parts & {"initial", "registry", "engines"}:  # the same tree (same seed) for every server
+            if parts & {"initial", "registry", "clients", "engines"}:  # the same tree (same seed) for every server
                 figures["tree"] = tree = generate(work / "tree", objects, megabytes * 2**20)
                 source = Path(tree["root"])
                 print(f"tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['seconds']:.0f}s to write)")
-                if parts & {"initial", "registry"}:
+                if parts & {"initial", "registry", "clients"}:
                     tools = None if "initial" in parts else ("migrator sync", "aws s3 sync")  # what the window needs
                     figures["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
             if "bytes" in parts:
@@ -200,6 +203,9 @@ def main() -> int:
                 figures["window"] = read_only_window(source, endpoint, s3, log, work, changes)
                 if index == 0:
                     figures["registry"] = registry_windows(source, endpoint, log, work, changes, figures["window"])
+            if index == 0 and "clients" in parts:
+                figures["clients"] = client_windows(source, endpoint, work, changes,
+                                                    lambda command: measure_rusage(command, log), seed_journal)
             if index == 0 and "growth" in parts:
                 figures["growth"] = window_growth(endpoint, s3, log, work, objects, changes)
             if index == 0 and "scale" in parts and scale_objects:
@@ -529,6 +535,8 @@ def render(results: dict) -> str:
             render_window(figures["window"], add)
         if "registry" in figures:
             render_registry(figures["registry"], add)
+        if "clients" in figures:
+            render_clients(figures["clients"], add)
         if "growth" in figures:
             render_growth(figures["growth"], add)
         if "scale" in figures:
@@ -680,6 +688,12 @@ def render_goals(results: dict, add: Callable[[str], None]) -> None:
             limit = 2 * registry["registry_restart_seconds"]
             add(f"| {system}: reads unanswered ≤ 2 registry restarts | {row['reads_refused']:.2f} s vs {limit:.2f} s | "
                 f"{'yes' if row['reads_refused'] <= limit else 'no'} |")
+    if "clients" in results:
+        seen = results["clients"]["front"]["clients"]
+        clean = seen["reads_failed"] == seen["large_pulls_cut"] == seen["pushes_failed"] == 0
+        add(f"| with `registry.front`, clients meet no error but read-only refusals of pushes | {seen['reads_failed']} "
+            f"reads failed, {seen['large_pulls_cut']} pulls cut, {seen['pushes_failed']} pushes failed otherwise | "
+            f"{'yes' if clean else 'no'} |")
     if "window" in results:
         window = results["window"]
         add(f"| window's own work (restarts excluded) ≤ 1/10 of the manual steps' | {window['ratio']:.1f}× shorter | "

@@ -200,6 +200,7 @@ class NginxFront:
         self.registry_address = registry_address
         self.backup = backup_dir / "nginx-original"
         self.run = run  # runs a shell command: None on success, else what went wrong
+        self.reloaded_at: Optional[float] = None  # when the last reload's new workers were first seen (time.time())
 
     def check(self) -> None:
         """Before anything changes: the file is readable and proxies to the registry (InvalidInput otherwise)."""
@@ -289,6 +290,7 @@ class NginxFront:
         """Run the reload command and wait until nginx serves the file as it is now: a master started new workers
         and every worker it had before has finished its requests and exited. None on success, else the problem."""
         before = nginx_workers()
+        self.reloaded_at = None
         problem = self.run(self.settings.reload)
         if problem is not None:
             return problem
@@ -298,6 +300,8 @@ class NginxFront:
             reloaded = {master for pid, master in now.items() if pid not in before}
             old = [pid for pid, master in now.items() if pid in before and master in reloaded]
             waited = time.monotonic() - started
+            if reloaded and self.reloaded_at is None:  # new requests go to the new file's servers from here
+                self.reloaded_at = time.time()
             if reloaded and not old:
                 return None
             if not reloaded and waited > RELOAD_TIMEOUT_SECONDS:

@@ -276,13 +276,16 @@ class ManagedRegistry:
         return str(value) if value not in (None, 0, "0", "0s") else None
 
     @contextlib.contextmanager
-    def shadow(self, target: TargetState, work_dir: Path, port: int, scratch: bool = False) -> Iterator[RegistryClient]:
+    def shadow(self, target: TargetState, work_dir: Path, port: int, scratch: bool = False,
+               writable: bool = False) -> Iterator[RegistryClient]:
         """This registry's own binary serving ``target`` read-only on 127.0.0.1:``port`` (no TLS, no debug
         listener, no notifications), stopped afterwards: the registry's answers on s3, asked before the
         production registry runs with it. Raises InvalidInput naming the log when it does not come up.
 
         ``scratch``: read-write instead, for a push under a throw-away rootdirectory (``target`` names it): deletes
-        enabled, no auth, and an in-memory cache instead of a shared redis, so nothing outside it learns of the push."""
+        enabled, no auth, and an in-memory cache instead of a shared redis, so nothing outside it learns of the push.
+        ``writable``: ``target`` as it is (read-write when it says so), notifications kept: a standby that takes
+        clients' pushes while the registry restarts (stop it only once nobody's request is on it)."""
         config = yaml.safe_load(self.config.running_text(target))
         storage = config["storage"]
         if scratch:
@@ -291,11 +294,12 @@ class ManagedRegistry:
             storage["maintenance"] = {"uploadpurging": {"enabled": False}}
             for section in ("auth", "redis"):
                 config.pop(section, None)
-        else:
+        elif not writable:
             storage["maintenance"] = dict(storage.get("maintenance") or {}, readonly={"enabled": True})
         http = {k: v for k, v in (config.get("http") or {}).items() if k not in ("tls", "debug", "letsencrypt")}
         config["http"] = dict(http, addr=f"127.0.0.1:{port}")
-        config.pop("notifications", None)
+        if not writable:
+            config.pop("notifications", None)
         work_dir.mkdir(parents=True, exist_ok=True)
         path = work_dir / "shadow-config.yml"
         path.touch(mode=0o600)
@@ -314,7 +318,7 @@ class ManagedRegistry:
                                    f"(log {log_path}): {tail}")
             yield client
         finally:
-            process.kill()  # read-only, nothing to flush: a SIGTERM would cost the window a second
+            process.kill()  # nobody's request is on it: a SIGTERM would cost the window a second
             process.wait()
             with contextlib.suppress(OSError):
                 path.unlink()  # it may hold credentials

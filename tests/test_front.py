@@ -293,11 +293,12 @@ def test_a_primary_restart_behind_the_steered_front_costs_clients_nothing(tmp_pa
         primary.stop()
 
 
-def run_under_client_load(url: str, tmp_path: Path, plan: Path, app_digest: str,
-                          layer: tuple) -> tuple[dict, ClientLoad]:
+def run_under_client_load(url: str, tmp_path: Path, plan: Path, app_digest: str, layer: tuple,
+                          standby_takes_writes: bool = True) -> tuple[dict, ClientLoad]:
     """``migrator run`` while readers (team/app:v1, the large ``layer`` of team/big) and writers go through the front
     at ``url``; it ends 0, no client failed outside the window's refusals, no read went unanswered, and a large pull
-    was under way across each restart. The run's report.json and the load."""
+    was under way across each restart. With ``standby_takes_writes`` (the registry has an http.secret) no restart
+    falls inside the refusals; without, both do (the standby is read-only). The run's report.json and the load."""
     with ClientLoad(url, tmp_path / "load", [("team/app:v1", app_digest)], ("team/big", *layer)) as load:
         time.sleep(2)
         result = run_cli("run", "--yes", plan)
@@ -308,6 +309,9 @@ def run_under_client_load(url: str, tmp_path: Path, plan: Path, app_digest: str,
     assert not failures, [dataclasses.astuple(f) for f in failures]
     assert report["reads_refused_seconds"] == 0
     assert_a_large_pull_across_each_restart(load, report)
+    refused = (report["pushes_refused_from"], report["readonly_off_at"])
+    inside = [r for r in report["restarts"] if r["started_at"] < refused[1] and r["started_at"] + r["seconds"] > refused[0]]
+    assert len(inside) == (0 if standby_takes_writes else 2), (refused, inside)
     return report, load
 
 
@@ -333,10 +337,16 @@ def plan_behind(registry: LocalRegistry, proxy: Nginx) -> Path:
 
 
 @pytest.mark.slow
-def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_window(local_registry, tmp_path):
+@pytest.mark.parametrize("secret", [True, False], ids=["http-secret", "no-http-secret"])
+def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_window(local_registry, tmp_path, secret):
     """The whole 'migrator run' with registry.front, readers and writers going through nginx all along: every read
-    answered, no transfer cut, pushes refused only between the steering and its giving back (read from report.json),
-    the operator's nginx file byte-identical afterwards, and every image pushed during the run pulls from s3."""
+    answered, no transfer cut, pushes refused only while the final delta is copied and proven (no restart inside:
+    the standby takes them meanwhile; read from report.json), the operator's nginx file byte-identical afterwards,
+    and every image pushed during the run pulls from s3. Without http.secret (an upload begun on one process would
+    fail on the other) the standby is read-only: pushes are refused across the restarts too, nothing else fails."""
+    if not secret:
+        local_registry.config.write_text(local_registry.config.read_text().replace("  secret: local-drill-secret\n", ""))
+        assert run_command(local_registry.restart_command) is None
     proxy = front_of(local_registry, tmp_path)
     try:
         original = proxy.site.read_bytes()
@@ -346,7 +356,7 @@ def test_a_run_behind_the_front_costs_clients_nothing_but_pushes_inside_the_wind
         push(layout, "v1", proxy.url[7:], "team/app:v1")
         push(layout, "big", proxy.url[7:], "team/big:v1")
         plan = plan_behind(local_registry, proxy)
-        report, load = run_under_client_load(proxy.url, tmp_path, plan, layout.digest("v1"), layer)
+        report, load = run_under_client_load(proxy.url, tmp_path, plan, layout.digest("v1"), layer, secret)
         front = report["front"]  # counted from nginx's own log of the registry's server block
         assert front["reads"] > 0 and front["pushes"] > 0 and front["reads_failed"] == front["pushes_failed"] == 0, front
         assert proxy.site.read_bytes() == original

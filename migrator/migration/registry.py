@@ -23,6 +23,14 @@ def target_s3(ctx: Context, readonly: bool) -> TargetState:
     return ctx.managed.target(on_s3=True, readonly=readonly, uses_database=bool(ctx.state.uses_database))
 
 
+def standby_target(ctx: Context, on_s3: bool) -> TargetState:
+    """What the front's standby serves while the registry restarts: the registry's storage (the filesystem, or the
+    bucket), read-write when a standby may take pushes (``Front.standby_takes_writes``), else read-only."""
+    assert ctx.front is not None
+    readonly = not ctx.front.standby_takes_writes()
+    return target_s3(ctx, readonly) if on_s3 else ctx.managed.target(on_s3=False, readonly=readonly)
+
+
 def record_restart(ctx: Context, restart: Restart) -> None:
     """Keep a restart as clients saw it (and its time inside the window) for the report."""
     in_window = ctx.state.readonly_on_at is not None and ctx.state.readonly_off_at is None

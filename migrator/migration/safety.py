@@ -15,7 +15,7 @@ from typing import Iterator, NoReturn, Optional
 from migrator.errors import InvalidInput, Refused, RestoreFailed, StoppedSafely
 from migrator.layout import REPOSITORIES, is_uploads
 from migrator.migration.context import Context
-from migrator.migration.registry import PROBE_REPOSITORY, record_restart, sweep_probe_leftovers
+from migrator.migration.registry import PROBE_REPOSITORY, record_restart, standby_target, sweep_probe_leftovers
 from migrator.s3 import BUCKET_ERRORS, explain
 from migrator.state import now
 from migrator.verify import file_difference
@@ -80,6 +80,11 @@ def restore_original(ctx: Context, why: str) -> None:
     intended before its restart runs, so a run killed meanwhile is resumed by finishing it."""
     ctx.state.restore_problem = f"its restart (after: {why}) has not been proven to take writes yet"
     ctx.store.save(ctx.state)
+    if ctx.front is not None:  # clients on a standby on the filesystem while the registry restarts
+        try:
+            ctx.front.to_standby(standby_target(ctx, on_s3=False))
+        except (InvalidInput, OSError) as exc:
+            log.warning("no standby for the restore's restart (%s): clients see it", exc)
     restart = ctx.managed.restore()
     record_restart(ctx, restart)
     problem = restart.problem

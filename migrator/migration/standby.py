@@ -1,8 +1,10 @@
-"""``registry.front`` in the window: a standby (the registry's own binary on the same storage, read-only) that
-answers every client while the registry restarts, and the operator's nginx steered to it and given back
-(``migrator.front``). Clients then see no restart: reads are answered throughout, pushes get the read-only 405
-from the moment nginx is steered to the moment it is given back, and no request is cut (each reload waits for
-nginx's old workers to finish theirs)."""
+"""``registry.front`` in the window: a standby (the registry's own binary on the same storage) that answers every
+client while the registry restarts, and the operator's nginx steered to it and given back (``migrator.front``).
+Clients then see no restart: reads are answered throughout and no request is cut (each reload waits for nginx's
+old workers to finish theirs). A standby takes pushes when the registry's config signs upload state with an
+``http.secret`` (an upload begun on one process then goes on on the other): on the filesystem while the registry
+restarts read-only, on s3 while it restarts onto s3, so pushes are refused only between the two, while the final
+delta is copied and proven. Without a secret it is read-only, and pushes are refused from the first steering."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class Front:
         self.nginx = NginxFront(settings, self.address, state_dir / "front-backup", run_command)
         self.work_dir = state_dir / "standby"
         self._standby = contextlib.ExitStack()
+        self._serving: Optional[TargetState] = None  # what the running standby serves
 
     def check(self, put_back: bool) -> None:
         """Before anything changes: the file proxies to the registry and the registry answers through it.
@@ -69,18 +72,30 @@ class Front:
         """The registry as clients reach it: through nginx."""
         return RegistryClient(self.nginx.url(), ca_bundle=self.registry.bucket.trusted_ca)
 
+    def standby_takes_writes(self) -> bool:
+        """Whether a standby may take pushes: every process must sign upload state with the same ``http.secret``
+        (without one each makes up its own, and an upload begun on the registry would fail on the standby)."""
+        http = self.registry.config.original_running().get("http") or {}
+        return bool(isinstance(http, dict) and http.get("secret"))
+
     def to_standby(self, target: TargetState) -> None:
-        """Start the standby serving ``target`` (read-only) and send every request to it; the registry stays in
-        the upstream as a backup, so nginx asks it should the standby die with migrator."""
+        """Start the standby serving ``target`` (read-write when it is) and send every request to it; the registry
+        stays in the upstream as a backup, so nginx asks it should the standby die with migrator. A standby
+        already serving ``target`` is kept."""
+        if self._serving == target and self.nginx.is_steered():
+            return
         port = free_port()
         self._standby.close()
-        self._standby.enter_context(self.registry.shadow(target, self.work_dir, port))
+        self._serving = None
+        self._standby.enter_context(self.registry.shadow(target, self.work_dir, port, writable=not target.readonly))
+        self._serving = target
         self.nginx.steer([Server(f"127.0.0.1:{port}"), Server(self.address, backup=True)])
 
     def give_back(self) -> None:
         """nginx back on the operator's file (drained: nothing reaches the standby any more), the standby stopped."""
         self.nginx.restore()
-        self._standby.close()
+        self.close()
 
     def close(self) -> None:
         self._standby.close()
+        self._serving = None

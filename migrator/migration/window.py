@@ -25,7 +25,13 @@ from migrator.migration.proofs import (
     tag_moved_on_s3,
     tags_to_pull,
 )
-from migrator.migration.registry import PROBE_REPOSITORY, record_restart, sweep_probe_leftovers, target_s3
+from migrator.migration.registry import (
+    PROBE_REPOSITORY,
+    record_restart,
+    standby_target,
+    sweep_probe_leftovers,
+    target_s3,
+)
 from migrator.migration.safety import restore_original, stop_safely
 from migrator.registry_config import TargetState
 from migrator.state import now
@@ -60,23 +66,37 @@ def ask_before_the_window(ctx: Context) -> None:
 def readonly_on(ctx: Context) -> None:
     """Back up the config, flip to read-only, restart, and prove it: a write must get 405. Pushes are refused
     from the first moment the restart left the registry without an answer (or, if none was seen, the 405). The
-    operator was asked before (``ask_before_the_window``, ``gc``'s own question)."""
+    operator was asked before (``ask_before_the_window``, ``gc``'s own question).
+
+    With a front, clients are on a standby while the registry restarts (it takes their pushes when it may), and
+    come back to the registry once it is proven read-only: pushes are refused from that reload on."""
     if ctx.state.readonly_on_at is None:  # the registry runs on the live file: it is the original, edits included
         ctx.managed.config.drop_backup()
     ctx.managed.take_backup()
     if ctx.state.readonly_on_at is None:
         ctx.state.readonly_on_at = now()
         ctx.store.save(ctx.state)
-    if ctx.front is not None:  # clients go to a read-only standby first: the restart below is nobody's
-        if ctx.state.pushes_refused_from is None:  # nginx's new workers send pushes to it from its reload on
-            ctx.state.pushes_refused_from = now()
-            ctx.store.save(ctx.state)
-        ctx.front.to_standby(ctx.managed.target(on_s3=False, readonly=True))
-        prove_through_front(ctx, expect=405)
+    standby = None
+    if ctx.front is not None:
+        standby = standby_target(ctx, on_s3=False)
+        if standby.readonly:  # nginx's new workers send pushes to a read-only standby from its reload on
+            mark_pushes_refused(ctx, now())
+        ctx.front.to_standby(standby)
+        prove_through_front(ctx, expect=405 if standby.readonly else 202)
     restart = apply(ctx, ctx.managed.target(on_s3=False, readonly=True), on_failure="restore")
     prove_writes(ctx, expect=405)
+    if ctx.front is not None and standby is not None:
+        refused_from = now()  # before the reload: from here new requests reach the read-only registry
+        ctx.front.give_back()  # drained: no push reaches the writable standby any more, the final pass sees all
+        prove_through_front(ctx, expect=405)
+        mark_pushes_refused(ctx, refused_from)
+    mark_pushes_refused(ctx, restart.unanswered[0][0] if restart.unanswered else now())
+
+
+def mark_pushes_refused(ctx: Context, since: float) -> None:
+    """Record the moment pushes started being refused, once (a resumed run keeps the first)."""
     if ctx.state.pushes_refused_from is None:
-        ctx.state.pushes_refused_from = restart.unanswered[0][0] if restart.unanswered else now()
+        ctx.state.pushes_refused_from = since
         ctx.store.save(ctx.state)
 
 
@@ -116,14 +136,25 @@ def cutover(ctx: Context) -> None:
 def readonly_off(ctx: Context) -> None:
     """Production on s3, read-write, in one restart: the window ends when a write probe gets 202. Before that
     moment is recorded, production must answer a few tags as the cut-over check did and say it runs with or
-    without GitLab's metadata database as before; otherwise it goes back (unless a push reached the bucket)."""
+    without GitLab's metadata database as before; otherwise it goes back (unless a push reached the bucket).
+
+    With a front, clients are on a standby on s3 while the registry restarts: when it takes pushes, the window
+    ends at the reload that sends clients to it; nginx is given back once the registry is proven on s3."""
     if ctx.state.writes_on_s3_since is None:  # a resumed run keeps the first moment pushes could reach s3
         ctx.state.writes_on_s3_since = now()
         ctx.store.save(ctx.state)
     target = target_s3(ctx, readonly=False)
+    accepted_at = None
+    standby = None
+    if ctx.front is not None:
+        standby = standby_target(ctx, on_s3=True)
+        ctx.front.to_standby(standby)
+        if not standby.readonly:  # pushes land on s3 through the standby from nginx's reload on
+            prove_through_front(ctx, expect=202)
+            accepted_at = ctx.front.nginx.reloaded_at or now()
     apply(ctx, target, on_failure="rollback")
     prove_writes(ctx, expect=202)
-    accepted_at = now()
+    accepted_at = accepted_at or now()
     failpoint("writes-accepted")
     check_database_header(ctx)
     tags = tags_to_pull(ctx, changed=0, others=PRODUCTION_TAGS)
@@ -134,11 +165,12 @@ def readonly_off(ctx: Context) -> None:
         stop_safely(ctx, f"{len(result.failed)} of {result.tags} tags do not pull from the production registry on "
                          f"s3 (first: {'; '.join(result.failed[:3])})")
     sweep_probe_leftovers(ctx, on_s3=True)
-    if ctx.front is not None:  # clients come back to the registry, now on s3: pushes land from here
+    if ctx.front is not None and standby is not None:  # clients back on the registry, now on s3
         ctx.front.give_back()
         prove_through_front(ctx, expect=202)
         sweep_probe_leftovers(ctx, on_s3=True)
-        accepted_at = now()
+        if standby.readonly:  # pushes land from here
+            accepted_at = now()
     ctx.state.readonly_off_at = accepted_at
     ctx.store.save(ctx.state)
 
