@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import botocore.exceptions
 
+from migrator.errors import InvalidInput
 from migrator.journal import Journal
 from migrator.migration.context import Context, Options
 from migrator.plan import BucketSettings, Plan, RegistrySettings, SyncSettings
@@ -126,6 +127,12 @@ class FakeRegistry:
 
     def binary(self) -> Optional[str]:
         return None
+
+    def executable(self) -> str:
+        binary = self.binary()
+        if binary is None:
+            raise InvalidInput("the registry executable is not on this host")
+        return binary
 
 
 def plan(tmp_path: Path, registry: Optional[str] = "yaml", restart: Optional[str] = "true") -> Plan:
