@@ -331,8 +331,7 @@ class SyncEngine:
 
     def _bucket_is_empty(self) -> bool:
         """Nothing under the prefix's ``docker/`` (one request instead of a listing per shard)."""
-        return not self.bucket.client.list_objects_v2(Bucket=self.bucket.settings.name,
-                                                      Prefix=self.bucket.key("docker/"), MaxKeys=1).get("KeyCount", 0)
+        return not self.bucket.first_keys("docker/", limit=1)
 
     def _multipart_started(self) -> None:
         """Note in the journal, before the first large upload, that multipart uploads may be left open (a kill)."""

@@ -32,7 +32,6 @@ class FakeBucket:
         self.counter = RequestCounter()
         self.etags_are_md5 = True
         self.deleted: list[str] = []
-        self.client = None  # no boto3 client: what asks for one (doctor's checks) is faked in the test
 
     def put(self, rel: str, data: bytes, modified: Optional[float] = None) -> None:
         self.objects[rel] = (data, time.time() if modified is None else modified)
@@ -70,6 +69,9 @@ class FakeBucket:
         for rel in rels:
             self.objects.pop(rel, None)
             self.deleted.append(rel)
+
+    def remove_prefix(self, prefix: str) -> None:
+        self.delete_keys([stored.rel for stored in self.listing(prefix)])
 
 
 class FakeClient:
