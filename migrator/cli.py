@@ -78,7 +78,7 @@ class Context:
         self.log_file: Optional[Path] = None
 
 
-def _set_global(ctx: click.Context, param: click.Parameter, value) -> None:
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value:
         setattr(ctx.find_root().ensure_object(Context), param.name, Path(value) if param.name == "log_file" else value)
 

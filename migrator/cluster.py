@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar, cast
+from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 from migrator.errors import InvalidInput
 from migrator.images import ImageGraph
@@ -48,7 +48,7 @@ from migrator.s3 import BUCKET_ERRORS, RequestCounter, explain, open_bucket
 from migrator.sync import PassResult, Progress, SyncEngine, set_tasks_in_flight, tasks_in_flight
 from migrator.transfer import Transfer
 from migrator.verify import Verifier, VerifyResult
-from migrator.walker import SourceFile, branching, walk_shard
+from migrator.walker import branching, walk_shard
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +122,20 @@ class TaskJournal:
     def mark_seeded(self, shard: Shard) -> None:
         self._seeded = True
 
-    def rows(self, shard: Shard):
+    def rows(self, shard: Shard) -> Iterator[JournalRow]:
         return iter(sorted((row for row in self._rows.values() if shard.contains(row.rel)), key=lambda r: r.rel))
 
-    def record(self, rows, proofs=()) -> None:
+    def record(self, rows: Iterable[JournalRow], proofs: Iterable[tuple[str, int, str]] = ()) -> None:
         for row in rows:
             self._rows[row.rel] = self.written[row.rel] = row
 
-    def forget(self, rels, proven=()) -> None:
+    def forget(self, rels: Iterable[str], proven: Iterable[str] = ()) -> None:
         for rel in rels:
             self._rows.pop(rel, None)
             self.written.pop(rel, None)
             self.forgotten.append(rel)
 
-    def mark_unconfirmed(self, rels) -> None:
+    def mark_unconfirmed(self, rels: Iterable[str]) -> None:
         self.record(self._rows[rel]._replace(confirmed=False) if rel in self._rows
                     else JournalRow(rel, -1, confirmed=False) for rel in list(rels))
 
@@ -309,7 +309,7 @@ def source_sample(source: Path) -> list[tuple[str, int, int]]:
     sample = []
     blob_shards = [shard for shard in shards() if shard.prefix.startswith(BLOBS)]
     for shard in blob_shards[:: max(1, len(blob_shards) // SAMPLE_FILES)]:
-        for found in cast(Iterator[SourceFile], walk_shard(source, shard)):  # no DigestDir without digest_dirs
+        for found in walk_shard(source, shard):
             if found.rel.endswith("/data"):
                 sample.append((found.rel, found.size, found.mtime_ns))
                 break
@@ -322,7 +322,8 @@ def _usage() -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def _suspicious(dask_scheduler, key: str) -> int:  # noqa: ANN001 - run on the scheduler
+def _suspicious(dask_scheduler: Any, key: str) -> int:
+    """On the scheduler: how many workers died running task ``key``."""
     task = dask_scheduler.tasks.get(key)
     return task.suspicious if task is not None else 0
 
@@ -428,14 +429,14 @@ class DaskEngine:
             queue += [(shard.name, sub) for sub in subs]
         in_flight = tasks_in_flight(journal)
 
-        def submit(item: tuple):
+        def submit(item: tuple[str, Shard]) -> Any:  # a distributed.Future
             parent, sub = item
             in_flight.add(sub)
             set_tasks_in_flight(journal, in_flight)
             return self.client.submit(run_shard, self.job, sub, packed_rows(journal, sub), parent not in unseeded,
                                       pure=False)
 
-        def handle(item: tuple, future: Any, outcome: Outcome[PassResult]) -> list:
+        def handle(item: tuple[str, Shard], future: Any, outcome: Outcome[PassResult]) -> list[tuple[str, Shard]]:
             parent, sub = item
             journal.record(outcome.rows)
             total.add(outcome.result)
@@ -464,7 +465,7 @@ class DaskEngine:
         total = VerifyResult()
         queue = deque(task for shard in shards() for task in task_shards(shard, journal, self.job.split_above))
 
-        def submit(sub: Shard):
+        def submit(sub: Shard) -> Any:  # a distributed.Future
             return self.client.submit(verify_shard, self.job, sub, packed_rows(journal, sub), changed_since_ns,
                                       pure=False)
 
@@ -504,7 +505,7 @@ class DaskSyncEngine(SyncEngine):
     """``sync.engine: dask``: online passes and online verification run their shards on a Dask cluster; the window's
     pass (``prove_changes``) and dry runs stay on this process's threads."""
 
-    def __init__(self, *args, cluster: DaskEngine, **kwargs) -> None:  # noqa: ANN002, ANN003 - SyncEngine's
+    def __init__(self, *args: Any, cluster: DaskEngine, **kwargs: Any) -> None:  # SyncEngine's arguments
         super().__init__(*args, **kwargs)
         self.cluster = cluster
 

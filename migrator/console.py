@@ -156,7 +156,7 @@ class ProgressBlock(Progress):
     def __enter__(self) -> ProgressBlock:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @contextmanager

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import zlib
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import quote
 
 import botocore.exceptions
@@ -65,7 +65,7 @@ class FallbackPut:
 class DirectPut(FallbackPut):
     """Signed PutObject requests on the client's connection pool."""
 
-    def __init__(self, client, bucket: str, credentials, extra_args: dict):
+    def __init__(self, client: Any, bucket: str, credentials: Any, extra_args: dict):
         self.region = client.meta.region_name
         self.credentials = credentials
         self.session = client._endpoint.http_session
@@ -102,7 +102,7 @@ class DirectPut(FallbackPut):
         return None
 
 
-def direct_put(client, bucket: str, credentials, extra_args: dict) -> Optional[DirectPut]:
+def direct_put(client: Any, bucket: str, credentials: Any, extra_args: dict) -> Optional[DirectPut]:
     """A DirectPut for this client, or None when it cannot be built (no credentials, a botocore without the
     pieces it uses, an argument that is not a header): uploads then all go through ``client.put_object``."""
     if credentials is None or not hasattr(getattr(client, "_endpoint", None), "http_session"):

@@ -34,7 +34,7 @@ from migrator.net import free_port
 from migrator.plan import Plan, RegistrySettings
 from migrator.registry_config import redact
 from migrator.registry_http import ACCEPT, MANIFEST_V2, RegistryClient, Response
-from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
+from migrator.s3 import BUCKET_ERRORS, Bucket, explain, open_bucket
 
 log = logging.getLogger("migrator")
 
@@ -85,9 +85,9 @@ class Diagnosis:
         return lines
 
 
-def diagnose(plan: Plan, client: Any, registry: Optional[ManagedRegistry], push: bool = True,
+def diagnose(plan: Plan, bucket: Bucket, registry: Optional[ManagedRegistry], push: bool = True,
              uses_database: Optional[bool] = None, scans: bool = True) -> Diagnosis:
-    """Every check, in order of what hurts most. ``client``: a boto3 S3 client with the plan's credentials;
+    """Every check, in order of what hurts most. ``bucket``: the plan's bucket and prefix, with its credentials;
     ``registry``: the plan's registry (None: no registry section); ``push``: try the push by the registry itself
     (it writes under a scratch prefix, removed again; ``report`` leaves it out); ``scans``: the checks that read the
     whole source or list the whole prefix (a run resumed inside the read-only window leaves them out: they were
@@ -96,13 +96,13 @@ def diagnose(plan: Plan, client: Any, registry: Optional[ManagedRegistry], push:
     checks: list[tuple[str, Callable[[], tuple[list[Finding], list[str]]]]] = []
     if registry is not None:
         if push:
-            checks.append(("push", lambda: check_push(plan, client, registry)))
+            checks.append(("push", lambda: check_push(plan, bucket, registry)))
         checks.append(("registry-version", lambda: check_version(plan, registry, uses_database)))
         checks.append(("redirect", lambda: check_redirect(plan, registry.settings)))
-    checks += [("lifecycle", lambda: check_lifecycle(plan, client)),
-               ("versioning", lambda: check_versioning(plan, client))]
+    checks += [("lifecycle", lambda: check_lifecycle(plan, bucket)),
+               ("versioning", lambda: check_versioning(plan, bucket))]
     if scans:
-        checks += [("blob-size", lambda: check_blob_sizes(plan)), ("keys", lambda: check_keys(plan, client))]
+        checks += [("blob-size", lambda: check_blob_sizes(plan)), ("keys", lambda: check_keys(plan, bucket))]
     for name, check in checks:
         found, proven = check()
         diagnosis.findings += found
@@ -111,16 +111,16 @@ def diagnose(plan: Plan, client: Any, registry: Optional[ManagedRegistry], push:
 
 
 def examine(plan: Plan) -> Diagnosis:
-    """``migrator doctor``: every check, the push included, with the plan's bucket client and registry."""
-    client = open_bucket(plan.bucket, plan.sync, plan.key_prefix, max_attempts=2).client
+    """``migrator doctor``: every check, the push included, with the plan's bucket and registry."""
+    bucket = open_bucket(plan.bucket, plan.sync, plan.key_prefix, max_attempts=2)
     registry = None
     if plan.registry is not None:
         registry = open_registry(plan.registry, plan.bucket, plan.key_prefix, plan.state_dir / "config-backup")
     try:
-        client.head_bucket(Bucket=plan.bucket.name)
+        bucket.head_bucket()
     except BUCKET_ERRORS as exc:
         raise InvalidInput(explain(exc, plan.bucket.name)) from None
-    return diagnose(plan, client, registry, push=True,
+    return diagnose(plan, bucket, registry, push=True,
                     uses_database=registry.uses_database() if registry is not None else None)
 
 
@@ -204,11 +204,14 @@ CONSEQUENCES = {  # IAM action → what the registry cannot do without it
 }
 
 
-def denied_actions(client: Any, bucket: str, prefix: str) -> list[str]:
-    """With the plan's credentials, the S3 calls the registry makes on a push, each under ``prefix``: the IAM actions
-    that answered AccessDenied."""
+def denied_actions(bucket: Bucket, prefix: str) -> list[str]:
+    """With the plan's credentials, the S3 calls the registry makes on a push, each under ``prefix`` (a path below the
+    bucket prefix): the IAM actions that answered AccessDenied. The multipart and single-object writes are made on
+    the bucket's client as the registry's driver makes them: ``Bucket`` has no such calls of its own, and its quiet
+    DeleteObjects would report a denied key in its answer instead of raising."""
     denied: list[str] = []
-    key = prefix + "probe"
+    rel = prefix + "probe"
+    client, name, key = bucket.client, bucket.settings.name, bucket.key(rel)
 
     def attempt(action: str, call: Callable[[], Any]) -> Any:
         try:
@@ -218,23 +221,23 @@ def denied_actions(client: Any, bucket: str, prefix: str) -> list[str]:
                 denied.append(action)
             return None
 
-    created = attempt("s3:PutObject", lambda: client.create_multipart_upload(Bucket=bucket, Key=key))
+    created = attempt("s3:PutObject", lambda: client.create_multipart_upload(Bucket=name, Key=key))
     if created:
         upload = created["UploadId"]
-        part = attempt("s3:PutObject", lambda: client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
+        part = attempt("s3:PutObject", lambda: client.upload_part(Bucket=name, Key=key, UploadId=upload,
                                                                     PartNumber=1, Body=b"doctor"))
-        attempt("s3:ListBucketMultipartUploads", lambda: client.list_multipart_uploads(Bucket=bucket, Prefix=key))
-        attempt("s3:ListMultipartUploadParts", lambda: client.list_parts(Bucket=bucket, Key=key, UploadId=upload))
+        attempt("s3:ListBucketMultipartUploads", lambda: client.list_multipart_uploads(Bucket=name, Prefix=key))
+        attempt("s3:ListMultipartUploadParts", lambda: client.list_parts(Bucket=name, Key=key, UploadId=upload))
         if part:
             attempt("s3:PutObject", lambda: client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload,
+                Bucket=name, Key=key, UploadId=upload,
                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}))
-        attempt("s3:AbortMultipartUpload", lambda: client.abort_multipart_upload(Bucket=bucket, Key=key,
+        attempt("s3:AbortMultipartUpload", lambda: client.abort_multipart_upload(Bucket=name, Key=key,
                                                                                   UploadId=upload))
-    attempt("s3:PutObject", lambda: client.put_object(Bucket=bucket, Key=key, Body=b"doctor"))
-    attempt("s3:GetObject", lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    attempt("s3:ListBucket", lambda: client.list_objects_v2(Bucket=bucket, Prefix=prefix))
-    attempt("s3:DeleteObject", lambda: client.delete_object(Bucket=bucket, Key=key))
+    attempt("s3:PutObject", lambda: client.put_object(Bucket=name, Key=key, Body=b"doctor"))
+    attempt("s3:GetObject", lambda: bucket.get_bytes(rel))
+    attempt("s3:ListBucket", lambda: bucket.first_keys(prefix))
+    attempt("s3:DeleteObject", lambda: client.delete_object(Bucket=name, Key=key))
     return denied
 
 
@@ -250,17 +253,7 @@ def registry_error(log_path: Path, since: int) -> Optional[str]:
     return redact(found[-1].replace("\\n\\t", " ").replace("\\n", " "))[:300] if found else None
 
 
-def remove_prefix(client: Any, bucket: str, prefix: str) -> None:
-    """Every object and unfinished multipart upload under ``prefix`` removed."""
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
-        if keys:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-    for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", ()):
-        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-
-
-def check_push(plan: Plan, client: Any, registry: ManagedRegistry) -> tuple[list[Finding], list[str]]:
+def check_push(plan: Plan, bucket: Bucket, registry: ManagedRegistry) -> tuple[list[Finding], list[str]]:
     """The registry binary, with the s3 settings and credentials production will run with, read-write under a
     scratch rootdirectory: a layer above chunksize pushed, pulled by digest, deleted; the prefix removed after."""
     binary = registry.binary()
@@ -268,12 +261,11 @@ def check_push(plan: Plan, client: Any, registry: ManagedRegistry) -> tuple[list
         return [Finding("push", False, f"the registry binary {registry.settings.binary or registry.default_binary!r} "
                         "is not on this host, so no push by the registry itself was tried: pushes are first proven "
                         "after the cut-over. Set registry.binary to the registry's executable")], []
-    scratch = f"{plan.key_prefix}{SCRATCH}/{uuid.uuid4().hex[:12]}/"
+    scratch = f"{SCRATCH}/{uuid.uuid4().hex[:12]}/"  # below the bucket prefix
     target = registry.target(on_s3=True, readonly=False)
-    target = replace(target, s3=dict(target.s3 or {}, rootdirectory="/" + scratch.rstrip("/")))
+    target = replace(target, s3=dict(target.s3 or {}, rootdirectory="/" + bucket.key(scratch).rstrip("/")))
     size = chunksize(plan)
     layer = os.urandom(size + MiB)
-    bucket = plan.bucket.name
     log_path = plan.state_dir / "doctor" / "shadow-registry.log"
     logged = log_path.stat().st_size if log_path.exists() else 0
     try:
@@ -283,11 +275,11 @@ def check_push(plan: Plan, client: Any, registry: ManagedRegistry) -> tuple[list
         return [Finding("push", True, f"{exc}. Fix the s3 settings (registry.storage, bucket.*) before the window: "
                         "the production registry would fail to start with them the same way")], []
     except PushFailed as exc:
-        denied = denied_actions(client, bucket, scratch)
+        denied = denied_actions(bucket, scratch)
         said = registry_error(log_path, logged)
         if denied:
             why = "; ".join(f"{action} denied: {CONSEQUENCES[action]}" for action in denied)
-            fix = f"grant {', '.join(denied)} on arn:aws:s3:::{bucket}/{plan.key_prefix}* to the registry's credentials"
+            fix = f"grant {', '.join(denied)} on arn:aws:s3:::{plan.bucket.name}/{plan.key_prefix}* to the registry's credentials"
         else:
             why = "no S3 call was denied to the same credentials, so the registry's s3 settings are at fault"
             fix = f"see the registry's log {log_path}"
@@ -296,27 +288,15 @@ def check_push(plan: Plan, client: Any, registry: ManagedRegistry) -> tuple[list
                         "'migrator doctor'")], []
     finally:
         try:
-            remove_prefix(client, bucket, scratch)
+            bucket.remove_prefix(scratch)
         except BUCKET_ERRORS as exc:
-            log.warning("could not remove the scratch prefix %s (%s): remove it by hand", scratch, exc)
+            log.warning("could not remove the scratch prefix %s (%s): remove it by hand", bucket.key(scratch), exc)
     return [], [f"{Path(binary).name} pushed a {(size + MiB) / MiB:.0f} MiB layer (above chunksize "
-                f"{size / MiB:.0f} MiB: multipart, then the commit's copy) under {scratch}, pulled it by digest and "
+                f"{size / MiB:.0f} MiB: multipart, then the commit's copy) under {bucket.key(scratch)}, pulled it by digest and "
                 "deleted it; the scratch prefix is removed"]
 
 
 # --- 2, 3. the bucket's rules --------------------------------------------------------------------
-
-def bucket_rule(client: Any, call: str, missing: tuple[str, ...], **kwargs: Any) -> tuple[Optional[dict], Optional[str]]:
-    """One bucket-configuration read: (answer, None); (None, None) when the bucket has none; (None, why not) when it
-    cannot be read."""
-    try:
-        return getattr(client, call)(**kwargs), None
-    except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in missing or code in ("NotImplemented", "MethodNotAllowed"):
-            return None, None
-        return None, f"{code}: {exc.response.get('Error', {}).get('Message', '')}"
-
 
 def rule_prefix(rule: dict) -> Optional[str]:
     """The key prefix a lifecycle rule applies to; None when it needs object tags (the registry sets none)."""
@@ -328,10 +308,9 @@ def rule_prefix(rule: dict) -> Optional[str]:
     return rule_filter.get("Prefix", (rule_filter.get("And") or {}).get("Prefix", ""))
 
 
-def check_lifecycle(plan: Plan, client: Any) -> tuple[list[Finding], list[str]]:
+def check_lifecycle(plan: Plan, bucket: Bucket) -> tuple[list[Finding], list[str]]:
     """An enabled expiration over the registry's keys blocks; no abort-incomplete-multipart rule is advice."""
-    answer, problem = bucket_rule(client, "get_bucket_lifecycle_configuration", ("NoSuchLifecycleConfiguration",),
-                                  Bucket=plan.bucket.name)
+    answer, problem = bucket.configuration("get_bucket_lifecycle_configuration", ("NoSuchLifecycleConfiguration",))
     if problem:
         return [Finding("lifecycle", False, f"the bucket's lifecycle rules cannot be read ({problem}): check by hand "
                         "that none expires keys under the prefix (or grant s3:GetLifecycleConfiguration)")], []
@@ -364,11 +343,10 @@ def check_lifecycle(plan: Plan, client: Any) -> tuple[list[Finding], list[str]]:
                                           "aborted"]
 
 
-def check_versioning(plan: Plan, client: Any) -> tuple[list[Finding], list[str]]:
+def check_versioning(plan: Plan, bucket: Bucket) -> tuple[list[Finding], list[str]]:
     """Versioning keeps every deleted object (advice); Object Lock with a default retention blocks."""
-    name = plan.bucket.name
     findings = []
-    versioning, problem = bucket_rule(client, "get_bucket_versioning", (), Bucket=name)
+    versioning, problem = bucket.configuration("get_bucket_versioning")
     if problem:
         findings.append(Finding("versioning", False, f"the bucket's versioning cannot be read ({problem}); grant "
                                 "s3:GetBucketVersioning or check it by hand"))
@@ -378,8 +356,7 @@ def check_versioning(plan: Plan, client: Any) -> tuple[list[Finding], list[str]]
                                 "garbage-collect frees) stays as a noncurrent version, billed as storage, so deleting "
                                 "frees no space. Add a lifecycle rule with NoncurrentVersionExpiration (e.g. 7 days) "
                                 f"for {plan.key_prefix + 'docker/'!r}, or suspend versioning"))
-    lock, problem = bucket_rule(client, "get_object_lock_configuration", ("ObjectLockConfigurationNotFoundError",),
-                                Bucket=name)
+    lock, problem = bucket.configuration("get_object_lock_configuration", ("ObjectLockConfigurationNotFoundError",))
     configuration = (lock or {}).get("ObjectLockConfiguration") or {}
     retention = (configuration.get("Rule") or {}).get("DefaultRetention")
     if problem:
@@ -426,36 +403,34 @@ def check_blob_sizes(plan: Plan) -> tuple[list[Finding], list[str]]:
                     f"chunksize: {fits} under registry.storage")], []
 
 
-def check_keys(plan: Plan, client: Any) -> tuple[list[Finding], list[str]]:
+def check_keys(plan: Plan, bucket: Bucket) -> tuple[list[Finding], list[str]]:
     """Zero-byte ``…/`` keys break the registry's walks (``_catalog``); keys outside the layout are not its own."""
     markers, foreign, count = [], [], 0
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=plan.bucket.name, Prefix=plan.key_prefix):
-            for item in page.get("Contents", ()):
-                rel = item["Key"][len(plan.key_prefix):]
-                count += 1
-                if rel.startswith(OWN_PREFIXES):
-                    continue
-                if rel.endswith("/") and item["Size"] == 0:
-                    markers.append(item["Key"])
-                elif not rel.startswith(LAYOUT):
-                    foreign.append(item["Key"])
+        for stored in bucket.listing(""):
+            count += 1
+            if stored.rel.startswith(OWN_PREFIXES):
+                continue
+            if stored.rel.endswith("/") and stored.size == 0:
+                markers.append(bucket.key(stored.rel))
+            elif not stored.rel.startswith(LAYOUT):
+                foreign.append(bucket.key(stored.rel))
     except BUCKET_ERRORS as exc:
         return [Finding("keys", False, f"the keys under the prefix cannot be listed ({exc}); grant s3:ListBucket")], []
-    bucket = plan.bucket.name
+    name = plan.bucket.name
     findings = []
     if markers:
         findings.append(Finding("keys", True, f"{len(markers)} zero-byte directory-marker keys under the prefix (left "
                                 f"by another tool or console): {', '.join(markers[:SHOWN])}. The registry's walks take "
                                 "them for empty path segments, which breaks _catalog and garbage-collect (distribution "
-                                f"#2119, #3200). Remove them, e.g. aws s3api delete-object --bucket {bucket} --key "
+                                f"#2119, #3200). Remove them, e.g. aws s3api delete-object --bucket {name} --key "
                                 f"'{markers[0]}'"))
     if foreign:
         findings.append(Finding("keys", False, f"{len(foreign)} keys under the prefix are outside the registry's "
                                 f"layout ({', '.join(p.rstrip('/') for p in LAYOUT)}): "
                                 f"{', '.join(foreign[:SHOWN])}. The registry never reads them; move them out of "
-                                f"{plan.key_prefix or 'the bucket root'!r}, e.g. aws s3 mv s3://{bucket}/{foreign[0]} "
-                                f"s3://{bucket}/elsewhere/"))
+                                f"{plan.key_prefix or 'the bucket root'!r}, e.g. aws s3 mv s3://{name}/{foreign[0]} "
+                                f"s3://{name}/elsewhere/"))
     return findings, [] if findings else [f"{count} keys under the prefix, all in the registry's layout"]
 
 

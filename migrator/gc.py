@@ -121,15 +121,15 @@ def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
     if state.readonly_on_at is not None and state.gc_started_at is None:
         raise InvalidInput("a migration's read-only window is open (see 'migrator status'): finish it with "
                            "'migrator run' or end it with 'migrator rollback' before collecting garbage")
-    if not job.managed.binary():
-        raise InvalidInput(f"the registry executable {job.settings.binary or job.managed.default_binary!r} "
-                           "is not on this host; set registry.binary to the registry's binary")
+    job.managed.executable()  # before the flip: without it nothing can be collected
     ask_before_readonly(job, "Pushes are refused while the garbage is collected")
     if state.gc_started_at is None:
         state.gc_started_at = now()
         job.store.save(state)
     started = time.monotonic()
     readonly_on(job)
+    read_only_from = state.readonly_on_at
+    assert read_only_from is not None, "readonly_on records when the window opened"
     broken: list[str] = []
     try:
         doomed = eligible(job, delete_untagged)
@@ -145,7 +145,6 @@ def collect_garbage(migration: Context, delete_untagged: bool) -> Collection:
         _read_write(job, f"garbage collection failed: {exc}")
         raise StoppedSafely(f"garbage collection failed ({exc}); the registry is back to read-write on the "
                             "filesystem") from None
-    read_only_from = state.readonly_on_at
     if broken:
         _read_write(job, "garbage collection refused")
         raise Refused(f"garbage-collect{' --delete-untagged' if delete_untagged else ''} would remove what "

@@ -172,8 +172,7 @@ class ImageGraph:
         """Everything pulling from ``repository`` needs: by default all its tags, revisions and layers; or only
         the given tags, manifest digests and layer digests (the window's changes)."""
         base = repository_rel(repository)
-        whole = tags is None
-        if whole:
+        if tags is None:
             tags = self._listdir(base + "_manifests/tags")
             manifests = ["sha256:" + hexdigest for hexdigest in self._listdir(base + "_manifests/revisions/sha256")]
             layers = ["sha256:" + hexdigest for hexdigest in self._listdir(base + "_layers/sha256")]

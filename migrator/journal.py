@@ -125,8 +125,8 @@ class Journal:
                     f"SELECT {_COLUMNS} FROM objects WHERE rel >= ? AND rel < ? ORDER BY rel", (low, high)
                 )
                 try:
-                    for *fields, confirmed, dir_mtime, dir_ctime, dir_ino in cursor:
-                        yield JournalRow(*fields, bool(confirmed),
+                    for rel, size, md5, mtime, ctime, ino, recorded, confirmed, dir_mtime, dir_ctime, dir_ino in cursor:
+                        yield JournalRow(rel, size, md5, mtime, ctime, ino, recorded, bool(confirmed),
                                          None if dir_ino is None else (dir_mtime, dir_ctime, dir_ino))
                 finally:
                     cursor.close()  # ends the read snapshot: the next call sees every commit made since

@@ -164,6 +164,20 @@ class ManagedRegistry:
         """The registry executable (``registry.binary``), when this host has it."""
         return shutil.which(self.settings.binary or self.default_binary)
 
+    def executable(self) -> str:
+        """``binary()``, or InvalidInput naming ``registry.binary`` when this host does not have it."""
+        binary = self.binary()
+        if binary is None:
+            raise InvalidInput(f"the registry executable {self.settings.binary or self.default_binary!r} is not on "
+                               "this host; set registry.binary to the registry's binary")
+        return binary
+
+    def restart_from_plan(self) -> str:
+        """``registry.restart``: the plan requires it everywhere but on Omnibus' fast path."""
+        if not self.settings.restart:
+            raise InvalidInput("registry.restart is not set; name the shell command that restarts the registry")
+        return self.settings.restart
+
     # --- configuration ----------------------------------------------------------------------
 
     def target(self, on_s3: bool, readonly: bool, uses_database: bool = False) -> TargetState:
@@ -306,7 +320,7 @@ class ManagedRegistry:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         log_path = work_dir / "shadow-registry.log"
         with open(log_path, "ab") as log:
-            process = subprocess.Popen([self.binary(), "serve", str(path)], stdout=log, stderr=log,
+            process = subprocess.Popen([self.executable(), "serve", str(path)], stdout=log, stderr=log,
                                        stdin=subprocess.DEVNULL, env=registry_environment(),
                                        preexec_fn=_die_with_parent)
         prefix = str(http.get("prefix") or "").strip("/")  # http.prefix is kept: the shadow serves under it too
@@ -325,7 +339,7 @@ class ManagedRegistry:
 
     def garbage_collect(self, delete_untagged: bool, dry_run: bool) -> subprocess.CompletedProcess:
         """The registry's own ``garbage-collect`` on the config it runs with."""
-        command = [self.binary(), "garbage-collect", *(["--dry-run"] if dry_run else []),
+        command = [self.executable(), "garbage-collect", *(["--dry-run"] if dry_run else []),
                    *(["--delete-untagged"] if delete_untagged else []), str(self.config.running_path)]
         return subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               env=registry_environment(), timeout=None)
@@ -341,7 +355,7 @@ class DistributionRegistry(ManagedRegistry):
 
     @property
     def restart_command(self) -> str:
-        return self.settings.restart
+        return self.restart_from_plan()
 
     @property
     def default_binary(self) -> str:
@@ -353,6 +367,7 @@ class OmnibusRegistry(ManagedRegistry):
 
     name = "GitLab Omnibus"
     reconfigures_after_window = True
+    config: OmnibusConfig
 
     def open_config(self, backup_dir: Path) -> OmnibusConfig:
         return OmnibusConfig(self.settings.config, backup_dir, self.settings.rendered_config)
@@ -403,7 +418,7 @@ class OmnibusReconfigureRegistry(OmnibusRegistry):
 
     @property
     def restart_command(self) -> str:
-        return self.settings.restart
+        return self.restart_from_plan()
 
     def write(self, target: TargetState) -> None:
         ManagedRegistry.write(self, target)
@@ -423,6 +438,7 @@ def open_registry(settings: RegistrySettings, bucket: BucketSettings, key_prefix
     """The managed registry for a plan's ``registry:`` section."""
     if not settings.config.is_file():
         raise InvalidInput(f"registry config {settings.config} does not exist or is not a file; fix registry.config")
+    kind: type[ManagedRegistry]
     if settings.format != "omnibus":
         kind = DistributionRegistry
     elif settings.restart:

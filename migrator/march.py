@@ -44,6 +44,18 @@ class Decision:
     reason: str
     md5: Optional[str] = None  # content hash computed while deciding, when there was one
 
+    @property
+    def file(self) -> SourceFile:
+        """The source file: every action but DELETE has one."""
+        assert self.source is not None, f"{self.action.value} {self.rel}: no source file"
+        return self.source
+
+    @property
+    def recorded(self) -> JournalRow:
+        """The journal's row: DELETE, KEEP and REFRESH have one (an UPLOAD only when the key was recorded)."""
+        assert self.row is not None, f"{self.action.value} {self.rel}: not in the journal"
+        return self.row
+
 
 class Keyed(Protocol):
     @property

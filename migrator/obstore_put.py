@@ -12,12 +12,15 @@ None and the caller sends the upload through ``client.put_object``, with botocor
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from migrator import __version__
 from migrator.direct_put import FallbackPut
 from migrator.plan import BucketSettings
 from migrator.s3 import checksum_mode
+
+if TYPE_CHECKING:  # obstore's option types exist in its stubs only
+    from obstore.store import ClientConfig, S3Config
 
 
 class ObstorePut(FallbackPut):
@@ -30,24 +33,24 @@ class ObstorePut(FallbackPut):
         from obstore.store import S3Store
 
         self._put = obstore.put
-        config = {}
+        config: S3Config = {}
         if extra_args.get("ServerSideEncryption"):
             config["server_side_encryption"] = extra_args["ServerSideEncryption"]
         if extra_args.get("SSEKMSKeyId"):
             config["sse_kms_key_id"] = extra_args["SSEKMSKeyId"]
-        options = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(seconds=60),
-                   "user_agent": f"migrator/{__version__} obstore",  # the store's access log tells who sent it
-                   "allow_http": bool(settings.endpoint and settings.endpoint.startswith("http://"))}
+        options: ClientConfig = {"connect_timeout": timedelta(seconds=10), "timeout": timedelta(seconds=60),
+                                 "user_agent": f"migrator/{__version__} obstore",  # the store's access log tells who sent it
+                                 "allow_http": bool(settings.endpoint and settings.endpoint.startswith("http://"))}
         if settings.trusted_ca:  # what boto3 trusts, obstore trusts
             options["root_certificate"] = settings.trusted_ca.read_text()
         if checksum_mode(settings) != "when_required":  # the body's SHA-256 sent as a checksum, as botocore sends CRC32
             config["checksum_algorithm"] = "sha256"
         if settings.endpoint:
-            config.update(endpoint=settings.endpoint, virtual_hosted_style_request=False)
+            config.update({"endpoint": settings.endpoint, "virtual_hosted_style_request": False})
         self.store = S3Store(settings.name, region=settings.region, client_options=options,
                              credential_provider=Boto3CredentialProvider(boto3.session.Session(
                                  profile_name=settings.profile)),
-                             retry_config={"max_retries": max(0, max_attempts - 1)}, **config)
+                             retry_config={"max_retries": max(0, max_attempts - 1)}, config=config)
         self.attributes = {"Content-Type": extra_args.get("ContentType", "application/octet-stream")}
         if extra_args.get("StorageClass"):
             self.attributes["Storage-Class"] = extra_args["StorageClass"]

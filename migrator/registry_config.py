@@ -205,7 +205,7 @@ BEGIN = "# BEGIN migrator (managed block: do not edit)"
 END = "# END migrator"
 
 
-def ruby_literal(value, indent: int = 0) -> str:
+def ruby_literal(value: object, indent: int = 0) -> str:
     """A Python value as a Ruby literal, for registry['storage'] in gitlab.rb."""
     pad = "  " * (indent + 1)
     if isinstance(value, dict):

@@ -18,8 +18,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = ", ".join([
@@ -208,7 +209,8 @@ class RegistryClient:
 class _KeepRedirects(urllib.request.HTTPRedirectHandler):
     """Redirects come back as responses (urllib would turn a HEAD into a GET and forward credentials)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Message,
+                         newurl: str) -> Optional[urllib.request.Request]:
         return None
 
 

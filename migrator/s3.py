@@ -19,6 +19,7 @@ from botocore.config import Config
 
 from migrator.errors import InvalidInput
 from migrator.layout import Shard, is_uploads
+from migrator.parts import abort, open_uploads
 from migrator.plan import BucketSettings, SyncSettings
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,25 @@ class Bucket:
             self.client.delete_objects(Bucket=self.settings.name, Delete={
                 "Objects": [{"Key": self.key(rel)} for rel in rels[start:start + 1000]], "Quiet": True})
 
+    def remove_prefix(self, prefix: str) -> None:
+        """Every object and unfinished multipart upload under ``prefix`` removed, for keys outside the copy (doctor's
+        scratch prefix)."""
+        self.delete_keys([stored.rel for stored in self.listing(prefix)])
+        for upload in open_uploads(self.client, self.settings.name, self.key(prefix)):
+            abort(self.client, self.settings.name, upload)
+
+    def configuration(self, call: str, missing: tuple[str, ...] = ()) -> tuple[Optional[dict], Optional[str]]:
+        """One read of the bucket's configuration (``call``: the client's method, e.g. ``get_bucket_versioning``):
+        (answer, None); (None, None) when the bucket has none (an error code in ``missing``, or a store without the
+        call); (None, why not) when it cannot be read."""
+        try:
+            return getattr(self.client, call)(Bucket=self.settings.name), None
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in missing or code in ("NotImplemented", "MethodNotAllowed"):
+                return None, None
+            return None, f"{code}: {exc.response.get('Error', {}).get('Message', '')}"
+
     def check_etags(self, extra_args: dict) -> None:
         """Decide whether listed ETags are MD5s: not when our uploads or the bucket's default use SSE-KMS (the only
         way to know a listed object's encryption without a HEAD each). A bucket whose default cannot be read counts
@@ -157,16 +177,13 @@ class Bucket:
         if str(extra_args.get("ServerSideEncryption", "")).startswith("aws:kms"):
             self.etags_are_md5 = False
             return
-        try:
-            rules = self.client.get_bucket_encryption(Bucket=self.settings.name)["ServerSideEncryptionConfiguration"]
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            unsupported = code in ("ServerSideEncryptionConfigurationNotFoundError", "NotImplemented", "MethodNotAllowed")
-            if not unsupported:
-                log.info("cannot read bucket %r's default encryption (%s): ETags are not trusted as MD5s, link "
-                         "content is read instead (grant s3:GetEncryptionConfiguration to avoid that)", self.settings.name, code)
-            self.etags_are_md5 = unsupported
+        answer, problem = self.configuration("get_bucket_encryption", ("ServerSideEncryptionConfigurationNotFoundError",))
+        if problem:
+            log.info("cannot read bucket %r's default encryption (%s): ETags are not trusted as MD5s, link content is "
+                     "read instead (grant s3:GetEncryptionConfiguration to avoid that)", self.settings.name, problem)
+            self.etags_are_md5 = False
             return
+        rules = (answer or {}).get("ServerSideEncryptionConfiguration") or {}
         algorithms = [rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm", "")
                       for rule in rules.get("Rules", [])]
         self.etags_are_md5 = not any(algorithm.startswith("aws:kms") for algorithm in algorithms)

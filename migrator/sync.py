@@ -90,7 +90,7 @@ def _canonical(decision: Decision) -> bool:
     if is_blob_data(decision.rel):
         return True
     expected = canonical_link(decision.rel)
-    return expected is not None and (decision.md5 or decision.row.md5) == md5_of(expected)
+    return expected is not None and (decision.md5 or decision.recorded.md5) == md5_of(expected)
 
 
 class Progress:
@@ -175,7 +175,7 @@ class SyncEngine:
         result = PassResult()
         uploads: list[SourceFile] = []
         own_uploads = in_flight is None
-        in_flight = deque() if own_uploads else in_flight
+        in_flight = deque() if in_flight is None else in_flight
         settled: list[JournalRow] = []  # refreshed stats and new seals, recorded in batches
         reported = 0
 
@@ -205,18 +205,18 @@ class SyncEngine:
                         and len(result.source_changes) < CHECKED_CHANGES:
                     result.source_changes.append(decision.rel)
                 if decision.action is Action.UPLOAD:
-                    uploads.append(decision.source)
+                    uploads.append(decision.file)
                     result.reasons[decision.reason] += 1
                 elif decision.action is Action.REFRESH:
                     result.refreshed += 1
-                    s = decision.source
+                    s = decision.file
                     settled.append(JournalRow(s.rel, s.size, decision.md5, s.mtime_ns, s.ctime_ns, s.ino, s.seen_ns,
                                               dir_stat=seal))
                 elif decision.action is Action.KEEP and seal:
-                    settled.append(decision.row._replace(dir_stat=seal))
+                    settled.append(decision.recorded._replace(dir_stat=seal))
                 elif decision.action is Action.DELETE:
                     result.delete_candidates.append(decision.rel)
-                    result.delete_candidate_bytes += max(decision.row.size, 0)
+                    result.delete_candidate_bytes += max(decision.recorded.size, 0)
             if len(uploads) >= UPLOAD_CHUNK:
                 self._upload(uploads, in_flight, result)
                 uploads = []
@@ -331,8 +331,7 @@ class SyncEngine:
 
     def _bucket_is_empty(self) -> bool:
         """Nothing under the prefix's ``docker/`` (one request instead of a listing per shard)."""
-        return not self.bucket.client.list_objects_v2(Bucket=self.bucket.settings.name,
-                                                      Prefix=self.bucket.key("docker/"), MaxKeys=1).get("KeyCount", 0)
+        return not self.bucket.first_keys("docker/", limit=1)
 
     def _multipart_started(self) -> None:
         """Note in the journal, before the first large upload, that multipart uploads may be left open (a kill)."""

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, cast
+from typing import Callable, Iterable, Optional
 
 from migrator.journal import Journal, JournalRow
 from migrator.layout import Shard, blob_digest, is_blob_data, shards
@@ -142,7 +142,7 @@ class Verifier:
             listed = list(listed)
             self.progress.listed(len(listed))
             known = self._check_journal(shard, listed, result)
-        files = cast(Iterator[SourceFile], walk_shard(self.source, shard))  # no DigestDir without digest_dirs
+        files = walk_shard(self.source, shard)
         for src, obj in march(files, iter(listed)):
             if src is not None:
                 result.source_objects += 1

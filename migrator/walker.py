@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Union
+from typing import Iterator, Literal, NamedTuple, Optional, Union, overload
 
 from migrator.errors import StoppedSafely
 from migrator.layout import UPLOADS_DIR, Shard, is_digest_dir, is_uploads, shards
@@ -117,6 +117,10 @@ class DigestDir(NamedTuple):
         return _walk(self.path, self.rel, "", (), False, self.via_link, [self.real])
 
 
+@overload
+def walk_shard(source: Path, shard: Shard, digest_dirs: Literal[False] = False) -> Iterator[SourceFile]: ...
+@overload
+def walk_shard(source: Path, shard: Shard, digest_dirs: bool) -> Iterator[Union[SourceFile, DigestDir]]: ...
 def walk_shard(source: Path, shard: Shard, digest_dirs: bool = False) -> Iterator[Union[SourceFile, DigestDir]]:
     """Yield the shard's files in key order. Memory holds one directory listing per tree level.
 
@@ -176,6 +180,12 @@ def _enter_link(entry: os.DirEntry, rel: str, reals: list[str]) -> str:
     return target
 
 
+@overload
+def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...], digest_dirs: Literal[False],
+          via_link: bool, reals: list[str]) -> Iterator[SourceFile]: ...
+@overload
+def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...], digest_dirs: bool,
+          via_link: bool, reals: list[str]) -> Iterator[Union[SourceFile, DigestDir]]: ...
 def _walk(path: str, base_rel: str, name_start: str, excludes: tuple[str, ...], digest_dirs: bool,
           via_link: bool, reals: list[str]) -> Iterator[Union[SourceFile, DigestDir]]:
     """Depth-first in key order. ``reals`` holds the real path of each directory on the walk's path (for the loop
@@ -236,9 +246,8 @@ def source_totals(source: Path, stop: threading.Event) -> Optional[tuple[int, in
         for found in walk_shard(source, shard):
             if stop.is_set():
                 return None
-            if isinstance(found, SourceFile):  # always, without digest_dirs
-                files += 1
-                nbytes += found.size
+            files += 1
+            nbytes += found.size
     return files, nbytes
 
 

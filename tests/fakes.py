@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import botocore.exceptions
 
+from migrator.errors import InvalidInput
 from migrator.journal import Journal
 from migrator.migration.context import Context, Options
 from migrator.plan import BucketSettings, Plan, RegistrySettings, SyncSettings
@@ -31,7 +32,6 @@ class FakeBucket:
         self.counter = RequestCounter()
         self.etags_are_md5 = True
         self.deleted: list[str] = []
-        self.client = None  # no boto3 client: what asks for one (doctor's checks) is faked in the test
 
     def put(self, rel: str, data: bytes, modified: Optional[float] = None) -> None:
         self.objects[rel] = (data, time.time() if modified is None else modified)
@@ -69,6 +69,9 @@ class FakeBucket:
         for rel in rels:
             self.objects.pop(rel, None)
             self.deleted.append(rel)
+
+    def remove_prefix(self, prefix: str) -> None:
+        self.delete_keys([stored.rel for stored in self.listing(prefix)])
 
 
 class FakeClient:
@@ -126,6 +129,12 @@ class FakeRegistry:
 
     def binary(self) -> Optional[str]:
         return None
+
+    def executable(self) -> str:
+        binary = self.binary()
+        if binary is None:
+            raise InvalidInput("the registry executable is not on this host")
+        return binary
 
 
 def plan(tmp_path: Path, registry: Optional[str] = "yaml", restart: Optional[str] = "true") -> Plan:

@@ -17,8 +17,9 @@ import yaml
 from conftest import file_hash, listing, run_cli
 
 from migrator.doctor import version_findings
-from migrator.plan import BucketSettings
+from migrator.plan import BucketSettings, SyncSettings
 from migrator.registry_http import RegistryClient
+from migrator.s3 import open_bucket
 from migrator.testing.local import REGISTRY_BINARY, LocalRegistry, MotoServer
 
 ADMIN = {"aws_access_key_id": "test-access-key", "aws_secret_access_key": "test-secret-key-do-not-print"}
@@ -300,11 +301,28 @@ def test_inside_the_read_only_window_the_whole_tree_scans_are_left_out(s3, bucke
     from migrator import doctor as doctor_module
 
     scanned: list[str] = []
-    monkeypatch.setattr(doctor_module, "check_keys", lambda plan, client: (scanned.append("keys"), ([], []))[1])
+    monkeypatch.setattr(doctor_module, "check_keys", lambda plan, bucket: (scanned.append("keys"), ([], []))[1])
     monkeypatch.setattr(doctor_module, "check_blob_sizes", lambda plan: (scanned.append("blob-size"), ([], []))[1])
     the_plan = dataclasses.replace(fake_plan(tmp_path, registry=None),
                                    bucket=BucketSettings(name=bucket, endpoint=s3.meta.endpoint_url))
-    doctor_module.diagnose(the_plan, s3, None, scans=False)
+    the_bucket = open_bucket(the_plan.bucket, the_plan.sync, the_plan.key_prefix)
+    doctor_module.diagnose(the_plan, the_bucket, None, scans=False)
     assert scanned == []
-    doctor_module.diagnose(the_plan, s3, None)
+    doctor_module.diagnose(the_plan, the_bucket, None)
     assert scanned == ["blob-size", "keys"]
+
+
+def test_remove_prefix_takes_the_objects_and_open_uploads_under_it_and_nothing_else(s3, bucket):
+    """What doctor's push leaves when killed: objects and an unfinished multipart upload under its scratch prefix."""
+    scratch = "reg/.migrator-doctor/0123456789ab/"
+    for key in (scratch + "docker/registry/v2/blobs/data", scratch + "probe", "reg/.migrator-doctor-notes",
+                "reg/docker/registry/v2/repositories/team/app/_layers/link", ".migrator-doctor/0123456789ab/other"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"bytes")
+    s3.create_multipart_upload(Bucket=bucket, Key=scratch + "_uploads/layer")
+    s3.create_multipart_upload(Bucket=bucket, Key="reg/docker/registry/v2/repositories/team/app/_uploads/push")
+    settings = BucketSettings(name=bucket, endpoint=s3.meta.endpoint_url)
+    open_bucket(settings, SyncSettings(), "reg/").remove_prefix(".migrator-doctor/0123456789ab/")
+    assert sorted(listing(s3, bucket)) == [".migrator-doctor/0123456789ab/other", "reg/.migrator-doctor-notes",
+                                           "reg/docker/registry/v2/repositories/team/app/_layers/link"]
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", ())
+    assert [upload["Key"] for upload in uploads] == ["reg/docker/registry/v2/repositories/team/app/_uploads/push"]

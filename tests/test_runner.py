@@ -331,7 +331,6 @@ def test_a_tag_a_client_moved_on_s3_after_writes_were_accepted_is_no_fault_of_th
 def test_a_run_resumed_inside_the_window_asks_doctor_without_the_push_or_the_whole_tree_scans(tmp_path, monkeypatch):
     asked: dict = {}
     monkeypatch.setattr(preflight, "diagnose", lambda *args, **options: (asked.update(options), Diagnosis())[1])
-    monkeypatch.setattr(preflight, "remove_prefix", lambda client, bucket, prefix: None)
     ctx = dataclasses.replace(context(tmp_path), engine=SimpleNamespace(dry_run=False))
     ctx.state.readonly_on_at = time.time()
     preflight.doctor(ctx, push=True)
@@ -339,3 +338,16 @@ def test_a_run_resumed_inside_the_window_asks_doctor_without_the_push_or_the_who
     ctx.state.readonly_on_at = None
     preflight.doctor(ctx, push=True)
     assert asked["push"] is True and asked["scans"] is True
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_preflight_removes_what_a_killed_doctor_push_left_under_its_scratch_prefix(tmp_path, monkeypatch, dry_run):
+    """The crash drill found .migrator-doctor/ keys in the bucket after the final run; a dry run changes nothing."""
+    monkeypatch.setattr(preflight, "diagnose", lambda *args, **options: Diagnosis())
+    ctx = dataclasses.replace(context(tmp_path), engine=SimpleNamespace(dry_run=dry_run))
+    scratch = [".migrator-doctor/0123456789ab/docker/registry/v2/blobs/sha256/ab/data", ".migrator-doctor/x/probe"]
+    others = [".migrator-doctor-notes", "docker/registry/v2/repositories/team/app/_layers/sha256/ab/link"]
+    for rel in scratch + others:
+        ctx.bucket.put(rel, b"bytes")
+    preflight.doctor(ctx, push=True)
+    assert sorted(ctx.bucket.objects) == sorted(others + (scratch if dry_run else []))

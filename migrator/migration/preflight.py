@@ -12,7 +12,7 @@ import os
 import uuid
 from pathlib import Path
 
-from migrator.doctor import SCRATCH, Diagnosis, diagnose, remove_prefix
+from migrator.doctor import SCRATCH, Diagnosis, diagnose
 from migrator.errors import InvalidInput
 from migrator.live import ADVICE
 from migrator.managed import restart_command_problem
@@ -43,8 +43,8 @@ def doctor(ctx: Context, push: bool) -> Diagnosis:
     before_window = ctx.state.readonly_on_at is None
     with ctx.bucket.counter.phase_scope("preflight"):
         if not ctx.engine.dry_run:  # a run killed during doctor's push left its scratch keys: not the registry's
-            remove_prefix(ctx.bucket.client, ctx.plan.bucket.name, f"{ctx.plan.key_prefix}{SCRATCH}/")
-        diagnosis = diagnose(ctx.plan, ctx.bucket.client, ctx.registry, push=push and before_window,
+            ctx.bucket.remove_prefix(f"{SCRATCH}/")
+        diagnosis = diagnose(ctx.plan, ctx.bucket, ctx.registry, push=push and before_window,
                              uses_database=ctx.state.uses_database, scans=before_window)
     for finding in [] if ctx.engine.dry_run else diagnosis.findings:  # a dry run's report prints them itself
         log.warning("%s [%s] %s", "BLOCKS" if finding.blocks else "advice", finding.check, finding.message,

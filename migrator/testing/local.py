@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from migrator.managed import registry_environment
 from migrator.net import free_port
@@ -238,7 +238,7 @@ class LocalRegistry:
     def stop(self) -> None:
         stop_registry(self.pidfile)
 
-    def write_plan(self, name: str = "plan.yml", **sections) -> Path:
+    def write_plan(self, name: str = "plan.yml", **sections: Any) -> Path:
         """A plan for this registry; ``sections`` override top-level keys (e.g. sync={...})."""
         import yaml
 

@@ -57,7 +57,7 @@ def ruby_literal(ruby: str) -> Any:
     return ast.literal_eval(python.replace("=>", ":"))
 
 
-def assignment(text: str, key: str):
+def assignment(text: str, key: str) -> Any:
     """The last ``registry['<key>'] = {...}`` in gitlab.rb, as Python data (None when absent)."""
     matches = list(re.finditer(rf"^registry\['{key}'\]\s*=\s*(\{{[^\n]*\}}|\{{.*?^\}})\s*$", text, re.S | re.M))
     if not matches:
@@ -71,7 +71,7 @@ def setting(text: str, section: str, key: str, default: Any = None) -> Any:
     return ruby_literal(matches[-1]) if matches else default
 
 
-def to_json(value) -> str:
+def to_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -345,7 +345,7 @@ class FakeOmnibus:
         """(time, action) of every gitlab-ctl call since set-up."""
         return [(float(line.split(" ", 1)[0]), line.split(" ", 1)[1]) for line in self.log.read_text().splitlines()]
 
-    def write_plan(self, **registry) -> Path:
+    def write_plan(self, **registry: Any) -> Path:
         settings = {"config": str(self.gitlab_rb), "gitlab_ctl": str(self.ctl), "url": self.registry.url,
                     "rendered_config": str(self.registry.config), "health_timeout_seconds": 30,
                     "binary": "/usr/bin/docker-registry"}

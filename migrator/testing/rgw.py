@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from migrator.net import free_port
 
@@ -201,7 +201,7 @@ class RadosGateway:
             daemon.wait()
         self._daemons.clear()
 
-    def client(self, https: bool = False, **config):
+    def client(self, https: bool = False, **config: Any) -> Any:
         """A boto3 client for this gateway (over https it trusts the throw-away CA)."""
         import boto3
         from botocore.config import Config
