@@ -45,24 +45,34 @@ SCENARIOS = ("front", "direct", "manual")
 
 
 def client_figures(operations: list[Operation]) -> dict:
-    """What the clients met: reads (pulls and large-layer pulls) that failed, large pulls cut, pushes refused
-    read-only or failed otherwise, and the seconds pushes were held back (for each image whose push met a refusal
-    or an error: from that first attempt to the attempt that landed)."""
+    """What the clients met: reads (pulls and large-layer pulls) that failed, and for how long the pull loop got
+    no image; large pulls cut part-way (a refused connection is not a cut); pushes refused read-only or failed
+    otherwise, and the seconds pushes were held back (for each image whose push met a refusal or an error: from
+    that first attempt to the attempt that landed)."""
     reads = [op for op in operations if op.kind in ("pull", "blob")]
     pushes = [op for op in operations if op.kind == "push"]
-    held = 0.0
-    first_failed: dict[str, float] = {}
-    for op in sorted(pushes, key=lambda op: op.started):
-        if not op.ok:
-            first_failed.setdefault(op.what, op.started)
-        elif op.what in first_failed:
-            held += op.ended - first_failed.pop(op.what)
     return {"reads": len(reads), "reads_failed": sum(not op.ok for op in reads),
+            "reads_unanswered_seconds": held_back([op for op in operations if op.kind == "pull"]),
             "large_pulls": sum(op.kind == "blob" for op in reads),
-            "large_pulls_cut": sum(op.kind == "blob" and not op.ok for op in reads),
+            "large_pulls_cut": sum(op.kind == "blob" and not op.ok and "refused" not in op.error.lower()
+                                   for op in reads),
             "pushes": sum(op.ok for op in pushes), "pushes_refused": sum(op.refused for op in pushes),
             "pushes_failed": sum(not op.ok and not op.refused for op in pushes),
-            "pushes_held_seconds": held, "errors": sorted({op.error[-160:] for op in operations if not op.ok})[:5]}
+            "pushes_held_seconds": held_back(pushes),
+            "errors": sorted({op.error.strip().splitlines()[-1][-120:] for op in operations
+                              if not op.ok and not op.refused and op.error.strip()})[:4]}
+
+
+def held_back(operations: list[Operation]) -> float:
+    """Seconds from each failed attempt (the first of a run of failures of one loop) to the next that succeeded."""
+    held, failing_since = 0.0, None
+    for op in sorted(operations, key=lambda op: op.started):
+        if not op.ok:
+            failing_since = op.started if failing_since is None else failing_since
+        elif failing_since is not None:
+            held += op.ended - failing_since
+            failing_since = None
+    return held
 
 
 def read_only(config_text: str) -> str:
@@ -161,20 +171,21 @@ def manual_procedure(registry: LocalRegistry, source: Path, endpoint: str, origi
 
 def render_clients(clients: dict, add: Callable[[str], None]) -> None:
     add("### The window as clients see it (readers and writers looping for the whole migration)\n")
-    add("| how | reads failed | large pulls cut | pushes refused (read-only) | pushes failed otherwise | pushes held "
-        "back s | report's pushes refused s | wall s |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|")
+    add("| how | reads failed | reads unanswered s | large pulls cut | pushes refused (read-only) | pushes failed "
+        "otherwise | pushes held back s | report's pushes refused s | wall s |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     labels = {"front": "**migrator run, `registry.front`** (through nginx)", "direct": "migrator run, no front",
               "manual": "manual procedure (two restarts, aws steps)"}
     for scenario in SCENARIOS:
         row = clients[scenario]
         seen = row["clients"]
         report = row.get("pushes_refused_report")
-        add(f"| {labels[scenario]} | {seen['reads_failed']} of {seen['reads']} | {seen['large_pulls_cut']} of "
-            f"{seen['large_pulls']} | {seen['pushes_refused']} | {seen['pushes_failed']} | "
+        add(f"| {labels[scenario]} | {seen['reads_failed']} of {seen['reads']} | {seen['reads_unanswered_seconds']:.2f} | "
+            f"{seen['large_pulls_cut']} of {seen['large_pulls']} | {seen['pushes_refused']} | {seen['pushes_failed']} | "
             f"{seen['pushes_held_seconds']:.2f} | {'' if report is None else f'{report:.2f}'} | {row['run_wall']:.1f} |")
-    add("\nClients: skopeo pulls by tag and by digest, two raw pulls of a 100 MiB layer read at 20 MiB/s (one is "
-        "always under way), skopeo pushes retried every 0.2 s until they land. *Pushes held back*: for each image "
-        "whose push met a refusal or an error, from that attempt to the one that landed. Errors met: "
-        + "; ".join(f"{scenario}: {', '.join(clients[scenario]['clients']['errors']) or 'none'}"
+    add("\nClients: skopeo pulls by tag and by digest in a loop, two raw pulls of a 100 MiB layer read at 20 MiB/s (one "
+        "is always under way; a failed one is retried at once), skopeo pushes retried every 0.2 s until they land. "
+        "*Reads unanswered*: from a failed pull to the next that succeeded. *Pushes held back*: from a failed push "
+        "attempt to the one that landed. Errors other than read-only refusals: "
+        + "; ".join(f"{scenario}: {' / '.join(clients[scenario]['clients']['errors']) or 'none'}"
                     for scenario in SCENARIOS) + ".\n")

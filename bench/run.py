@@ -193,7 +193,9 @@ def main() -> int:
                 source = Path(tree["root"])
                 print(f"tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB ({tree['seconds']:.0f}s to write)")
                 if parts & {"initial", "registry", "clients"}:
-                    tools = None if "initial" in parts else ("migrator sync", "aws s3 sync")  # what the window needs
+                    # what the window needs: migrator's bucket (clients), aws's too (registry's manual steps)
+                    tools = None if "initial" in parts else ("migrator sync", "aws s3 sync") if "registry" in parts \
+                        else ("migrator sync",)
                     figures["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
             if "bytes" in parts:
                 figures["bytes"] = bytes_heavy(endpoint, s3, log, work)

@@ -317,6 +317,13 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
         click.echo(f"  assuming {assumed['changes_left_for_the_window']} changes left for the window, "
                    f"{'the change feed' if assumed['change_feed'] else 'a full walk'}, {assumed['seconds_per_restart']}s "
                    f"a restart ({'measured by the last run' if assumed['restart_measured'] else 'registry.restart_seconds'})")
+        if estimate["restarts_outside"]:
+            click.echo("  no restart inside: registry.front's standby takes pushes while the registry restarts")
+        elif estimate["front_would_save"] is not None:
+            click.echo(f"  with registry.front (docs/front.md): reads answered and no request cut at the restarts, "
+                       f"pushes refused for about {estimate['total'] - estimate['front_would_save']:.1f}s"
+                       + ("" if estimate["front_would_save"] else " (the registry's config has no http.secret: the "
+                          "standby could not take pushes while the registry restarts)"))
         for hint in result.get("hints", []):
             click.echo(f"hint: {hint}")
         for finding in result["doctor"]["findings"]:  # issue 24: doctor's checks, the push left to 'migrator doctor'
@@ -516,7 +523,7 @@ def _status_lines(snapshot: dict) -> list[str]:
         lines.append(f"last problem: {snapshot['last_problem']['message'][:300]}")
     lines.append(f"registry: {snapshot['registry']}")
     if snapshot["front_steered"]:
-        lines.append("front: nginx is steered to migrator's read-only standby" if snapshot["running"] else
+        lines.append("front: nginx is steered to migrator's standby while the registry restarts" if snapshot["running"] else
                      "front: nginx's file still carries migrator's steering (its standby died with the run: nginx "
                      "answers through the registry itself, the backup server); the next 'migrator run' or 'migrator "
                      "rollback' puts the operator's file back")

@@ -97,8 +97,13 @@ class FakeConfig:
     def backup(self) -> Path:
         return self.backup_dir / "config.yml"
 
+    running: dict = field(default_factory=lambda: {"http": {"secret": "fake-secret"}})  # the config as parsed
+
     def drop_backup(self) -> None:
         self.backup.unlink(missing_ok=True)
+
+    def original_running(self) -> dict:
+        return self.running
 
 
 @dataclass

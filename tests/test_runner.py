@@ -9,7 +9,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from fakes import context, plan
+from fakes import FakeRegistry, context, plan
 
 from migrator import gc
 from migrator.cli import status_snapshot
@@ -19,6 +19,7 @@ from migrator.migration import copy, preflight, runner, safety, window
 from migrator.migration.context import Options
 from migrator.migration.estimate import WindowEstimate, estimate_window
 from migrator.migration.proofs import check_window_changes, tag_moved_on_s3
+from migrator.migration.standby import standby_takes_pushes
 from migrator.state import StateStore
 from migrator.sync import PassResult
 from migrator.verify import Difference, difference
@@ -266,6 +267,19 @@ def test_the_estimate_adds_the_final_pass_proofs_pulls_and_restarts():
     assert dataclasses.replace(estimate, change_feed=True).to_json()["final_pass"] == 1.0
     assert figures["assumed"] == {"changes_left_for_the_window": 100, "seconds_per_object": 0.01, "change_feed": False,
                                   "seconds_per_restart": 3.0, "restart_measured": True, "tags_pulled": 10}
+
+
+def test_the_estimate_leaves_out_restarts_a_front_covers_and_says_what_a_front_would_save(tmp_path):
+    estimate = WindowEstimate(changes=0, seconds_per_object=0.01, change_feed=True, walk_seconds=0.0,
+                              seconds_per_restart=3.0, restart_measured=True, restarts=2, tags_pulled=0,
+                              tag_pull_seconds=0.0)
+    covered = dataclasses.replace(estimate, restarts_outside=True).to_json()
+    assert covered["restarts"] == 0 and covered["total"] == 0 and covered["front_would_save"] is None
+    assert dataclasses.replace(estimate, front_would_save=6.0).to_json()["front_would_save"] == 6.0
+    registry = FakeRegistry(tmp_path)
+    assert standby_takes_pushes(registry)  # upload state signed with the config's http.secret by every process
+    registry.config.running = {"http": {"addr": ":5000"}}
+    assert not standby_takes_pushes(registry)
 
 
 def test_the_estimate_uses_what_the_initial_sync_and_the_last_pass_measured(tmp_path):

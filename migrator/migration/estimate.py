@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from migrator.changefeed import PassTracker
 from migrator.errors import Refused
@@ -16,6 +17,7 @@ from migrator.migration.context import Context
 from migrator.migration.preflight import preflight
 from migrator.migration.proofs import PRODUCTION_TAGS
 from migrator.migration.registry import target_s3
+from migrator.migration.standby import standby_takes_pushes
 from migrator.s3 import BUCKET_ERRORS
 from migrator.sync import PassResult
 
@@ -66,6 +68,8 @@ class WindowEstimate:
     restarts: int
     tags_pulled: int
     tag_pull_seconds: float
+    restarts_outside: bool = False  # registry.front with a standby that takes pushes: no restart inside the window
+    front_would_save: Optional[float] = None  # without registry.front: the seconds a front would take off
 
     @property
     def final_pass(self) -> float:
@@ -77,10 +81,12 @@ class WindowEstimate:
         return self.changes * self.seconds_per_object
 
     def to_json(self) -> dict:
-        restarts = self.restarts * self.seconds_per_restart
+        restarts = 0.0 if self.restarts_outside else self.restarts * self.seconds_per_restart
         total = self.final_pass + self.proofs + self.tag_pull_seconds + restarts
         return {"total": round(total, 1), "final_pass": round(self.final_pass, 1), "proofs": round(self.proofs, 1),
                 "tag_pulls": round(self.tag_pull_seconds, 1), "restarts": round(restarts, 1),
+                "restarts_outside": self.restarts_outside,
+                "front_would_save": None if self.front_would_save is None else round(self.front_would_save, 1),
                 "assumed": {"changes_left_for_the_window": self.changes,
                             "seconds_per_object": round(self.seconds_per_object, 4), "change_feed": self.change_feed,
                             "seconds_per_restart": round(self.seconds_per_restart, 2),
@@ -101,6 +107,7 @@ def estimate_window(ctx: Context, result: PassResult, pass_seconds: float) -> Wi
     probe.close()
     walk = ctx.state.last_pass_seconds if ctx.state.last_pass_seconds is not None else pass_seconds
     restart, measured, restarts, pulls, pull_seconds = 0.0, False, 0, 0, 0.0
+    outside, would_save = False, None
     if ctx.registry is not None:
         command = ctx.registry.restart_command
         times = [r["seconds"] for r in ctx.state.restarts if r.get("command", command) == command]
@@ -108,8 +115,12 @@ def estimate_window(ctx: Context, result: PassResult, pass_seconds: float) -> Wi
         measured = bool(times)
         restarts = window_restarts(ctx)
         pulls, pull_seconds = time_tag_pulls(ctx)
+        takes_pushes = standby_takes_pushes(ctx.registry)
+        outside = ctx.front is not None and takes_pushes
+        if ctx.front is None:  # with one, no restart is inside (a read-only standby: the two a front needs are)
+            would_save = (restarts if takes_pushes else restarts - 2) * restart
     return WindowEstimate(min(result.changes, ctx.plan.sync.delta_stop_below), per_object, feed, walk, restart,
-                          measured, restarts, pulls, pull_seconds)
+                          measured, restarts, pulls, pull_seconds, outside, would_save)
 
 
 def window_restarts(ctx: Context) -> int:

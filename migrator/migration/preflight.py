@@ -156,7 +156,8 @@ def advise_on_registry_settings(ctx: Context) -> None:
     if ctx.settings.front is None:
         ctx.hints.append("no registry.front: clients see the window's restarts (reads unanswered while the port is "
                          "closed, requests in flight cut); naming the nginx in front of the registry lets migrator "
-                         "steer it to a read-only standby meanwhile, so only pushes are refused (docs/front.md)")
+                         "steer it to a standby meanwhile, so that only pushes are refused, and only while the final "
+                         "delta is copied (docs/front.md; 'report' says how long)")
     storage = ctx.settings.storage
     gitlab = ctx.settings.format == "omnibus" or ctx.plan.bucket.driver == "s3_v2"
     if gitlab and ctx.plan.bucket.endpoint:

@@ -31,6 +31,14 @@ def registry_address(url: str) -> str:
     return f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
 
 
+def standby_takes_pushes(registry: ManagedRegistry) -> bool:
+    """Whether a standby beside ``registry`` may take pushes: every process must sign upload state with the same
+    ``http.secret`` (without one each makes up its own, and an upload begun on the registry would fail on the
+    standby)."""
+    http = registry.config.original_running().get("http") or {}
+    return bool(isinstance(http, dict) and http.get("secret"))
+
+
 class Front:
     """The operator's nginx for one run, and the standby it is steered to while the registry restarts."""
 
@@ -73,10 +81,7 @@ class Front:
         return RegistryClient(self.nginx.url(), ca_bundle=self.registry.bucket.trusted_ca)
 
     def standby_takes_writes(self) -> bool:
-        """Whether a standby may take pushes: every process must sign upload state with the same ``http.secret``
-        (without one each makes up its own, and an upload begun on the registry would fail on the standby)."""
-        http = self.registry.config.original_running().get("http") or {}
-        return bool(isinstance(http, dict) and http.get("secret"))
+        return standby_takes_pushes(self.registry)
 
     def to_standby(self, target: TargetState) -> None:
         """Start the standby serving ``target`` (read-write when it is) and send every request to it; the registry

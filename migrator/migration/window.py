@@ -224,8 +224,8 @@ def apply(ctx: Context, target: TargetState, on_failure: str) -> Restart:
 
 
 def prove_through_front(ctx: Context, expect: int) -> None:
-    """A write probe through the front gets ``expect``: 405 once nginx sends clients to the read-only standby, 202
-    once it sends them back to the registry on s3."""
+    """A write probe through the front gets ``expect``: 405 while nginx sends clients to a read-only registry or
+    standby, 202 while it sends them to one that takes pushes (a writable standby, the registry on s3)."""
     assert ctx.front is not None
     status = ctx.front.client().write_probe(PROBE_REPOSITORY)
     if status == expect or status == 401:  # 401: token auth, as prove_writes says
