@@ -135,6 +135,9 @@ class FakeRegistry:
     def binary(self) -> Optional[str]:
         return None
 
+    def draintimeout(self) -> Optional[str]:
+        return self.config.running.get("http", {}).get("draintimeout")
+
     def executable(self) -> str:
         binary = self.binary()
         if binary is None:

@@ -15,6 +15,7 @@ from migrator import gc
 from migrator.cli import status_snapshot
 from migrator.doctor import Diagnosis
 from migrator.errors import RestoreFailed, StoppedSafely
+from migrator.front import FrontSettings
 from migrator.migration import copy, preflight, runner, safety, window
 from migrator.migration.context import Options
 from migrator.migration.estimate import WindowEstimate, estimate_window
@@ -280,6 +281,19 @@ def test_the_estimate_leaves_out_restarts_a_front_covers_and_says_what_a_front_w
     assert standby_takes_pushes(registry)  # upload state signed with the config's http.secret by every process
     registry.config.running = {"http": {"addr": ":5000"}}
     assert not standby_takes_pushes(registry)
+
+
+def test_the_draintimeout_hint_is_given_only_without_a_front(tmp_path):
+    """Without a front, each restart cuts what is in flight at draintimeout 0; a front drains the registry through
+    nginx before it restarts, so the hint would send the operator after a setting that changes nothing."""
+    ctx = context(tmp_path)
+    ctx.engine = SimpleNamespace(dry_run=True)  # type: ignore[assignment]
+    preflight.advise_on_registry_settings(ctx)
+    assert any("http.draintimeout is unset" in hint for hint in ctx.hints)
+    front = FrontSettings(nginx=tmp_path / "registry.conf", reload="true")
+    ctx.plan = dataclasses.replace(ctx.plan, registry=dataclasses.replace(ctx.plan.registry, front=front))
+    preflight.advise_on_registry_settings(ctx)
+    assert not any("draintimeout" in hint or "no registry.front" in hint for hint in ctx.hints), ctx.hints
 
 
 def test_the_estimate_uses_what_the_initial_sync_and_the_last_pass_measured(tmp_path):

@@ -150,7 +150,7 @@ def advise_on_registry_settings(ctx: Context) -> None:
     """Hints for settings that make restarts or the bucket harder on clients than they need to be (logged, and
     kept for ``report``)."""
     ctx.hints = []
-    if ctx.managed.draintimeout() is None:
+    if ctx.settings.front is None and ctx.managed.draintimeout() is None:  # a front drains the registry first
         ctx.hints.append("http.draintimeout is unset (0) in the registry config, so each restart cuts requests "
                           "in flight; e.g. 'draintimeout: 10s' under http lets them finish (it lengthens a restart)")
     if ctx.settings.front is None:
