@@ -174,8 +174,12 @@ def _asker(block: ProgressBlock) -> Callable[[str], bool]:
     """``_confirm`` with the progress block off the screen while the question waits."""
 
     def ask(question: str) -> bool:
-        with block.hidden():
-            return _confirm(question)
+        block.counts.asking(question)  # 'status' from another terminal says the run waits on its operator
+        try:
+            with block.hidden():
+                return _confirm(question)
+        finally:
+            block.counts.asking(None)
 
     return ask
 
@@ -451,6 +455,8 @@ def status_snapshot(plan: Plan) -> dict:
             "pass", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes", "expected_objects", "expected_bytes",
             "rate_objects_per_second", "rate_bytes_per_second", "eta_seconds")},
         "last_problem": live.get("last_problem"),
+        "question": live.get("question") if live.get("running") else None,
+        "pid": live.get("pid") if live.get("running") else None,
         "read_only": None,
         "read_only_since": None,
         "restore_problem": state.restore_problem,
@@ -498,7 +504,10 @@ def _status_lines(snapshot: dict) -> list[str]:
     lines = [f"phases done: {', '.join(snapshot['phases_done']) or 'none'}",
              f"left: {', '.join(snapshot['phases_left']) or 'nothing'}"]
     progress = snapshot["progress"]
-    if snapshot["running"]:
+    if snapshot["question"]:
+        lines.append(f"waiting: for an answer in the terminal of the run (pid {snapshot['pid']}) to: "
+                     f"{snapshot['question']}")
+    elif snapshot["running"]:
         done = f"{progress['walked']} of {progress['expected_objects'] or '?'} files"
         eta = f", ETA {progress['eta_seconds']:.0f}s" if progress["eta_seconds"] is not None else ""
         lines.append(f"running: {snapshot['phase']} (pass {progress['pass'] or '-'}): {done}, "

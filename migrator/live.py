@@ -67,7 +67,7 @@ class Counts(Progress):
         self.data: dict = {"pid": os.getpid(), "started_at": time.time(), "phase": None, "phase_started_at": None,
                            "pass": None, "pass_phase": None, "pass_started_at": None, "expected_objects": None,
                            "expected_bytes": None,
-                           **dict.fromkeys(COUNTERS, 0), "last_problem": None, "finished": False}
+                           **dict.fromkeys(COUNTERS, 0), "last_problem": None, "question": None, "finished": False}
 
     def phase_started(self, name: str) -> None:
         with self._lock:
@@ -100,6 +100,12 @@ class Counts(Progress):
 
     def checked(self, count: int) -> None:
         self._add(checked=count)
+
+    def asking(self, question: Optional[str]) -> None:
+        """The question the run waits on an answer to in its terminal (None once answered)."""
+        with self._lock:
+            self.data["question"] = question
+        self.changed(force=True)
 
     def problem(self, message: str) -> None:
         with self._lock:

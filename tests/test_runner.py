@@ -12,10 +12,11 @@ import pytest
 from fakes import FakeRegistry, context, plan
 
 from migrator import gc
-from migrator.cli import status_snapshot
+from migrator.cli import _status_lines, status_snapshot
 from migrator.doctor import Diagnosis
 from migrator.errors import RestoreFailed, StoppedSafely
 from migrator.front import FrontSettings
+from migrator.live import LiveStatus
 from migrator.migration import copy, preflight, runner, safety, window
 from migrator.migration.context import Options
 from migrator.migration.estimate import WindowEstimate, estimate_window
@@ -49,6 +50,22 @@ def test_status_of_a_finished_run_without_a_registry_has_nothing_left(tmp_path):
     state.done, state.outcome = list(NO_REGISTRY), "done"
     store.save(state)
     assert status_snapshot(the_plan)["phases_left"] == []
+
+
+def test_status_says_a_run_waits_on_its_operator_and_not_that_a_finished_pass_is_running(tmp_path):
+    """A run at its read-only question showed 'running: prove_on_s3 (pass 2): 300 of 300 files, ETA 0s'."""
+    the_plan = plan(tmp_path, registry=None)
+    StateStore(the_plan.state_dir).ensure_directory()
+    live = LiveStatus(the_plan.state_dir, has_registry=False)  # this process: alive, as a run's is
+    live.phase_started("prove_on_s3")
+    live.asking("Put the registry in read-only mode now?")
+    lines = _status_lines(status_snapshot(the_plan))
+    assert any(line.startswith("waiting: for an answer in the terminal of the run (pid ") and
+               line.endswith("Put the registry in read-only mode now?") for line in lines), lines
+    assert not any(line.startswith("running:") for line in lines)
+    live.asking(None)
+    lines = _status_lines(status_snapshot(the_plan))
+    assert any(line.startswith("running: prove_on_s3") for line in lines) and not any("waiting" in line for line in lines)
 
 
 def test_what_survives_a_restore_is_what_the_table_says_an_online_copy_established():
@@ -163,6 +180,11 @@ def test_the_flip_is_asked_outside_any_phase_and_a_no_changes_nothing(tmp_path, 
         runner.run(ctx)
     assert asked and "Pushes are refused for about 4 s (restarts included)" in asked[0]
     assert ran == DISTRIBUTION[:4] and ctx.registry.restores == 0 and ctx.state.readonly_on_at is None
+    monkeypatch.setattr(window, "estimate_window", lambda ctx, result, seconds: WindowEstimate(
+        0, 0, True, 0, 2, True, 2, 0, 0, restarts_outside=True))
+    with pytest.raises(StoppedSafely):
+        runner.run(ctx)
+    assert "Pushes are refused for under a second (no restart inside: clients are on registry.front's standby" in asked[1]
 
 
 def test_a_failure_before_the_window_or_without_a_registry_is_not_turned_into_a_restore(tmp_path, monkeypatch):

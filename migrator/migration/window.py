@@ -56,10 +56,16 @@ def ask_before_the_window(ctx: Context) -> None:
         return
     last = PassResult(uploaded_objects=ctx.state.last_pass_changes or 0)
     estimate = estimate_window(ctx, last, ctx.state.last_pass_seconds or 0.0)
-    restarts = "restarts included" if estimate.restart_measured else (
-        f"restarts included: {estimate.restarts} of {estimate.seconds_per_restart:g} s each assumed, "
-        "registry.restart_seconds")
-    ask_before_readonly(ctx, f"Pushes are refused for about {estimate.to_json()['total']:.0f} s ({restarts}). Ctrl-C "
+    if estimate.restarts_outside:
+        restarts = "no restart inside: clients are on registry.front's standby while the registry restarts"
+    elif estimate.restart_measured:
+        restarts = "restarts included"
+    else:
+        restarts = (f"restarts included: {estimate.restarts} of {estimate.seconds_per_restart:g} s each assumed, "
+                    "registry.restart_seconds")
+    total = estimate.to_json()["total"]
+    how_long = f"for about {total:.0f} s" if total >= 1 else "for under a second"
+    ask_before_readonly(ctx, f"Pushes are refused {how_long} ({restarts}). Ctrl-C "
                              "or N now: nothing changes; Ctrl-C inside the window: back to the filesystem, read-write")
 
 
