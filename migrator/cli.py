@@ -452,7 +452,7 @@ def status_snapshot(plan: Plan) -> dict:
         "last_pass_seconds": state.last_pass_seconds,
         "last_pass_changes": state.last_pass_changes,
         "progress": {name: live.get(name) for name in (
-            "pass", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes", "expected_objects", "expected_bytes",
+            "pass", "pass_phase", "phase_started_at", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes", "expected_objects", "expected_bytes",
             "rate_objects_per_second", "rate_bytes_per_second", "eta_seconds")},
         "last_problem": live.get("last_problem"),
         "question": live.get("question") if live.get("running") else None,
@@ -507,6 +507,10 @@ def _status_lines(snapshot: dict) -> list[str]:
     if snapshot["question"]:
         lines.append(f"waiting: for an answer in the terminal of the run (pid {snapshot['pid']}) to: "
                      f"{snapshot['question']}")
+    elif snapshot["running"] and progress["pass_phase"] != snapshot["phase"]:  # the counters are an earlier pass's
+        since = (f" since {datetime.datetime.fromtimestamp(progress['phase_started_at']):%H:%M:%S}"
+                 if progress["phase_started_at"] else "")
+        lines.append(f"running: {snapshot['phase']}{since} (no copy pass in it yet)")
     elif snapshot["running"]:
         done = f"{progress['walked']} of {progress['expected_objects'] or '?'} files"
         eta = f", ETA {progress['eta_seconds']:.0f}s" if progress["eta_seconds"] is not None else ""

@@ -65,7 +65,10 @@ def test_status_says_a_run_waits_on_its_operator_and_not_that_a_finished_pass_is
     assert not any(line.startswith("running:") for line in lines)
     live.asking(None)
     lines = _status_lines(status_snapshot(the_plan))
-    assert any(line.startswith("running: prove_on_s3") for line in lines) and not any("waiting" in line for line in lines)
+    assert any(line.startswith("running: prove_on_s3 since ") and line.endswith("(no copy pass in it yet)")
+               for line in lines) and not any("waiting" in line for line in lines)
+    live.pass_started(3, expected_objects=300)
+    assert "running: prove_on_s3 (pass 3): 0 of 300 files, 0 files/s" in _status_lines(status_snapshot(the_plan))
 
 
 def test_what_survives_a_restore_is_what_the_table_says_an_online_copy_established():
