@@ -452,7 +452,8 @@ def status_snapshot(plan: Plan) -> dict:
         "last_pass_seconds": state.last_pass_seconds,
         "last_pass_changes": state.last_pass_changes,
         "progress": {name: live.get(name) for name in (
-            "pass", "pass_phase", "phase_started_at", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes", "expected_objects", "expected_bytes",
+            "pass", "pass_phase", "phase_started_at", "walked", "listed", "checked", "uploaded_objects", "uploaded_bytes",
+            "expected_objects", "expected_bytes",
             "rate_objects_per_second", "rate_bytes_per_second", "eta_seconds")},
         "last_problem": live.get("last_problem"),
         "question": live.get("question") if live.get("running") else None,
