@@ -71,6 +71,17 @@ def test_status_says_a_run_waits_on_its_operator_and_not_that_a_finished_pass_is
     assert "running: prove_on_s3 (pass 3): 0 of 300 files, 0 files/s" in _status_lines(status_snapshot(the_plan))
 
 
+def test_a_rollback_after_the_cut_over_keeps_the_window_that_ended_when_writes_went_on_on_s3(tmp_path):
+    """report.html shaded the time from the cut-over to a later rollback as read-only: pushes landed on s3 then."""
+    ctx = context(tmp_path)
+    ctx.state.readonly_on_at, ctx.state.readonly_off_at = 1000.0, 1002.5
+    safety.reset_to_online(ctx)
+    assert ctx.state.closed_windows == [{"on": 1000.0, "off": 1002.5}]
+    ctx.state.readonly_on_at = 2000.0  # inside the window: it closes now
+    safety.reset_to_online(ctx)
+    assert ctx.state.closed_windows[-1]["off"] > 2000.0 and ctx.state.readonly_on_at is None
+
+
 def test_what_survives_a_restore_is_what_the_table_says_an_online_copy_established():
     assert set(safety.KEPT_AFTER_RESTORE) == {p.name for p in runner.PHASES if p.online and not p.proof}
 

@@ -120,7 +120,8 @@ def reset_to_online(ctx: Context) -> None:
     ctx.managed.config.drop_backup()
     ctx.journal.close_window()
     if ctx.state.readonly_on_at is not None:  # kept for the report: the window this attempt opened and closed
-        ctx.state.closed_windows.append({"on": ctx.state.readonly_on_at, "off": now()})
+        # closed now, or (a rollback after the cut-over) when writes went on on s3
+        ctx.state.closed_windows.append({"on": ctx.state.readonly_on_at, "off": ctx.state.readonly_off_at or now()})
     ctx.state.restore_problem = None
     ctx.state.s3_config_written = False
     ctx.state.images = {}
