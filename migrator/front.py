@@ -5,7 +5,9 @@ Steering rewrites only the ``proxy_pass`` lines that name the registry's address
 our own (inserted just before the first ``server`` block that proxies to the registry), then runs the operator's
 reload command: nginx's reload is graceful, so old workers finish the requests they have and new requests go to
 the new servers. ``reload`` waits for those old workers to exit, after which nothing still reaches a server that is
-no longer in the upstream: it can be restarted without cutting anybody's request.
+no longer in the upstream: it can be restarted without cutting anybody's request. Reads (GET, HEAD) may go to
+servers of their own (a ``map`` on the method picks the upstream), so that the writes in flight are known to be
+done once the write servers are, whatever pulls are still under way.
 
 The original bytes are kept in the state directory before the first change (an intent the next run, or
 ``rollback``, acts on after a crash), and ``restore`` writes them back and reloads.
@@ -32,6 +34,8 @@ from migrator.files import atomic_write
 log = logging.getLogger("migrator")
 
 UPSTREAM = "migrator_registry"
+READS_UPSTREAM = "migrator_registry_reads"
+POOL = "$migrator_registry_pool"  # the upstream a request goes to, by its method
 MARKER = "# migrator: steered for a migration; 'migrator run' or 'migrator rollback' puts the original back"
 WORKER_TITLE = b"nginx: worker process"
 RELOAD_TIMEOUT_SECONDS = 30.0
@@ -162,18 +166,36 @@ def listen_url(server: dict, source_name: str) -> str:
     return f"http://{'127.0.0.1' if host in ('', '*', '0.0.0.0', '::') else host}:{port or listen[0]}"
 
 
-def steered_text(original: str, registry_address: str, servers: list[Server], source_name: str) -> str:
-    """``original`` with its ``proxy_pass`` lines to ``registry_address`` sent to our upstream of ``servers``."""
+_PROXY_URL = re.compile(r"(https?://)(\[[^\]]+\]|[^/;\s]+)(\S*)")
+
+
+def _uri_part(proxy_line: str) -> str:
+    """The URI after the host in a ``proxy_pass`` line ('' for ``proxy_pass http://127.0.0.1:5000;``)."""
+    match = _PROXY_URL.search(proxy_line)
+    return match.group(3).rstrip(";") if match else ""
+
+
+def steered_text(original: str, registry_address: str, servers: list[Server], source_name: str,
+                 read_servers: Optional[list[Server]] = None) -> str:
+    """``original`` with its ``proxy_pass`` lines to ``registry_address`` sent to our upstream of ``servers``; with
+    ``read_servers``, GET and HEAD go to an upstream of those instead. A ``proxy_pass`` with a URI part keeps one
+    upstream for all (nginx would take a URI given through a variable as the whole request URI)."""
     found = proxies_to(original, registry_address, source_name)
-    proxies = [line for line, _ in found]
-    servers_at = [server["line"] for _, server in found]
     lines = original.splitlines(keepends=True)
+    proxies = [line for line, _ in found]
+    split = bool(read_servers) and not any(_uri_part(lines[number - 1]) for number in proxies)
+    target = POOL if split else UPSTREAM
     for number in proxies:
-        lines[number - 1] = re.sub(r"(https?://)(\[[^\]]+\]|[^/;\s]+)", rf"\g<1>{UPSTREAM}", lines[number - 1], count=1)
-    first_server = min(servers_at) - 1
+        lines[number - 1] = _PROXY_URL.sub(lambda m: f"{m.group(1)}{target}{m.group(3)}", lines[number - 1], count=1)
+    block = [MARKER]
+    if split:
+        block += [f"map $request_method {POOL} {{", f"    GET {READS_UPSTREAM};", f"    HEAD {READS_UPSTREAM};",
+                  f"    default {UPSTREAM};", "}", f"upstream {READS_UPSTREAM} {{",
+                  *(server.line() for server in read_servers or ()), "}"]
+    block += [f"upstream {UPSTREAM} {{", *(server.line() for server in servers), "}"]
+    first_server = min(server["line"] for _, server in found) - 1
     indent = lines[first_server][:len(lines[first_server]) - len(lines[first_server].lstrip(" \t"))]
-    upstream = [MARKER, f"upstream {UPSTREAM} {{", *(server.line() for server in servers), "}"]
-    lines[first_server:first_server] = [f"{indent}{line}\n" for line in upstream]
+    lines[first_server:first_server] = [f"{indent}{line}\n" for line in block]
     return "".join(lines)
 
 
@@ -246,10 +268,12 @@ class NginxFront:
             return
         atomic_write(self.backup, live)
 
-    def steer(self, servers: list[Server]) -> None:
-        """Send the registry's requests to ``servers``, reload, and wait for the old workers to finish theirs."""
+    def steer(self, servers: list[Server], read_servers: Optional[list[Server]] = None) -> None:
+        """Send the registry's requests to ``servers`` (reads to ``read_servers`` when given), reload, and wait for
+        the old workers to finish theirs."""
         self.keep_original()
-        text = steered_text(self.original_text(), self.registry_address, servers, str(self.settings.nginx))
+        text = steered_text(self.original_text(), self.registry_address, servers, str(self.settings.nginx),
+                            read_servers)
         atomic_write(self.settings.nginx, text)
         failpoint("front-written")
         problem = self.reload()
@@ -258,11 +282,13 @@ class NginxFront:
             raise InvalidInput(f"nginx did not take the steered {self.settings.nginx} ({problem}); the original was "
                                "put back. Check registry.front.reload")
         failpoint("front-steered")
-        log.info("front: %s now sends the registry's requests to %s", self.settings.nginx,
-                 ", ".join(f"{s.address}{' (backup)' if s.backup else ''}" for s in servers))
+        named = ", ".join(f"{s.address}{' (backup)' if s.backup else ''}" for s in servers)
+        reads = f"; reads to {', '.join(s.address for s in read_servers if not s.backup)}" if read_servers else ""
+        log.info("front: %s now sends the registry's requests to %s%s", self.settings.nginx, named, reads)
 
-    def restore(self) -> None:
-        """The operator's bytes back (when a copy was kept), nginx reloaded and drained; the copy removed after.
+    def restore(self, drain: bool = True) -> None:
+        """The operator's bytes back (when a copy was kept), nginx reloaded and drained (``drain``: else only
+        reloaded: old workers may still finish requests on our servers); the copy removed after.
         nginx is reloaded even when the file already holds them: a run killed between the write and the reload
         left nginx serving the steered file. A live file without our marker is the operator's and is kept as it
         is: it was rendered again since (GitLab Omnibus' ``gitlab-ctl reconfigure`` while a killed run left it
@@ -278,7 +304,7 @@ class NginxFront:
             log.info("front: %s was written again since it was steered (a gitlab-ctl reconfigure?); kept as it is",
                      self.settings.nginx)
             original = live
-        problem = self.reload()
+        problem = self.reload(drain)
         if problem is not None:
             raise RestoreFailed(f"the original {self.settings.nginx} was written back, but nginx did not reload "
                                 f"({problem}); reload nginx by hand, then run 'migrator rollback PLAN'")
@@ -286,9 +312,10 @@ class NginxFront:
                  hashlib.sha256(original).hexdigest()[:12])
         self.backup.unlink()
 
-    def reload(self) -> Optional[str]:
+    def reload(self, drain: bool = True) -> Optional[str]:
         """Run the reload command and wait until nginx serves the file as it is now: a master started new workers
-        and every worker it had before has finished its requests and exited. None on success, else the problem."""
+        and (``drain``) every worker it had before has finished its requests and exited. None on success, else the
+        problem."""
         before = nginx_workers()
         self.reloaded_at = None
         problem = self.run(self.settings.reload)
@@ -302,7 +329,7 @@ class NginxFront:
             waited = time.monotonic() - started
             if reloaded and self.reloaded_at is None:  # new requests go to the new file's servers from here
                 self.reloaded_at = time.time()
-            if reloaded and not old:
+            if reloaded and (not old or not drain):
                 return None
             if not reloaded and waited > RELOAD_TIMEOUT_SECONDS:
                 return (f"no nginx master started new workers within {RELOAD_TIMEOUT_SECONDS:.0f}s of "

@@ -291,7 +291,7 @@ class ManagedRegistry:
 
     @contextlib.contextmanager
     def shadow(self, target: TargetState, work_dir: Path, port: int, scratch: bool = False,
-               writable: bool = False) -> Iterator[RegistryClient]:
+               writable: bool = False, drain_seconds: float = 0.0) -> Iterator[RegistryClient]:
         """This registry's own binary serving ``target`` read-only on 127.0.0.1:``port`` (no TLS, no debug
         listener, no notifications), stopped afterwards: the registry's answers on s3, asked before the
         production registry runs with it. Raises InvalidInput naming the log when it does not come up.
@@ -299,7 +299,9 @@ class ManagedRegistry:
         ``scratch``: read-write instead, for a push under a throw-away rootdirectory (``target`` names it): deletes
         enabled, no auth, and an in-memory cache instead of a shared redis, so nothing outside it learns of the push.
         ``writable``: ``target`` as it is (read-write when it says so), notifications kept: a standby that takes
-        clients' pushes while the registry restarts (stop it only once nobody's request is on it)."""
+        clients' pushes while the registry restarts (stop it only once nobody's request is on it).
+        ``drain_seconds``: stopped by SIGTERM with that ``http.draintimeout``: it takes no new connection and ends
+        once the requests it has are answered (or the time is up), instead of being killed at once."""
         config = yaml.safe_load(self.config.running_text(target))
         storage = config["storage"]
         if scratch:
@@ -312,6 +314,8 @@ class ManagedRegistry:
             storage["maintenance"] = dict(storage.get("maintenance") or {}, readonly={"enabled": True})
         http = {k: v for k, v in (config.get("http") or {}).items() if k not in ("tls", "debug", "letsencrypt")}
         config["http"] = dict(http, addr=f"127.0.0.1:{port}")
+        if drain_seconds:
+            config["http"]["draintimeout"] = f"{drain_seconds:.0f}s"
         if not writable:
             config.pop("notifications", None)
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +336,11 @@ class ManagedRegistry:
                                    f"(log {log_path}): {tail}")
             yield client
         finally:
-            process.kill()  # nobody's request is on it: a SIGTERM would cost the window a second
+            if drain_seconds:
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(drain_seconds + 5)
+            process.kill()  # nobody's request is on it (or its drain is over): a SIGTERM would cost a second
             process.wait()
             with contextlib.suppress(OSError):
                 path.unlink()  # it may hold credentials

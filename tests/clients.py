@@ -135,10 +135,13 @@ class ClientLoad:
             number += 1
             time.sleep(0.2)
 
-    def failures(self, refused_from: Optional[float] = None, refused_until: Optional[float] = None) -> list[Operation]:
-        """Every operation that failed, but for pushes refused read-only inside [refused_from, refused_until]."""
+    def failures(self, refused_from: Optional[float] = None, refused_until: Optional[float] = None,
+                 also_refusals: tuple[str, ...] = ()) -> list[Operation]:
+        """Every operation that failed, but for pushes refused read-only inside [refused_from, refused_until] (or
+        answered with one of ``also_refusals`` there)."""
         def excused(operation: Operation) -> bool:
-            return (operation.refused and refused_from is not None and refused_until is not None
+            refused = operation.refused or any(answer in operation.error for answer in also_refusals)
+            return (refused and refused_from is not None and refused_until is not None
                     and operation.started >= refused_from - 0.5 and operation.ended <= refused_until + 0.5)
         return [operation for operation in self.operations if not operation.ok and not excused(operation)]
 

@@ -319,7 +319,7 @@ def test_the_estimate_leaves_out_restarts_a_front_covers_and_says_what_a_front_w
     assert not standby_takes_pushes(registry)
 
 
-def test_the_draintimeout_hint_is_given_only_without_a_front(tmp_path):
+def test_the_hints_for_restarts_with_and_without_a_front(tmp_path):
     """Without a front, each restart cuts what is in flight at draintimeout 0; a front drains the registry through
     nginx before it restarts, so the hint would send the operator after a setting that changes nothing."""
     ctx = context(tmp_path)
@@ -330,6 +330,10 @@ def test_the_draintimeout_hint_is_given_only_without_a_front(tmp_path):
     ctx.plan = dataclasses.replace(ctx.plan, registry=dataclasses.replace(ctx.plan.registry, front=front))
     preflight.advise_on_registry_settings(ctx)
     assert not any("draintimeout" in hint or "no registry.front" in hint for hint in ctx.hints), ctx.hints
+    assert not any("http.secret" in hint for hint in ctx.hints), ctx.hints
+    ctx.registry.config.running = {"http": {"addr": ":5000"}}  # no secret: the standby can only serve reads
+    preflight.advise_on_registry_settings(ctx)
+    assert any(hint.startswith("registry.front with no http.secret") for hint in ctx.hints), ctx.hints
 
 
 def test_the_estimate_uses_what_the_initial_sync_and_the_last_pass_measured(tmp_path):

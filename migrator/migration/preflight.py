@@ -18,6 +18,7 @@ from migrator.live import ADVICE
 from migrator.managed import restart_command_problem
 from migrator.march import md5_of
 from migrator.migration.context import Context
+from migrator.migration.standby import standby_takes_pushes
 from migrator.registry_config import S3_DRIVERS, filesystem_root, storage_driver
 from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
 
@@ -153,6 +154,11 @@ def advise_on_registry_settings(ctx: Context) -> None:
     if ctx.settings.front is None and ctx.managed.draintimeout() is None:  # a front drains the registry first
         ctx.hints.append("http.draintimeout is unset (0) in the registry config, so each restart cuts requests "
                           "in flight; e.g. 'draintimeout: 10s' under http lets them finish (it lengthens a restart)")
+    if ctx.settings.front is not None and not standby_takes_pushes(ctx.managed):
+        ctx.hints.append("registry.front with no http.secret in the registry config: its standby can only serve "
+                          "reads, so pushes are refused across both restarts too, and a push under way at nginx's "
+                          "reload fails with 'blob upload invalid' (each process signs uploads with a secret of its "
+                          "own). Set http.secret (any long random string) to have the standby take pushes")
     if ctx.settings.front is None:
         ctx.hints.append("no registry.front: clients see the window's restarts (reads unanswered while the port is "
                          "closed, requests in flight cut); naming the nginx in front of the registry lets migrator "

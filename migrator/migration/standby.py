@@ -4,11 +4,17 @@ Clients then see no restart: reads are answered throughout and no request is cut
 old workers to finish theirs). A standby takes pushes when the registry's config signs upload state with an
 ``http.secret`` (an upload begun on one process then goes on on the other): on the filesystem while the registry
 restarts read-only, on s3 while it restarts onto s3, so pushes are refused only between the two, while the final
-delta is copied and proven. Without a secret it is read-only, and pushes are refused from the first steering."""
+delta is copied and proven. Without a secret it is read-only, and pushes are refused from the first steering.
+
+A standby that takes pushes is two processes: one for writes, one for reads (nginx picks by the method). When
+clients go back to the read-only registry before the final delta, only the writes standby must be done: it is
+stopped gracefully (no new connection, its requests answered), while pulls under way go on on the reads standby,
+stopped once the next steering has drained nginx's old workers."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional
@@ -47,8 +53,10 @@ class Front:
         self.address = registry_address(url)
         self.nginx = NginxFront(settings, self.address, state_dir / "front-backup", run_command)
         self.work_dir = state_dir / "standby"
-        self._standby = contextlib.ExitStack()
-        self._serving: Optional[TargetState] = None  # what the running standby serves
+        self.drain_seconds = settings.drain_timeout_seconds
+        self._writes = contextlib.ExitStack()  # the standby that takes writes (all requests when no reads standby)
+        self._reads = contextlib.ExitStack()  # the standbys that serve reads, kept until nginx is drained of them
+        self._serving: Optional[TargetState] = None  # what the standby nginx is steered to serves
 
     def check(self, put_back: bool) -> None:
         """Before anything changes: the file proxies to the registry and the registry answers through it.
@@ -84,23 +92,46 @@ class Front:
         return standby_takes_pushes(self.registry)
 
     def to_standby(self, target: TargetState) -> None:
-        """Start the standby serving ``target`` (read-write when it is) and send every request to it; the registry
-        stays in the upstream as a backup, so nginx asks it should the standby die with migrator. A standby
-        already serving ``target`` is kept."""
+        """Start the standby serving ``target`` (read-write when it is: then a second one, read-only, serves the
+        reads) and send every request to it; the registry stays in each upstream as a backup, so nginx asks it
+        should a standby die with migrator. The standbys from before are stopped once nginx is drained of them. A
+        standby already serving ``target`` is kept."""
         if self._serving == target and self.nginx.is_steered():
             return
-        port = free_port()
-        self._standby.close()
-        self._serving = None
-        self._standby.enter_context(self.registry.shadow(target, self.work_dir, port, writable=not target.readonly))
-        self._serving = target
-        self.nginx.steer([Server(f"127.0.0.1:{port}"), Server(self.address, backup=True)])
+        writes, reads = contextlib.ExitStack(), contextlib.ExitStack()
+        with contextlib.ExitStack() as started:
+            started.enter_context(writes)
+            started.enter_context(reads)
+            port = self._start(writes, target, writable=not target.readonly)
+            servers = [Server(f"127.0.0.1:{port}"), Server(self.address, backup=True)]
+            read_servers = None
+            if not target.readonly:
+                reads_port = self._start(reads, dataclasses.replace(target, readonly=True), writable=False)
+                read_servers = [Server(f"127.0.0.1:{reads_port}"), Server(self.address, backup=True)]
+            self.nginx.steer(servers, read_servers)
+            started.pop_all()  # steered: they serve clients now
+        self.close()  # nginx's old workers are done with the standbys from before
+        self._writes, self._reads, self._serving = writes, reads, target
 
-    def give_back(self) -> None:
-        """nginx back on the operator's file (drained: nothing reaches the standby any more), the standby stopped."""
-        self.nginx.restore()
-        self.close()
+    def _start(self, stack: contextlib.ExitStack, target: TargetState, writable: bool) -> int:
+        """A standby serving ``target`` on a port of its own, stopped with ``stack``; its port."""
+        port = free_port()
+        stack.enter_context(self.registry.shadow(target, self.work_dir / str(port), port, writable=writable,
+                                                 drain_seconds=self.drain_seconds))
+        return port
+
+    def give_back(self, wait_for_reads: bool = True) -> None:
+        """nginx back on the operator's file, and the standbys stopped once nothing reaches them any more. Without
+        ``wait_for_reads``, only the writes standby is waited for (stopped gracefully: it ends once the requests
+        it has are answered); the reads standby serves the pulls under way until the next steering or ``close``."""
+        self.nginx.restore(drain=wait_for_reads)
+        self._writes.close()
+        self._serving = None
+        if wait_for_reads:
+            self.close()
 
     def close(self) -> None:
-        self._standby.close()
+        """Every standby stopped (each gracefully: the requests it still has are answered first)."""
+        self._writes.close()
+        self._reads.close()
         self._serving = None

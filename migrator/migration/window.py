@@ -75,7 +75,8 @@ def readonly_on(ctx: Context) -> None:
     operator was asked before (``ask_before_the_window``, ``gc``'s own question).
 
     With a front, clients are on a standby while the registry restarts (it takes their pushes when it may), and
-    come back to the registry once it is proven read-only: pushes are refused from that reload on."""
+    come back to the registry once it is proven read-only: pushes are refused from that reload on, and the final
+    delta waits only for the pushes still on the standby, not for the pulls."""
     if ctx.state.readonly_on_at is None:  # the registry runs on the live file: it is the original, edits included
         ctx.managed.config.drop_backup()
     ctx.managed.take_backup()
@@ -93,7 +94,9 @@ def readonly_on(ctx: Context) -> None:
     prove_writes(ctx, expect=405)
     if ctx.front is not None and standby is not None:
         refused_from = now()  # before the reload: from here new requests reach the read-only registry
-        ctx.front.give_back()  # drained: no push reaches the writable standby any more, the final pass sees all
+        # the writes standby stopped once its requests are answered: no push reaches the filesystem from here, so
+        # the final pass sees every one; pulls under way go on on the reads standby
+        ctx.front.give_back(wait_for_reads=False)
         prove_through_front(ctx, expect=405)
         mark_pushes_refused(ctx, refused_from)
     mark_pushes_refused(ctx, restart.unanswered[0][0] if restart.unanswered else now())
