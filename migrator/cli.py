@@ -160,7 +160,8 @@ def _progress(ctx: click.Context) -> ProgressBlock:
 @contextmanager
 def _live(ctx: click.Context, plan: Plan) -> Iterator[ProgressBlock]:
     """Progress for a run that changes things: the terminal's block, and live.json for 'status --watch'."""
-    live = LiveStatus(plan.state_dir, has_registry=plan.registry is not None)
+    live = LiveStatus(plan.state_dir, has_registry=plan.registry is not None,
+                      front=plan.registry is not None and plan.registry.front is not None)
     block = ProgressBlock(live, enabled=not ctx.obj.quiet)
     logging.getLogger().addHandler(live.handler)
     try:
@@ -462,7 +463,8 @@ def status_snapshot(plan: Plan) -> dict:
         "read_only_since": None,
         "restore_problem": state.restore_problem,
         "outcome": _outcome(state, live),
-        "registry": registry_state(state, plan.registry is not None),
+        "registry": registry_state(state, plan.registry is not None,
+                                   front=plan.registry is not None and plan.registry.front is not None),
         "front_steered": front_steered(plan),
     }
     if not snapshot["running"]:  # a finished or stopped run's warnings are its own; its stop is the news
@@ -472,6 +474,11 @@ def status_snapshot(plan: Plan) -> dict:
         config = open_config(plan.registry.config, plan.registry.format, plan.state_dir / "config-backup",
                              plan.registry.rendered_config)
         snapshot["read_only"] = is_readonly(config.effective_storage()) or bool(state.restore_problem)
+        begun = state.readonly_on_at
+        if begun is not None and state.writes_on_s3_since is None and not snapshot["running"] \
+                and not snapshot["read_only"]:  # a run stopped before the read-only config was written
+            snapshot["registry"] = (f"read-write on filesystem (its config is the original: the read-only flip "
+                                    f"begun at {datetime.datetime.fromtimestamp(begun):%H:%M:%S} never took effect)")
         if snapshot["read_only"] and state.readonly_on_at:
             snapshot["read_only_since"] = datetime.datetime.fromtimestamp(state.readonly_on_at).isoformat(timespec="seconds")
     return snapshot

@@ -85,18 +85,44 @@ def same_address(url: str, address: str) -> bool:
     return target[0] == host or (target[0] in LOOPBACK and host in LOOPBACK)
 
 
+def upstreams_of(parsed: list, registry_address: str) -> set[str]:
+    """Names of the ``upstream`` blocks in ``parsed`` whose servers are all ``registry_address``."""
+    names = set()
+
+    def walk(block: list) -> None:
+        for directive in block:
+            if directive["directive"] == "upstream" and directive["args"] and "block" in directive:
+                servers = [d["args"][0] for d in directive["block"] if d["directive"] == "server" and d["args"]]
+                if servers and all(same_address(f"http://{server}", registry_address) for server in servers):
+                    names.add(directive["args"][0])
+            elif "block" in directive:
+                walk(directive["block"])
+
+    walk(parsed)
+    return names
+
+
+def _goes_to(url: str, registry_address: str, upstreams: set[str]) -> bool:
+    """Whether ``proxy_pass`` URL ``url`` names the registry: its address, or an upstream of it alone."""
+    named = re.match(r"^https?://([^/:;\s]+)(?:/|$)", url)
+    return same_address(url, registry_address) or bool(named and named.group(1) in upstreams)
+
+
 def proxies_to(original: str, registry_address: str, source_name: str) -> list[tuple[int, dict]]:
-    """(line, enclosing server block) of each ``proxy_pass`` in ``original`` that goes to ``registry_address``.
+    """(line, enclosing server block) of each ``proxy_pass`` in ``original`` that goes to ``registry_address``,
+    directly or through an ``upstream`` block whose servers are all the registry.
 
     Raises InvalidInput when there is none (the plan names the wrong file or address)."""
     found: list[tuple[int, dict]] = []
+    parsed = _parse_text(original, source_name)
+    upstreams = upstreams_of(parsed, registry_address)
 
     def walk(block: list, server: Optional[dict]) -> None:
         for directive in block:
             if directive["directive"] == "server" and "block" in directive:
                 walk(directive["block"], directive)
             elif directive["directive"] == "proxy_pass" and directive["args"] and \
-                    same_address(directive["args"][0], registry_address):
+                    _goes_to(directive["args"][0], registry_address, upstreams):
                 if server is None:
                     raise InvalidInput(f"{source_name}: the proxy_pass on line {directive['line']} is outside a server "
                                        "block; registry.front.nginx must name the file with the registry's server block")
@@ -104,9 +130,10 @@ def proxies_to(original: str, registry_address: str, source_name: str) -> list[t
             elif "block" in directive:
                 walk(directive["block"], server)
 
-    walk(_parse_text(original, source_name), None)
+    walk(parsed, None)
     if not found:
-        raise InvalidInput(f"{source_name} has no proxy_pass to the registry at {registry_address}; set "
+        raise InvalidInput(f"{source_name} has no proxy_pass to the registry at {registry_address} (its address, or "
+                           "an upstream block in the same file whose servers are all that address); set "
                            "registry.front.nginx to the nginx file whose proxy_pass sends requests to the registry")
     return found
 

@@ -22,17 +22,24 @@ ADVICE = "migrator_advice"  # a log record's flag: said to the operator, but not
 COUNTERS = ("walked", "listed", "checked", "uploaded_objects", "uploaded_bytes")
 
 
-def registry_state(state: RunState, has_registry: bool, at: Optional[float] = None) -> str:
+def registry_state(state: RunState, has_registry: bool, at: Optional[float] = None, front: bool = False) -> str:
     """Where the registry is, as the state says: 'read-write on filesystem', 'READ-ONLY since 12:03:04 (41 s)',
-    'read-write on s3'."""
+    'read-write on s3'. With a front, clients are on a standby while the registry restarts: read-only from the
+    moment pushes were refused, not from the flip's first step."""
     if not has_registry:
         return "not touched by this plan (no registry: section)"
     if state.restore_problem:
         return f"NOT PROVEN READ-WRITE: {state.restore_problem}"
     if state.readonly_off_at is not None:
         return "read-write on s3"
+    if state.writes_on_s3_since is not None:
+        return f"going read-write on s3 since {_clock(state.writes_on_s3_since)} (pushes may land on s3 from then)"
+    since = state.pushes_refused_from if front else state.readonly_on_at
+    if since is not None:
+        return f"READ-ONLY since {_clock(since)} ({(at or time.time()) - since:.0f} s)"
     if state.readonly_on_at is not None:
-        return f"READ-ONLY since {_clock(state.readonly_on_at)} ({(at or time.time()) - state.readonly_on_at:.0f} s)"
+        return (f"read-write on filesystem: clients are on migrator's standby while the read-only flip (begun at "
+                f"{_clock(state.readonly_on_at)}) restarts the registry")
     if state.filesystem_proven_at is not None:
         return f"read-write on filesystem (proven {_clock(state.filesystem_proven_at)})"
     return "read-write on filesystem"
@@ -138,9 +145,9 @@ class LiveStatus(Counts):
     """``Counts`` kept in ``live.json`` for 'status --watch'; warnings and errors logged meanwhile are its
     ``last_problem``."""
 
-    def __init__(self, state_dir: Path, has_registry: bool):
+    def __init__(self, state_dir: Path, has_registry: bool, front: bool = False):
         self.store = StateStore(state_dir)
-        super().__init__(lambda: registry_state(self.store.load(), has_registry))
+        super().__init__(lambda: registry_state(self.store.load(), has_registry, front=front))
         self._flushed = 0.0
         self.handler = _LastProblem(self)
 

@@ -84,6 +84,9 @@ class FakeClient:
     def health(self) -> int:
         return 200
 
+    def wait_healthy(self, timeout: float) -> bool:
+        return True
+
     def write_probe(self, repository: str) -> int:
         return self.write_status
 

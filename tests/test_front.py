@@ -250,6 +250,28 @@ def test_a_restore_without_drain_leaves_the_pulls_under_way_to_finish_on_their_s
         reads.stop()
 
 
+def test_a_proxy_pass_through_an_upstream_of_the_registry_is_steered_and_put_back(backends, tmp_path):
+    """A trial's file had 'upstream registry_backend { server <registry>; }' and was refused; an upstream that also
+    names another server is not the registry alone and still is."""
+    registry, standby = backends
+    site = OMNIBUS_SITE.replace("http://{registry};", "http://registry_backend;").replace(
+        "server {", f"upstream registry_backend {{\n  server {registry.address} max_fails=3;\n  keepalive 8;\n}}\n\nserver {{", 1)
+    proxy = Nginx(tmp_path / "nginx", site).start()
+    try:
+        original = proxy.site.read_bytes()
+        steering = front(proxy, registry, tmp_path / "state")
+        assert answer(proxy.url) == "registry"
+        steering.steer([Server(standby.address)])
+        assert answer(proxy.url) == "standby"
+        steering.restore()
+        assert proxy.site.read_bytes() == original and answer(proxy.url) == "registry"
+    finally:
+        proxy.stop()
+    shared = site.replace("max_fails=3;", "max_fails=3;\n  server 10.0.0.9:5000;")
+    with pytest.raises(InvalidInput, match="no proxy_pass to the registry at .* an upstream block"):
+        steered_text(shared, registry.address, [Server("127.0.0.1:6000")], "registry.conf")
+
+
 def test_a_file_written_again_while_steered_is_the_operators_and_kept(nginx, backends, tmp_path):
     """A file without migrator's marker while steered was written since by someone else (Omnibus' reconfigure renders
     it afresh, say after a changed setting): putting the front back keeps it rather than the older copy, reloads."""

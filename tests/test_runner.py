@@ -11,18 +11,18 @@ from types import SimpleNamespace
 import pytest
 from fakes import FakeRegistry, context, plan
 
-from migrator import gc
+from migrator import cli, gc
 from migrator.cli import _status_lines, status_snapshot
 from migrator.doctor import Diagnosis
-from migrator.errors import RestoreFailed, StoppedSafely
+from migrator.errors import InvalidInput, RestoreFailed, StoppedSafely
 from migrator.front import FrontSettings
-from migrator.live import LiveStatus
+from migrator.live import LiveStatus, registry_state
 from migrator.migration import copy, preflight, runner, safety, window
 from migrator.migration.context import Options
 from migrator.migration.estimate import WindowEstimate, estimate_window
 from migrator.migration.proofs import check_window_changes, tag_moved_on_s3
 from migrator.migration.standby import standby_takes_pushes
-from migrator.state import StateStore
+from migrator.state import RunState, StateStore
 from migrator.sync import PassResult
 from migrator.verify import Difference, difference
 
@@ -69,6 +69,50 @@ def test_status_says_a_run_waits_on_its_operator_and_not_that_a_finished_pass_is
                for line in lines) and not any("waiting" in line for line in lines)
     live.pass_started(3, expected_objects=300)
     assert "running: prove_on_s3 (pass 3): 0 of 300 files, 0 files/s" in _status_lines(status_snapshot(the_plan))
+
+
+def test_a_front_reload_that_fails_is_found_before_anything_changes(tmp_path):
+    """A trial's 'reload: nginx -s relaod' was met only after the operator's yes, with advice to run rollback (which
+    failed the same way): run reloads nginx on its own file once, first."""
+    ctx = context(tmp_path)
+    ctx.engine = SimpleNamespace(dry_run=False)  # type: ignore[assignment]
+    reloads: list[bool] = []
+    nginx = SimpleNamespace(settings=SimpleNamespace(reload="true", nginx=tmp_path / "registry.conf"),
+                            reload=lambda drain: reloads.append(drain) or "command 'nginx -s relaod' failed")
+    front = SimpleNamespace(check=lambda put_back: None, log_offsets=lambda: {}, nginx=nginx)
+    with pytest.raises(InvalidInput, match=r"^registry.front.reload does not reload nginx \(command 'nginx -s relaod' "
+                                           r"failed\); nothing was changed: fix registry.front.reload"):
+        preflight.check_front(ctx, front)  # type: ignore[arg-type]
+    assert reloads == [False]
+    ctx.engine = SimpleNamespace(dry_run=True)  # type: ignore[assignment]
+    preflight.check_front(ctx, front)  # type: ignore[arg-type]  # report changes nothing: no reload
+    assert reloads == [False]
+
+
+def test_where_the_registry_is_says_read_only_only_once_pushes_are_refused_with_a_front(tmp_path):
+    """A trial's status said READ-ONLY since the flip's first step while pushes landed on the front's standby, and
+    after a kill before the read-only config was written."""
+    state = RunState(readonly_on_at=1000.0)
+    assert registry_state(state, True, at=1010.0).startswith("READ-ONLY since")  # no front: the restart refuses
+    assert registry_state(state, True, at=1010.0, front=True).startswith(
+        "read-write on filesystem: clients are on migrator's standby")
+    state.pushes_refused_from = 1004.0
+    assert registry_state(state, True, at=1010.0, front=True).endswith("(6 s)")
+    state.writes_on_s3_since = 1008.0
+    assert registry_state(state, True, front=True).startswith("going read-write on s3 since")
+    state.readonly_off_at = 1009.0
+    assert registry_state(state, True, front=True) == "read-write on s3"
+
+
+def test_status_after_a_kill_before_the_read_only_config_was_written_says_read_write(tmp_path, monkeypatch):
+    ctx = context(tmp_path)
+    state = ctx.store.load()
+    state.readonly_on_at = time.time() - 30
+    ctx.store.save(state)
+    monkeypatch.setattr(cli, "open_config", lambda *args: SimpleNamespace(effective_storage=lambda: {"filesystem": {}}))
+    snapshot = status_snapshot(ctx.plan)
+    assert snapshot["read_only"] is False
+    assert snapshot["registry"].startswith("read-write on filesystem (its config is the original"), snapshot["registry"]
 
 
 def test_a_rollback_after_the_cut_over_keeps_the_window_that_ended_when_writes_went_on_on_s3(tmp_path):

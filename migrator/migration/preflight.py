@@ -18,7 +18,7 @@ from migrator.live import ADVICE
 from migrator.managed import restart_command_problem
 from migrator.march import md5_of
 from migrator.migration.context import Context
-from migrator.migration.standby import standby_takes_pushes
+from migrator.migration.standby import Front, standby_takes_pushes
 from migrator.registry_config import S3_DRIVERS, filesystem_root, storage_driver
 from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
 
@@ -108,13 +108,7 @@ def check_registry(ctx: Context) -> None:
             "check registry.url and that the registry is running"
         )
     if ctx.front is not None:
-        ctx.front.check(put_back=not ctx.engine.dry_run)
-        if not ctx.state.front_log_offsets and not ctx.engine.dry_run:  # the migration's requests are counted from here
-            ctx.state.front_log_offsets = ctx.front.log_offsets()
-        reload_problem = restart_command_problem(ctx.front.nginx.settings.reload)
-        if reload_problem:
-            raise InvalidInput(f"the front's reload command {ctx.front.nginx.settings.reload!r} {reload_problem}; "
-                               "fix registry.front.reload")
+        check_front(ctx, ctx.front)
     if ctx.state.uses_database is None:
         ctx.state.uses_database = ctx.managed.uses_database()
     if ctx.managed.client.health() == 401:
@@ -124,6 +118,23 @@ def check_registry(ctx: Context) -> None:
             "pulls after the cut-over cannot be proven: set MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a "
             "user allowed to push and pull"
         )
+
+
+def check_front(ctx: Context, front: Front) -> None:
+    """registry.front: its file proxies to the registry, which answers through it (a file a killed run left steered
+    is put back first), and its reload command works: run once on the operator's own file (not by ``report``)."""
+    front.check(put_back=not ctx.engine.dry_run)
+    if not ctx.state.front_log_offsets and not ctx.engine.dry_run:  # the migration's requests are counted from here
+        ctx.state.front_log_offsets = front.log_offsets()
+    reload = front.nginx.settings.reload
+    problem = restart_command_problem(reload)
+    if problem:
+        raise InvalidInput(f"the front's reload command {reload!r} {problem}; fix registry.front.reload")
+    if not ctx.engine.dry_run:
+        problem = front.nginx.reload(drain=False)
+        if problem:
+            raise InvalidInput(f"registry.front.reload does not reload nginx ({problem}); nothing was changed: fix "
+                               f"registry.front.reload (it must reload the nginx that serves {front.nginx.settings.nginx})")
 
 
 def check_registry_config(ctx: Context) -> None:
