@@ -3,6 +3,8 @@ naming the repositories and tags that would be lost, before any [y/N]."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -27,3 +29,8 @@ def test_rollback_names_what_would_be_lost_before_it_asks(local_registry):
     assert "[y/N]" not in refused.stdout + refused.stderr and "declined" not in refused.stdout
     assert "new/after:v1" in refused.stderr and "--force" in refused.stderr
     assert "s3" in storage_of(local_registry.config)
+    forced = subprocess.run([sys.executable, "-m", "migrator", "--quiet", "rollback", "--force", str(plan)],
+                            input="n\n", capture_output=True, text=True, timeout=300)
+    asked = forced.stdout + forced.stderr  # --force says what it drops, and what the next run does with it
+    assert "stay in the bucket only" in asked and "new/after:v1" in asked and "--allow-mass-delete" in asked, asked
+    assert "s3" in storage_of(local_registry.config)  # declined: nothing changed

@@ -95,6 +95,8 @@ def restore_original(ctx: Context, why: str) -> None:
                         "MIGRATOR_PROBE_USER and MIGRATOR_PROBE_PASSWORD to a user allowed to push")
         elif status != 202:
             problem = f"a write probe still gets HTTP {status}, not 202"
+        else:
+            log.info("write probe: HTTP 202: the registry takes writes on the filesystem again")
     elif status == 202 and not ctx.state.s3_config_written:
         log.warning("%s; but the registry answers writes: it kept running its original (filesystem) config", problem)
         problem = None
@@ -175,16 +177,21 @@ def rollback(ctx: Context, force: bool) -> bool:
     if not ctx.managed.config.backup.exists():
         raise InvalidInput(f"no backup of the original config in {ctx.managed.config.backup_dir}: nothing to roll back to")
     since = ctx.state.writes_on_s3_since or ctx.state.readonly_off_at
-    if since is not None and not force:
-        written = objects_written_since(ctx, since)
-        if written:
-            raise Refused(
-                f"the bucket holds {len(written)} objects written since the cut-over that the filesystem lacks "
-                f"({stranded_images(written)}); rolling back would strand those pushes in the bucket. Re-run "
-                "with --force if you accept losing them"
-            )
-    if not ctx.options.yes and not ctx.options.confirm("Restore the original registry config and restart it?"):
+    written = objects_written_since(ctx, since) if since is not None else []
+    if written and not force:
+        raise Refused(
+            f"the bucket holds {len(written)} objects written since the cut-over that the filesystem lacks "
+            f"({stranded_images(written)}); rolling back would strand those pushes in the bucket. Re-run "
+            "with --force if you accept losing them"
+        )
+    dropped = (f"the {len(written)} objects written since the cut-over ({stranded_images(written)}) stay in the "
+               "bucket only: the filesystem registry does not serve them, and the next 'migrator run' deletes them "
+               "(above sync.max_delete_fraction it asks for --allow-mass-delete)") if written else ""
+    question = "Restore the original registry config and restart it?" + (f" With --force, {dropped}." if dropped else "")
+    if not ctx.options.yes and not ctx.options.confirm(question):
         return False
+    if dropped:
+        log.warning("rolling back with --force: %s", dropped)
     restore_original(ctx, "rollback requested")
     ctx.state.outcome = "rolled back"
     ctx.store.save(ctx.state)
