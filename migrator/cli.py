@@ -113,12 +113,17 @@ def _load(ctx: click.Context, plan_path: str) -> Plan:
     return plan
 
 
-def _guarded(work: Callable[[], int]) -> None:
-    """Run a command body; operator errors become their message and exit code."""
+def with_plan(text: str, plan_path: str) -> str:
+    """``text`` with the commands it advises ('migrator rollback PLAN') naming the operator's plan."""
+    return text.replace(" PLAN'", f" {plan_path}'")
+
+
+def _guarded(work: Callable[[], int], plan_path: str) -> None:
+    """Run a command body; operator errors become their message (naming the plan) and exit code."""
     try:
         code = work()
     except MigratorError as exc:
-        log.error("error: %s", exc)
+        log.error("error: %s", with_plan(str(exc), plan_path))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         log.error("interrupted: re-run the same command to continue where it stopped")
@@ -284,7 +289,7 @@ def run(ctx: click.Context, plan_path: str, yes: bool, dry_run: bool, allow_mass
             click.echo(f"undo: migrator rollback {plan_path}")
         return EXIT_OK
 
-    _guarded(work)
+    _guarded(work, plan_path)
 
 
 @main.command(epilog=epilog("report", (0, 2, 130)))
@@ -340,7 +345,7 @@ def report(ctx: click.Context, plan_path: str, json_path: Optional[str] = None, 
         _write_json(json_path, result)
         return EXIT_OK
 
-    _guarded(work)
+    _guarded(work, plan_path)
 
 
 @main.command(epilog=epilog("sync", (0, 2, 3, 130)))
@@ -360,7 +365,7 @@ def sync(ctx: click.Context, plan_path: str) -> None:
                    f"{requests} S3 requests")
         return EXIT_OK
 
-    _guarded(work)
+    _guarded(work, plan_path)
 
 
 @main.command(epilog=epilog("verify", (0, 1, 2, 130)))
@@ -404,7 +409,7 @@ def verify(ctx: click.Context, plan_path: str, deep: bool, sample: Optional[int]
         _write_json(json_path, result.to_json() | {"images": graph.to_json(), "ok": ok})
         return EXIT_OK if ok else EXIT_DIFFERENCES
 
-    _guarded(work)
+    _guarded(work, plan_path)
 
 
 def _html_report(plan: Plan, path: Path) -> int:
@@ -576,7 +581,7 @@ def status(ctx: click.Context, plan_path: str, watch: bool, interval: float, as_
             else:
                 if watch and sys.stdout.isatty():
                     click.clear()
-                click.echo("\n".join(_status_lines(snapshot)))
+                click.echo(with_plan("\n".join(_status_lines(snapshot)), plan_path))
                 if waiting:
                     click.echo("waiting for a run to start (Ctrl-C to stop)")
             if not watch or (followed and not snapshot["running"]):
@@ -586,7 +591,7 @@ def status(ctx: click.Context, plan_path: str, watch: bool, interval: float, as_
             except KeyboardInterrupt:
                 return EXIT_OK
 
-    _guarded(work)
+    _guarded(work, plan_path)
 
 
 def _would_free(plan: Plan) -> dict:
@@ -634,7 +639,7 @@ def gc(ctx: click.Context, plan_path: str, yes: bool, delete_untagged: bool, dry
         _write_json(json_path, collection.to_json())
         return EXIT_OK
 
-    _guarded(work)
+    _guarded(work, plan_path)
 
 
 @main.command(epilog=epilog("rollback"))
@@ -657,7 +662,7 @@ def rollback(ctx: click.Context, plan_path: str, yes: bool, force: bool) -> None
         click.echo("rolled back: the registry runs with its original config again")
         return EXIT_OK
 
-    _guarded(work)
+    _guarded(work, plan_path)
 
 
 @main.command(epilog=epilog("doctor", (0, 2, 130)))
@@ -676,4 +681,4 @@ def doctor(ctx: click.Context, plan_path: str, json_path: Optional[str]) -> None
         _write_json(json_path, diagnosis.to_json())
         return EXIT_OK if diagnosis.ok else EXIT_INVALID
 
-    _guarded(work)
+    _guarded(work, plan_path)

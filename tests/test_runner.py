@@ -89,6 +89,11 @@ def test_a_front_reload_that_fails_is_found_before_anything_changes(tmp_path):
     assert reloads == [False]
 
 
+def test_advice_names_the_operators_plan():
+    assert cli.with_plan("fix it, then run 'migrator rollback PLAN'; see 'migrator status PLAN'", "/etc/m/plan.yml") == (
+        "fix it, then run 'migrator rollback /etc/m/plan.yml'; see 'migrator status /etc/m/plan.yml'")
+
+
 def test_where_the_registry_is_says_read_only_only_once_pushes_are_refused_with_a_front(tmp_path):
     """A trial's status said READ-ONLY since the flip's first step while pushes landed on the front's standby, and
     after a kill before the read-only config was written."""
