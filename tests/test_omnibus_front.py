@@ -84,7 +84,8 @@ def test_an_omnibus_run_behind_its_nginx_costs_clients_nothing_but_pushes_inside
         actions = [action for _, action in omnibus.actions()]
         # the preflight's reload on the operator's file, then a standby around each restart (nginx hup'd to it and
         # back): the restarts are outside the refusals
-        assert actions == ["hup nginx", "hup nginx", "restart registry", "hup nginx", "hup nginx", "restart registry", "hup nginx",
+        assert actions == ["hup nginx", "hup nginx", "restart registry", "hup nginx", "hup nginx", "restart registry",
+                           "hup nginx",
                            "reconfigure started",
                            "reconfigure rendered config.yml: unchanged",
                            "reconfigure rendered gitlab-registry.conf: unchanged"], actions
