@@ -89,6 +89,15 @@ def test_a_front_reload_that_fails_is_found_before_anything_changes(tmp_path):
     assert reloads == [False]
 
 
+def test_a_rollback_lets_the_next_migration_count_the_fronts_requests_from_its_own_start(tmp_path):
+    ctx = context(tmp_path)
+    ctx.registry.config.backup.parent.mkdir(parents=True, exist_ok=True)
+    ctx.registry.config.backup.write_text("storage: {filesystem: {}}\n")
+    ctx.state.front_log_offsets = {"/var/log/gitlab/nginx/gitlab_registry_access.log": 4096}
+    assert safety.rollback(ctx, force=False)
+    assert ctx.state.outcome == "rolled back" and ctx.state.front_log_offsets == {}
+
+
 def test_advice_names_the_operators_plan():
     assert cli.with_plan("fix it, then run 'migrator rollback PLAN'; see 'migrator status PLAN'", "/etc/m/plan.yml") == (
         "fix it, then run 'migrator rollback /etc/m/plan.yml'; see 'migrator status /etc/m/plan.yml'")

@@ -194,6 +194,7 @@ def rollback(ctx: Context, force: bool) -> bool:
         log.warning("rolling back with --force: %s", dropped)
     restore_original(ctx, "rollback requested")
     ctx.state.outcome = "rolled back"
+    ctx.state.front_log_offsets = {}  # the next migration counts the front's requests from its own start
     ctx.store.save(ctx.state)
     return True
 
