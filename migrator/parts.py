@@ -11,10 +11,11 @@ backs off on 503 SlowDown).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import botocore.exceptions
 
@@ -90,12 +91,56 @@ class ByteBudget:
             self.release(size)
 
 
-Reader = Callable[[int, int], bytes]  # (offset, length) -> the bytes there
+class FileSlice:
+    """``length`` bytes of an open file from ``offset``, as UploadPart's body: read with ``os.pread`` while the
+    request is sent (botocore's and urllib3's reads of 128 KiB to 1 MiB), so a part is never held whole in memory.
+    Seekable within the slice, so botocore can size it, hash it for its signature and rewind it for a retry. A file
+    shorter than the slice (truncated while it is sent) raises OSError rather than sending fewer bytes than the
+    request's Content-Length."""
+
+    def __init__(self, fd: int, offset: int, length: int):
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
+        if base + offset < 0:
+            raise ValueError(f"seek to {base + offset}, before the slice's start")
+        self.position = min(base + offset, self.length)
+        return self.position
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        remaining = self.length - self.position
+        wanted = remaining if size is None or size < 0 else min(size, remaining)
+        if wanted == 0:
+            return b""
+        data = os.pread(self.fd, wanted, self.offset + self.position)
+        if len(data) != wanted:
+            raise OSError(f"read {len(data)} bytes at {self.offset + self.position}, expected {wanted} (the file "
+                          "shrank while it was sent)")
+        self.position += wanted
+        return data
+
+
+PartBody = Union[FileSlice, bytes]
+PartBodies = Callable[[int, int], PartBody]  # (offset, length) -> the body of the part there
 
 
 class PartUploader:
-    """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes held in the shared
-    budget from its read until UploadPart answers."""
+    """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes counted in the
+    shared budget from its start until UploadPart answers (a ``FileSlice`` body holds only botocore's read buffer,
+    but the budget still bounds the parts in flight)."""
 
     def __init__(self, client: Any, bucket: str, extra_args: dict, preferred_part: int, budget: ByteBudget, workers: int):
         self.client = client
@@ -106,7 +151,7 @@ class PartUploader:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part")
         self.parts_kept = 0  # parts found uploaded by an earlier run and not sent again
 
-    def upload(self, key: str, size: int, read: Reader, resumable: bool, crash_point: Optional[str] = "multipart") -> str:
+    def upload(self, key: str, size: int, bodies: PartBodies, resumable: bool, crash_point: Optional[str] = "multipart") -> str:
         """Send ``size`` bytes as ``key`` in parts; returns the object's ETag. ``resumable`` (content that cannot
         change under the key, a blob's data): an upload left open for the key is continued, keeping its parts of the
         right size. A failure leaves the upload open for the next run to resume; the pass's end aborts any not
@@ -124,8 +169,8 @@ class PartUploader:
                 if any(future.done() and future.exception() for _, _, future in pending):
                     self.budget.release(length, part=True)
                     break
-                pending.append((number, length, self.pool.submit(self._part, key, upload_id, number, offset, length,
-                                                                 read, crash_point)))
+                pending.append((number, length, self.pool.submit(self._part, key, upload_id, number, length,
+                                                                 bodies(offset, length), crash_point)))
             for number, _, future in pending:
                 parts[number] = future.result()
         except BaseException:
@@ -138,14 +183,11 @@ class PartUploader:
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
         return answer.get("ETag", "")
 
-    def _part(self, key: str, upload_id: str, number: int, offset: int, length: int, read: Reader,
+    def _part(self, key: str, upload_id: str, number: int, length: int, body: PartBody,
               crash_point: Optional[str]) -> str:
         try:
-            data = read(offset, length)
-            if len(data) != length:
-                raise OSError(f"{key}: read {len(data)} bytes at {offset}, expected {length} (the file changed)")
             etag = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                           Body=data)["ETag"]
+                                           Body=body)["ETag"]
             if crash_point:
                 failpoint(crash_point)
             return etag

@@ -16,7 +16,7 @@ from migrator.journal import JournalRow
 from migrator.layout import is_blob_data, is_uploads
 from migrator.march import md5_of
 from migrator.obstore_put import ObstorePut
-from migrator.parts import ByteBudget, PartUploader, abort, open_uploads
+from migrator.parts import ByteBudget, FileSlice, PartUploader, abort, open_uploads
 from migrator.plan import SyncSettings
 from migrator.s3 import Bucket
 from migrator.walker import SourceFile
@@ -95,7 +95,7 @@ class Transfer:
             md5 = None if blob else _file_md5(path)
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
-                self.parts.upload(key, size, lambda offset, length: os.pread(handle.fileno(), length, offset),
+                self.parts.upload(key, size, lambda offset, length: FileSlice(handle.fileno(), offset, length),
                                   resumable=blob)  # a blob's content cannot change under its key: parts are kept
         return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns), proof
 

@@ -14,10 +14,11 @@ import pytest
 from conftest import bucket_contents, run_cli, source_files
 from faultproxy import FaultProxy
 
+from migrator import parts
 from migrator.errors import InvalidInput
 from migrator.layout import BLOBS
 from migrator.migration.context import open_context
-from migrator.parts import MAX_PARTS, ByteBudget, part_size_for
+from migrator.parts import MAX_PARTS, ByteBudget, FileSlice, part_size_for
 from migrator.plan import load_plan
 from migrator.testing.synthetic import RegistryTree, populate
 
@@ -224,3 +225,45 @@ def test_a_503_storm_on_parts_is_survived(tmp_path, make_plan, s3, bucket, proxy
         assert_blob_stored(s3, bucket, key)
     assert not open_uploads(s3, bucket)
     assert bucket_contents(s3, bucket) == source_files(tree.root)
+
+
+def test_a_file_slice_reads_its_range_again_after_a_rewind(tmp_path):
+    content = random.Random(7).randbytes(3 * MiB)
+    path = tmp_path / "layer"
+    path.write_bytes(content)
+    with open(path, "rb") as handle:
+        body = FileSlice(handle.fileno(), MiB + 3, MiB)
+        assert len(body) == MiB and body.seekable()
+        first = b"".join(iter(lambda: body.read(100_000), b""))
+        assert body.seek(0) == 0  # botocore's rewind before a retry
+        assert body.read() == first == content[MiB + 3 : 2 * MiB + 3]
+        assert body.seek(-10, os.SEEK_END) == MiB - 10 and body.read(100) == content[2 * MiB - 7 : 2 * MiB + 3]
+        os.truncate(path, MiB + 3 + 1000)  # the file shrinks while its part is sent
+        body.seek(0)
+        with pytest.raises(OSError, match="shrank"):
+            body.read()
+
+
+def test_parts_are_streamed_from_the_file_and_resent_whole_after_a_retry(tmp_path, make_plan, s3, bucket, proxy,
+                                                                       monkeypatch):
+    """A part's bytes are read a piece at a time as botocore sends them, never whole; a part answered 503 is sent
+    again from its start (botocore rewinds the body), and the bucket holds the layer's exact bytes."""
+    reads: list[int] = []
+    pread = os.pread
+
+    def recorded_pread(fd: int, length: int, offset: int) -> bytes:
+        reads.append(length)
+        return pread(fd, length, offset)
+
+    monkeypatch.setattr(parts.os, "pread", recorded_pread)
+    proxy.mode, proxy.rate, proxy.only = "slowdown", 0.3, "partNumber="
+    tree, keys = tree_with_layers(tmp_path / "src", [23])  # 5 parts of 5 MiB, the last 3 MiB
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
+    with open_context(load_plan(plan)) as job:
+        job.engine.run_pass()
+    assert proxy.injected["503"] > 0
+    assert reads and max(reads) <= MiB, f"a read of {max(reads) / MiB:.1f} MiB: a part was read whole"
+    assert sum(reads) >= 23 * MiB * 2  # hashed for the signature, then sent, and the parts answered 503 again
+    assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+    assert not open_uploads(s3, bucket)
