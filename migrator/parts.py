@@ -143,7 +143,7 @@ class PartUploader:
     shared budget from its start until UploadPart answers (a ``FileSlice`` body holds only botocore's read buffer,
     but the budget still bounds the parts in flight)."""
 
-    def __init__(self, bucket: Bucket, extra_args: dict, preferred_part: int, budget: ByteBudget, workers: int):
+    def __init__(self, bucket: Bucket, extra_args: dict[str, str], preferred_part: int, budget: ByteBudget, workers: int):
         self.bucket = bucket
         self.extra_args = extra_args
         self.preferred_part = preferred_part

@@ -7,9 +7,9 @@ import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from migrator.direct_put import direct_put
+from migrator.direct_put import FallbackPut, direct_put
 from migrator.errors import DeleteFailed, Refused
 from migrator.failpoints import failpoint
 from migrator.journal import JournalRow
@@ -33,7 +33,7 @@ def _file_md5(path: str) -> str:
     return digest.hexdigest()
 
 
-def s3_extra_args(storage: dict) -> dict:
+def s3_extra_args(storage: dict[str, Any]) -> dict[str, str]:
     """Object settings the registry's own S3 driver would apply (encryption, storage class)."""
     extra = {"ContentType": "application/octet-stream"}
     if storage.get("encrypt"):
@@ -48,7 +48,7 @@ def s3_extra_args(storage: dict) -> dict:
 class Transfer:
     """Copies source files to the bucket and deletes keys, on ``workers`` threads."""
 
-    def __init__(self, bucket: Bucket, source: Path, settings: SyncSettings, extra_args: dict):
+    def __init__(self, bucket: Bucket, source: Path, settings: SyncSettings, extra_args: dict[str, str]):
         self.bucket = bucket
         self.source = source
         self.threshold = settings.multipart_threshold_mb * MB
@@ -58,6 +58,7 @@ class Transfer:
         self.memory = ByteBudget(settings.max_memory_mb * MB)
         self.parts = PartUploader(bucket, extra_args, settings.multipart_chunksize_mb * MB, self.memory, settings.workers)
         # adaptive retries rate-limit on the client: every request must go through it
+        self.direct: Optional[FallbackPut]
         if settings.retry_mode == "adaptive":
             self.direct = None
         elif settings.put == "obstore":  # without credentials, the client's path says what is missing
@@ -65,7 +66,7 @@ class Transfer:
         else:
             self.direct = direct_put(bucket.client, bucket.settings.name, bucket.credentials, extra_args)
 
-    def submit(self, src: SourceFile, prove: bool = False) -> Future:
+    def submit(self, src: SourceFile, prove: bool = False) -> Future[tuple[JournalRow, Optional[tuple[str, int, str]]]]:
         return self.pool.submit(self.upload, src, prove)
 
     def upload(self, src: SourceFile, prove: bool = False) -> tuple[JournalRow, Optional[tuple[str, int, str]]]:
