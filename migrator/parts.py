@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
+from migrator.errors import SourceChanged
 from migrator.failpoints import failpoint
 
 if TYPE_CHECKING:  # s3 imports plan, which imports this module's limits
@@ -136,6 +137,7 @@ class FileSlice:
 
 PartBody = Union[FileSlice, bytes]
 PartBodies = Callable[[int, int], PartBody]  # (offset, length) -> the body of the part there
+ChangeCheck = Callable[[], Optional[str]]  # how the source changed since the upload began, or None
 
 
 class PartUploader:
@@ -152,11 +154,12 @@ class PartUploader:
         self.parts_kept = 0  # parts found uploaded by an earlier run and not sent again
 
     def upload(self, rel: str, size: int, bodies: PartBodies, resumable: bool,
-               crash_point: Optional[str] = "multipart") -> str:
+               crash_point: Optional[str] = "multipart", changed: Optional[ChangeCheck] = None) -> str:
         """Send ``size`` bytes as ``rel`` in parts; returns the object's ETag. ``resumable`` (content that cannot
         change under the key, a blob's data): an upload left open for the key is continued, keeping its parts of the
         right size. A failure leaves the upload open for the next run to resume; the pass's end aborts any not
-        resumed."""
+        resumed. ``changed`` is asked once every part has answered (or one failed): a change found aborts the upload
+        and raises SourceChanged instead of completing an object made of two versions of the file."""
         part_size = part_size_for(size, self.preferred_part)
         upload_id, kept = self._open(rel, size, part_size, resumable)
         etags = dict(kept)
@@ -174,12 +177,24 @@ class PartUploader:
                                                                  bodies(offset, length), crash_point)))
             for number, _, future in pending:
                 etags[number] = future.result()
-        except BaseException:
+        except BaseException as failure:
             for _, length, future in pending:
                 if future.cancel():
                     self.budget.release(length, part=True)
+            self._abort_if_changed(rel, upload_id, changed, [future for _, _, future in pending], failure)
             raise
+        self._abort_if_changed(rel, upload_id, changed, [], None)
         return self.bucket.complete_upload(rel, upload_id, etags)
+
+    def _abort_if_changed(self, rel: str, upload_id: str, changed: Optional[ChangeCheck], running: list[Future[str]],
+                          failure: Optional[BaseException]) -> None:
+        """Raise SourceChanged, the upload aborted once its running parts have answered, when the source changed."""
+        change = changed() if changed else None
+        if change is None:
+            return
+        wait(running)  # a part answered after the abort would keep its bytes in the bucket
+        self.bucket.abort_upload(rel, upload_id)
+        raise SourceChanged(self.bucket.key(rel), change) from failure
 
     def _part(self, rel: str, upload_id: str, number: int, length: int, body: PartBody,
               crash_point: Optional[str]) -> str:
@@ -197,7 +212,7 @@ class PartUploader:
         left = sorted(self.bucket.open_uploads(rel, exact=True), key=lambda upload: upload.initiated)
         resumed = left.pop() if resumable and left else None
         for upload in left:
-            self.bucket.abort_upload(upload)
+            self.bucket.abort_upload(upload.rel, upload.upload_id)
         if resumed is None:
             return self.bucket.create_upload(rel, self.extra_args), {}
         kept = {number: etag for number, stored, etag in self.bucket.uploaded_parts(resumed)

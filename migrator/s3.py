@@ -171,7 +171,7 @@ class Bucket:
         scratch prefix)."""
         self.delete_keys([stored.rel for stored in self.listing(prefix)])
         for upload in self.open_uploads(prefix):
-            self.abort_upload(upload)
+            self.abort_upload(upload.rel, upload.upload_id)
 
     def create_upload(self, rel: str, extra_args: dict) -> str:
         """CreateMultipartUpload; returns its UploadId."""
@@ -206,11 +206,10 @@ class Bucket:
             for part in page.get("Parts", ()):
                 yield part["PartNumber"], part["Size"], part["ETag"]
 
-    def abort_upload(self, upload: OpenUpload) -> None:
+    def abort_upload(self, rel: str, upload_id: str) -> None:
         """AbortMultipartUpload; one already gone (completed or aborted meanwhile) is no error."""
         try:
-            self.client.abort_multipart_upload(Bucket=self.settings.name, Key=self.key(upload.rel),
-                                               UploadId=upload.upload_id)
+            self.client.abort_multipart_upload(Bucket=self.settings.name, Key=self.key(rel), UploadId=upload_id)
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                 raise

@@ -7,7 +7,7 @@ import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, BinaryIO, Optional, Sequence
 
 from migrator.direct_put import FallbackPut, direct_put
 from migrator.errors import DeleteFailed, Refused
@@ -25,12 +25,20 @@ MB = 1024 * 1024
 CANARY_PREFIX = ".migrator-canary/"  # the preflight's objects, under the bucket prefix
 
 
-def _file_md5(path: str) -> str:
+def _file_md5(handle: BinaryIO) -> str:
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MB), b""):
-            digest.update(block)
+    for block in iter(lambda: handle.read(MB), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def _change_since(fd: int, before: os.stat_result) -> Optional[str]:
+    """How the open file's size or mtime differ from ``before``, or None."""
+    after = os.fstat(fd)
+    if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+        return None
+    return (f"size {before.st_size} then {after.st_size} bytes, mtime {before.st_mtime_ns} then "
+            f"{after.st_mtime_ns} ns")
 
 
 def s3_extra_args(storage: dict[str, Any]) -> dict[str, str]:
@@ -90,11 +98,13 @@ class Transfer:
                     if etag.strip('"') == sent:  # a KMS ETag is no MD5: the window's check then reads the object
                         proof = (src.rel, size, sent)
         else:
-            md5 = None if blob else _file_md5(path)
             with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                self.parts.upload(src.rel, size, lambda offset, length: FileSlice(handle.fileno(), offset, length),
-                                  resumable=blob)  # a blob's content cannot change under its key: parts are kept
+                fd, before = handle.fileno(), os.fstat(handle.fileno())
+                size, md5 = before.st_size, None if blob else _file_md5(handle)
+                # a blob's content cannot change under its key: its parts are kept for a resume, and it is not
+                # checked for changes; any other file is, so a file rewritten meanwhile is not stored torn
+                self.parts.upload(src.rel, size, lambda offset, length: FileSlice(fd, offset, length), resumable=blob,
+                                  changed=None if blob else lambda: _change_since(fd, before))
         return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns), proof
 
     def put(self, rel: str, data: bytes) -> str:
@@ -119,7 +129,7 @@ class Transfer:
         left = [upload for prefix in ("docker/", CANARY_PREFIX) for upload in self.bucket.open_uploads(prefix)
                 if not is_uploads(upload.rel)]
         for upload in left:
-            self.bucket.abort_upload(upload)
+            self.bucket.abort_upload(upload.rel, upload.upload_id)
         return len(left)
 
     def delete(self, rels: Sequence[str]) -> list[str]:

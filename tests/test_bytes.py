@@ -15,7 +15,7 @@ from conftest import bucket_contents, run_cli, source_files
 from faultproxy import FaultProxy
 
 from migrator import parts
-from migrator.errors import InvalidInput
+from migrator.errors import InvalidInput, SourceChanged
 from migrator.layout import BLOBS
 from migrator.migration.context import open_context
 from migrator.parts import MAX_PARTS, ByteBudget, FileSlice, part_size_for
@@ -265,5 +265,45 @@ def test_parts_are_streamed_from_the_file_and_resent_whole_after_a_retry(tmp_pat
     assert reads and max(reads) <= MiB, f"a read of {max(reads) / MiB:.1f} MiB: a part was read whole"
     assert sum(reads) >= 23 * MiB * 2  # hashed for the signature, then sent, and the parts answered 503 again
     assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+    assert not open_uploads(s3, bucket)
+
+
+@pytest.mark.parametrize("change", ["grown", "rewritten", "truncated"])
+def test_a_large_file_changed_while_its_parts_are_sent_is_not_stored(tmp_path, make_plan, s3, bucket, change):
+    """Not a blob (a blob is written once): its size or mtime moving during the upload aborts the upload with an error
+    naming the key, instead of completing an object made of two versions; the next pass copies it whole."""
+    tree, _ = tree_with_layers(tmp_path / "src", [])
+    rel = "docker/registry/v2/repositories/big/app/notes.bin"
+    path = tree.path(rel)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(random.Random(3).randbytes(12 * MiB))  # 3 parts of 5 MiB and less
+    plan = make_plan(tree.root, sync=SMALL_PARTS | {"max_attempts": 2})
+    with open_context(load_plan(plan)) as job:
+        changed: list[str] = []
+
+        def change_the_file(**_):
+            if changed:
+                return
+            changed.append(change)
+            stat = path.stat()
+            if change == "grown":
+                with open(path, "ab") as handle:
+                    handle.write(b"appended")
+            elif change == "rewritten":
+                with open(path, "r+b") as handle:
+                    handle.write(b"new bytes in place")
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+            else:
+                os.truncate(path, 6 * MiB)
+
+        job.engine.transfer.bucket.client.meta.events.register("before-call.s3.UploadPart", change_the_file)
+        with pytest.raises(SourceChanged, match=rel) as raised:
+            job.engine.run_pass()
+        assert "aborted" in str(raised.value)
+        assert not open_uploads(s3, bucket)
+        assert rel not in bucket_contents(s3, bucket)
+        job.engine.transfer.bucket.client.meta.events.unregister("before-call.s3.UploadPart", change_the_file)
+        job.engine.run_pass()
     assert bucket_contents(s3, bucket) == source_files(tree.root)
     assert not open_uploads(s3, bucket)
