@@ -181,18 +181,20 @@ class PartUploader:
             for _, length, future in pending:
                 if future.cancel():
                     self.budget.release(length, part=True)
-            self._abort_if_changed(rel, upload_id, changed, [future for _, _, future in pending], failure)
+            # the parts still running have answered before the caller closes the file they read (its descriptor,
+            # reused by another file, would feed them other bytes) and before an abort (they would outlive it)
+            wait([future for _, _, future in pending])
+            self._abort_if_changed(rel, upload_id, changed, failure)
             raise
-        self._abort_if_changed(rel, upload_id, changed, [], None)
+        self._abort_if_changed(rel, upload_id, changed, None)
         return self.bucket.complete_upload(rel, upload_id, etags)
 
-    def _abort_if_changed(self, rel: str, upload_id: str, changed: Optional[ChangeCheck], running: list[Future[str]],
+    def _abort_if_changed(self, rel: str, upload_id: str, changed: Optional[ChangeCheck],
                           failure: Optional[BaseException]) -> None:
-        """Raise SourceChanged, the upload aborted once its running parts have answered, when the source changed."""
+        """Abort the upload and raise SourceChanged when the source changed."""
         change = changed() if changed else None
         if change is None:
             return
-        wait(running)  # a part answered after the abort would keep its bytes in the bucket
         self.bucket.abort_upload(rel, upload_id)
         raise SourceChanged(self.bucket.key(rel), change) from failure
 

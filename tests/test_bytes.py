@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from conftest import bucket_contents, run_cli, source_files
@@ -307,3 +308,38 @@ def test_a_large_file_changed_while_its_parts_are_sent_is_not_stored(tmp_path, m
         job.engine.run_pass()
     assert bucket_contents(s3, bucket) == source_files(tree.root)
     assert not open_uploads(s3, bucket)
+
+
+class PartsFailing:
+    """A bucket for ``PartUploader`` whose first part fails while the second is still being sent."""
+
+    def __init__(self) -> None:
+        self.second_sent = threading.Event()
+        self.order: list[str] = []
+
+    def open_uploads(self, rel: str, exact: bool = False) -> list:
+        return []
+
+    def create_upload(self, rel: str, extra_args: dict) -> str:
+        return "upload-id"
+
+    def upload_part(self, rel: str, upload_id: str, number: int, body) -> str:
+        if number == 1:
+            self.second_sent.wait(10)
+            raise OSError("part 1 failed")
+        self.second_sent.set()
+        time.sleep(0.5)  # still sending when part 1's failure reaches the caller
+        self.order.append(f"part {number} answered")
+        return f'"etag{number}"'
+
+
+def test_a_failed_upload_returns_only_once_its_other_parts_have_answered():
+    """The caller closes the file when ``upload`` returns: a part still reading it then would read a closed (or reused)
+    descriptor."""
+    bucket = PartsFailing()
+    uploader = parts.PartUploader(bucket, {}, 5 * MiB, ByteBudget(64 * MiB), workers=2)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="part 1 failed"):
+        uploader.upload("layer", 10 * MiB, lambda offset, length: b"x" * 10, resumable=True)
+    bucket.order.append("upload raised")
+    uploader.close()
+    assert bucket.order == ["part 2 answered", "upload raised"]
