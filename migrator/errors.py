@@ -58,6 +58,19 @@ class DeleteFailed(MigratorError):
         )
 
 
+class SourceChanged(MigratorError):
+    """A large file's size or mtime changed while its parts were sent: its multipart upload was aborted, so the bucket
+    holds no object stitched from two versions of it."""
+
+    exit_code = EXIT_DIFFERENCES
+
+    def __init__(self, key: str, change: str):
+        super().__init__(
+            f"{key}: the source file changed while its parts were sent ({change}); its multipart upload was aborted "
+            "and nothing was stored under the key. Re-run the same command to copy it again (if it keeps changing, "
+            "stop what writes it during the migration)")
+
+
 def describe_unexpected(exc: BaseException) -> str:
     """One line for an error no code path expected: what failed (the file, key or URL it names) and whether a re-run
     can help, with what to fix when it cannot."""

@@ -11,14 +11,17 @@ backs off on 503 SlowDown).
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
-import botocore.exceptions
-
+from migrator.errors import SourceChanged
 from migrator.failpoints import failpoint
+
+if TYPE_CHECKING:  # s3 imports plan, which imports this module's limits
+    from migrator.s3 import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +93,59 @@ class ByteBudget:
             self.release(size)
 
 
-Reader = Callable[[int, int], bytes]  # (offset, length) -> the bytes there
+class FileSlice:
+    """``length`` bytes of an open file from ``offset``, as UploadPart's body: read with ``os.pread`` while the
+    request is sent (botocore's and urllib3's reads of 128 KiB to 1 MiB), so a part is never held whole in memory.
+    Seekable within the slice, so botocore can size it, hash it for its signature and rewind it for a retry. A file
+    shorter than the slice (truncated while it is sent) raises OSError rather than sending fewer bytes than the
+    request's Content-Length."""
+
+    def __init__(self, fd: int, offset: int, length: int):
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
+        if base + offset < 0:
+            raise ValueError(f"seek to {base + offset}, before the slice's start")
+        self.position = min(base + offset, self.length)
+        return self.position
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        remaining = self.length - self.position
+        wanted = remaining if size is None or size < 0 else min(size, remaining)
+        if wanted == 0:
+            return b""
+        data = os.pread(self.fd, wanted, self.offset + self.position)
+        if len(data) != wanted:
+            raise OSError(f"read {len(data)} bytes at {self.offset + self.position}, expected {wanted} (the file "
+                          "shrank while it was sent)")
+        self.position += wanted
+        return data
+
+
+PartBody = Union[FileSlice, bytes]
+PartBodies = Callable[[int, int], PartBody]  # (offset, length) -> the body of the part there
+ChangeCheck = Callable[[], Optional[str]]  # how the source changed since the upload began, or None
 
 
 class PartUploader:
-    """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes held in the shared
-    budget from its read until UploadPart answers."""
+    """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes counted in the
+    shared budget from its start until UploadPart answers (a ``FileSlice`` body holds only botocore's read buffer,
+    but the budget still bounds the parts in flight)."""
 
-    def __init__(self, client: Any, bucket: str, extra_args: dict, preferred_part: int, budget: ByteBudget, workers: int):
-        self.client = client
+    def __init__(self, bucket: Bucket, extra_args: dict[str, str], preferred_part: int, budget: ByteBudget, workers: int):
         self.bucket = bucket
         self.extra_args = extra_args
         self.preferred_part = preferred_part
@@ -106,88 +153,75 @@ class PartUploader:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part")
         self.parts_kept = 0  # parts found uploaded by an earlier run and not sent again
 
-    def upload(self, key: str, size: int, read: Reader, resumable: bool, crash_point: Optional[str] = "multipart") -> str:
-        """Send ``size`` bytes as ``key`` in parts; returns the object's ETag. ``resumable`` (content that cannot
+    def upload(self, rel: str, size: int, bodies: PartBodies, resumable: bool,
+               crash_point: Optional[str] = "multipart", changed: Optional[ChangeCheck] = None) -> str:
+        """Send ``size`` bytes as ``rel`` in parts; returns the object's ETag. ``resumable`` (content that cannot
         change under the key, a blob's data): an upload left open for the key is continued, keeping its parts of the
         right size. A failure leaves the upload open for the next run to resume; the pass's end aborts any not
-        resumed."""
+        resumed. ``changed`` is asked once every part has answered (or one failed): a change found aborts the upload
+        and raises SourceChanged instead of completing an object made of two versions of the file."""
         part_size = part_size_for(size, self.preferred_part)
-        upload_id, kept = self._open(key, size, part_size, resumable)
-        parts = dict(kept)
-        pending: list[tuple[int, int, Future]] = []
+        upload_id, kept = self._open(rel, size, part_size, resumable)
+        etags = dict(kept)
+        pending: list[tuple[int, int, Future[str]]] = []
         try:
             for number, offset in enumerate(range(0, size, part_size), start=1):
                 length = min(part_size, size - offset)
-                if number in parts:
+                if number in etags:
                     continue
                 self.budget.acquire(length, part=True)
                 if any(future.done() and future.exception() for _, _, future in pending):
                     self.budget.release(length, part=True)
                     break
-                pending.append((number, length, self.pool.submit(self._part, key, upload_id, number, offset, length,
-                                                                 read, crash_point)))
+                pending.append((number, length, self.pool.submit(self._part, rel, upload_id, number, length,
+                                                                 bodies(offset, length), crash_point)))
             for number, _, future in pending:
-                parts[number] = future.result()
-        except BaseException:
+                etags[number] = future.result()
+        except BaseException as failure:
             for _, length, future in pending:
                 if future.cancel():
                     self.budget.release(length, part=True)
+            # the parts still running have answered before the caller closes the file they read (its descriptor,
+            # reused by another file, would feed them other bytes) and before an abort (they would outlive it)
+            wait([future for _, _, future in pending])
+            self._abort_if_changed(rel, upload_id, changed, failure)
             raise
-        answer = self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
-        return answer.get("ETag", "")
+        self._abort_if_changed(rel, upload_id, changed, None)
+        return self.bucket.complete_upload(rel, upload_id, etags)
 
-    def _part(self, key: str, upload_id: str, number: int, offset: int, length: int, read: Reader,
+    def _abort_if_changed(self, rel: str, upload_id: str, changed: Optional[ChangeCheck],
+                          failure: Optional[BaseException]) -> None:
+        """Abort the upload and raise SourceChanged when the source changed."""
+        change = changed() if changed else None
+        if change is None:
+            return
+        self.bucket.abort_upload(rel, upload_id)
+        raise SourceChanged(self.bucket.key(rel), change) from failure
+
+    def _part(self, rel: str, upload_id: str, number: int, length: int, body: PartBody,
               crash_point: Optional[str]) -> str:
         try:
-            data = read(offset, length)
-            if len(data) != length:
-                raise OSError(f"{key}: read {len(data)} bytes at {offset}, expected {length} (the file changed)")
-            etag = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                           Body=data)["ETag"]
+            etag = self.bucket.upload_part(rel, upload_id, number, body)
             if crash_point:
                 failpoint(crash_point)
             return etag
         finally:
             self.budget.release(length, part=True)
 
-    def _open(self, key: str, size: int, part_size: int, resumable: bool) -> tuple[str, dict[int, str]]:
+    def _open(self, rel: str, size: int, part_size: int, resumable: bool) -> tuple[str, dict[int, str]]:
         """The upload to send parts to and the parts it already holds: the newest left open for the key when
         ``resumable`` (the others aborted), else a new one."""
-        left = sorted(open_uploads(self.client, self.bucket, key, exact=True), key=lambda u: u["Initiated"])
+        left = sorted(self.bucket.open_uploads(rel, exact=True), key=lambda upload: upload.initiated)
         resumed = left.pop() if resumable and left else None
         for upload in left:
-            abort(self.client, self.bucket, upload)
+            self.bucket.abort_upload(upload.rel, upload.upload_id)
         if resumed is None:
-            return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **self.extra_args)["UploadId"], {}
-        kept = {}
-        for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
-                                                                    UploadId=resumed["UploadId"]):
-            for part in page.get("Parts", ()):
-                number = part["PartNumber"]
-                if part["Size"] == min(part_size, size - (number - 1) * part_size):
-                    kept[number] = part["ETag"]
+            return self.bucket.create_upload(rel, self.extra_args), {}
+        kept = {number: etag for number, stored, etag in self.bucket.uploaded_parts(resumed)
+                if stored == min(part_size, size - (number - 1) * part_size)}
         self.parts_kept += len(kept)
-        log.info("%s: resuming the multipart upload a previous run left open, %d parts already uploaded", key, len(kept))
-        return resumed["UploadId"], kept
+        log.info("%s: resuming the multipart upload a previous run left open, %d parts already uploaded", rel, len(kept))
+        return resumed.upload_id, kept
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-
-
-def open_uploads(client: Any, bucket: str, prefix: str, exact: bool = False) -> Iterator[dict]:
-    """Multipart uploads left open under ``prefix`` (ListMultipartUploads); ``exact``: for that key only."""
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
-        for upload in page.get("Uploads", ()):
-            if not exact or upload["Key"] == prefix:
-                yield upload
-
-
-def abort(client: Any, bucket: str, upload: dict) -> None:
-    """AbortMultipartUpload; one already gone (completed or aborted meanwhile) is no error."""
-    try:
-        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-            raise

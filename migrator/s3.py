@@ -11,7 +11,7 @@ import threading
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import boto3
 import botocore.exceptions
@@ -19,10 +19,13 @@ from botocore.config import Config
 
 from migrator.errors import InvalidInput
 from migrator.layout import Shard, is_uploads
-from migrator.parts import abort, open_uploads
 from migrator.plan import BucketSettings, SyncSettings
 
+if TYPE_CHECKING:
+    from migrator.parts import PartBody
+
 log = logging.getLogger(__name__)
+DELETE_BATCH = 1000  # DeleteObjects' most keys a request
 
 
 class RequestCounter:
@@ -144,19 +147,72 @@ class Bucket:
             for item in page.get("Contents", ()):
                 yield StoredObject(self.rel(item["Key"]), item["Size"], item["ETag"], item["LastModified"].timestamp())
 
+    def put_object(self, rel: str, body: bytes, extra_args: dict) -> str:
+        """PutObject through the client (its retries); returns the ETag."""
+        return str(self.client.put_object(Bucket=self.settings.name, Key=self.key(rel), Body=body,
+                                          **extra_args).get("ETag", ""))
+
+    def delete_batches(self, rels: Sequence[str], quiet: bool) -> Iterator[tuple[list[str], list[dict]]]:
+        """DeleteObjects in batches of 1000: per batch, the paths the bucket reported deleted (none when ``quiet``)
+        and its per-key errors."""
+        for start in range(0, len(rels), DELETE_BATCH):
+            answer = self.client.delete_objects(Bucket=self.settings.name, Delete={
+                "Objects": [{"Key": self.key(rel)} for rel in rels[start:start + DELETE_BATCH]], "Quiet": quiet})
+            yield [self.rel(item["Key"]) for item in answer.get("Deleted") or ()], list(answer.get("Errors") or ())
+
     def delete_keys(self, rels: Sequence[str]) -> None:
-        """DeleteObjects (quiet) in batches of 1000, for keys outside the copy (canaries, probe leftovers); the
-        copy's own deletes go through ``Transfer.delete`` with its guards."""
-        for start in range(0, len(rels), 1000):
-            self.client.delete_objects(Bucket=self.settings.name, Delete={
-                "Objects": [{"Key": self.key(rel)} for rel in rels[start:start + 1000]], "Quiet": True})
+        """DeleteObjects (quiet), for keys outside the copy (canaries, probe leftovers); the copy's own deletes go
+        through ``Transfer.delete`` with its guards."""
+        for _ in self.delete_batches(rels, quiet=True):
+            pass
 
     def remove_prefix(self, prefix: str) -> None:
         """Every object and unfinished multipart upload under ``prefix`` removed, for keys outside the copy (doctor's
         scratch prefix)."""
         self.delete_keys([stored.rel for stored in self.listing(prefix)])
-        for upload in open_uploads(self.client, self.settings.name, self.key(prefix)):
-            abort(self.client, self.settings.name, upload)
+        for upload in self.open_uploads(prefix):
+            self.abort_upload(upload.rel, upload.upload_id)
+
+    def create_upload(self, rel: str, extra_args: dict) -> str:
+        """CreateMultipartUpload; returns its UploadId."""
+        return str(self.client.create_multipart_upload(Bucket=self.settings.name, Key=self.key(rel),
+                                                       **extra_args)["UploadId"])
+
+    def upload_part(self, rel: str, upload_id: str, number: int, body: PartBody) -> str:
+        """UploadPart; returns the part's ETag."""
+        return str(self.client.upload_part(Bucket=self.settings.name, Key=self.key(rel), UploadId=upload_id,
+                                           PartNumber=number, Body=body)["ETag"])
+
+    def complete_upload(self, rel: str, upload_id: str, etags: dict[int, str]) -> str:
+        """CompleteMultipartUpload of the parts ``etags`` names (number: ETag); returns the object's ETag."""
+        answer = self.client.complete_multipart_upload(
+            Bucket=self.settings.name, Key=self.key(rel), UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": number, "ETag": etags[number]} for number in sorted(etags)]})
+        return str(answer.get("ETag", ""))
+
+    def open_uploads(self, prefix: str, exact: bool = False) -> Iterator[OpenUpload]:
+        """Multipart uploads left open under ``prefix`` (ListMultipartUploads); ``exact``: for that path only."""
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.settings.name,
+                                                                                Prefix=self.key(prefix)):
+            for upload in page.get("Uploads", ()):
+                rel = self.rel(upload["Key"])
+                if not exact or rel == prefix:
+                    yield OpenUpload(rel, upload["UploadId"], upload["Initiated"].timestamp())
+
+    def uploaded_parts(self, upload: OpenUpload) -> Iterator[tuple[int, int, str]]:
+        """The parts an open upload holds (ListParts): (number, size, ETag)."""
+        for page in self.client.get_paginator("list_parts").paginate(Bucket=self.settings.name,
+                                                                    Key=self.key(upload.rel), UploadId=upload.upload_id):
+            for part in page.get("Parts", ()):
+                yield part["PartNumber"], part["Size"], part["ETag"]
+
+    def abort_upload(self, rel: str, upload_id: str) -> None:
+        """AbortMultipartUpload; one already gone (completed or aborted meanwhile) is no error."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.settings.name, Key=self.key(rel), UploadId=upload_id)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
 
     def configuration(self, call: str, missing: tuple[str, ...] = ()) -> tuple[Optional[dict], Optional[str]]:
         """One read of the bucket's configuration (``call``: the client's method, e.g. ``get_bucket_versioning``):
@@ -320,6 +376,16 @@ COMPATIBILITY = {  # errors from S3-compatible stores that name a header we sent
                         "x-amz-server-side-encryption (registry.storage.encrypt/keyid) or x-amz-checksum-* "
                         "(bucket.checksums: when_required)"),
 }
+
+
+@dataclass(frozen=True)
+class OpenUpload:
+    """A multipart upload not completed nor aborted, as ListMultipartUploads names it (initiated: seconds since the
+    epoch)."""
+
+    rel: str
+    upload_id: str
+    initiated: float
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,17 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from conftest import bucket_contents, run_cli, source_files
 from faultproxy import FaultProxy
 
-from migrator.errors import InvalidInput
+from migrator import parts
+from migrator.errors import InvalidInput, SourceChanged
 from migrator.layout import BLOBS
 from migrator.migration.context import open_context
-from migrator.parts import MAX_PARTS, ByteBudget, part_size_for
+from migrator.parts import MAX_PARTS, ByteBudget, FileSlice, part_size_for
 from migrator.plan import load_plan
 from migrator.testing.synthetic import RegistryTree, populate
 
@@ -224,3 +226,120 @@ def test_a_503_storm_on_parts_is_survived(tmp_path, make_plan, s3, bucket, proxy
         assert_blob_stored(s3, bucket, key)
     assert not open_uploads(s3, bucket)
     assert bucket_contents(s3, bucket) == source_files(tree.root)
+
+
+def test_a_file_slice_reads_its_range_again_after_a_rewind(tmp_path):
+    content = random.Random(7).randbytes(3 * MiB)
+    path = tmp_path / "layer"
+    path.write_bytes(content)
+    with open(path, "rb") as handle:
+        body = FileSlice(handle.fileno(), MiB + 3, MiB)
+        assert len(body) == MiB and body.seekable()
+        first = b"".join(iter(lambda: body.read(100_000), b""))
+        assert body.seek(0) == 0  # botocore's rewind before a retry
+        assert body.read() == first == content[MiB + 3 : 2 * MiB + 3]
+        assert body.seek(-10, os.SEEK_END) == MiB - 10 and body.read(100) == content[2 * MiB - 7 : 2 * MiB + 3]
+        os.truncate(path, MiB + 3 + 1000)  # the file shrinks while its part is sent
+        body.seek(0)
+        with pytest.raises(OSError, match="shrank"):
+            body.read()
+
+
+def test_parts_are_streamed_from_the_file_and_resent_whole_after_a_retry(tmp_path, make_plan, s3, bucket, proxy,
+                                                                       monkeypatch):
+    """A part's bytes are read a piece at a time as botocore sends them, never whole; a part answered 503 is sent
+    again from its start (botocore rewinds the body), and the bucket holds the layer's exact bytes."""
+    reads: list[int] = []
+    pread = os.pread
+
+    def recorded_pread(fd: int, length: int, offset: int) -> bytes:
+        reads.append(length)
+        return pread(fd, length, offset)
+
+    monkeypatch.setattr(parts.os, "pread", recorded_pread)
+    proxy.mode, proxy.rate, proxy.only = "slowdown", 0.3, "partNumber="
+    tree, keys = tree_with_layers(tmp_path / "src", [23])  # 5 parts of 5 MiB, the last 3 MiB
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
+    with open_context(load_plan(plan)) as job:
+        job.engine.run_pass()
+    assert proxy.injected["503"] > 0
+    assert reads and max(reads) <= MiB, f"a read of {max(reads) / MiB:.1f} MiB: a part was read whole"
+    assert sum(reads) >= 23 * MiB * 2  # hashed for the signature, then sent, and the parts answered 503 again
+    assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+    assert not open_uploads(s3, bucket)
+
+
+@pytest.mark.parametrize("change", ["grown", "rewritten", "truncated"])
+def test_a_large_file_changed_while_its_parts_are_sent_is_not_stored(tmp_path, make_plan, s3, bucket, change):
+    """Not a blob (a blob is written once): its size or mtime moving during the upload aborts the upload with an error
+    naming the key, instead of completing an object made of two versions; the next pass copies it whole."""
+    tree, _ = tree_with_layers(tmp_path / "src", [])
+    rel = "docker/registry/v2/repositories/big/app/notes.bin"
+    path = tree.path(rel)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(random.Random(3).randbytes(12 * MiB))  # 3 parts of 5 MiB and less
+    plan = make_plan(tree.root, sync=SMALL_PARTS | {"max_attempts": 2})
+    with open_context(load_plan(plan)) as job:
+        changed: list[str] = []
+
+        def change_the_file(**_):
+            if changed:
+                return
+            changed.append(change)
+            stat = path.stat()
+            if change == "grown":
+                with open(path, "ab") as handle:
+                    handle.write(b"appended")
+            elif change == "rewritten":
+                with open(path, "r+b") as handle:
+                    handle.write(b"new bytes in place")
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+            else:
+                os.truncate(path, 6 * MiB)
+
+        job.engine.transfer.bucket.client.meta.events.register("before-call.s3.UploadPart", change_the_file)
+        with pytest.raises(SourceChanged, match=rel) as raised:
+            job.engine.run_pass()
+        assert "aborted" in str(raised.value)
+        assert not open_uploads(s3, bucket)
+        assert rel not in bucket_contents(s3, bucket)
+        job.engine.transfer.bucket.client.meta.events.unregister("before-call.s3.UploadPart", change_the_file)
+        job.engine.run_pass()
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+    assert not open_uploads(s3, bucket)
+
+
+class PartsFailing:
+    """A bucket for ``PartUploader`` whose first part fails while the second is still being sent."""
+
+    def __init__(self) -> None:
+        self.second_sent = threading.Event()
+        self.order: list[str] = []
+
+    def open_uploads(self, rel: str, exact: bool = False) -> list:
+        return []
+
+    def create_upload(self, rel: str, extra_args: dict) -> str:
+        return "upload-id"
+
+    def upload_part(self, rel: str, upload_id: str, number: int, body) -> str:
+        if number == 1:
+            self.second_sent.wait(10)
+            raise OSError("part 1 failed")
+        self.second_sent.set()
+        time.sleep(0.5)  # still sending when part 1's failure reaches the caller
+        self.order.append(f"part {number} answered")
+        return f'"etag{number}"'
+
+
+def test_a_failed_upload_returns_only_once_its_other_parts_have_answered():
+    """The caller closes the file when ``upload`` returns: a part still reading it then would read a closed (or reused)
+    descriptor."""
+    bucket = PartsFailing()
+    uploader = parts.PartUploader(bucket, {}, 5 * MiB, ByteBudget(64 * MiB), workers=2)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="part 1 failed"):
+        uploader.upload("layer", 10 * MiB, lambda offset, length: b"x" * 10, resumable=True)
+    bucket.order.append("upload raised")
+    uploader.close()
+    assert bucket.order == ["part 2 answered", "upload raised"]

@@ -71,9 +71,9 @@ def check_bucket(ctx: Context, canary: bool) -> None:
         body = b"migrator canary " + ctx.bucket.key(rel).encode()
         rels = [rel, rel + "-multipart"]  # the copy's two upload paths, with its headers and checksum setting
         try:
-            if ctx.engine.transfer.put(ctx.bucket.key(rel), body).strip('"') != md5_of(body):
+            if ctx.engine.transfer.put(rel, body).strip('"') != md5_of(body):
                 ctx.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
-            ctx.engine.transfer.put_multipart(ctx.bucket.key(rels[1]), body)
+            ctx.engine.transfer.put_multipart(rels[1], body)
             for stored in rels:
                 if probe.get_bytes(stored) != body:
                     raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object "
