@@ -6,7 +6,8 @@ old workers to finish theirs). A standby takes pushes when the registry's config
 restarts read-only, on s3 while it restarts onto s3, so pushes are refused only between the two, while the final
 delta is copied and proven. Without a secret it is read-only, and pushes are refused from the first steering.
 
-A standby that takes pushes is two processes: one for writes, one for reads (nginx picks by the method). When
+A standby that takes pushes on the filesystem is two processes: one for writes, one for reads (nginx picks by the
+method). When
 clients go back to the read-only registry before the final delta, only the writes standby must be done: it is
 stopped gracefully (no new connection, its requests answered), while pulls under way go on on the reads standby,
 stopped once the next steering has drained nginx's old workers."""
@@ -92,8 +93,8 @@ class Front:
         return standby_takes_pushes(self.registry)
 
     def to_standby(self, target: TargetState) -> None:
-        """Start the standby serving ``target`` (read-write when it is: then a second one, read-only, serves the
-        reads) and send every request to it; the registry stays in each upstream as a backup, so nginx asks it
+        """Start the standby serving ``target`` (read-write when it is; on the filesystem a second one, read-only,
+        then serves the reads: the final delta waits for the writes one alone) and send every request to it; the registry stays in each upstream as a backup, so nginx asks it
         should a standby die with migrator. The standbys from before are stopped once nginx is drained of them. A
         standby already serving ``target`` is kept."""
         if self._serving == target and self.nginx.is_steered():
@@ -105,7 +106,7 @@ class Front:
             port = self._start(writes, target, writable=not target.readonly)
             servers = [Server(f"127.0.0.1:{port}"), Server(self.address, backup=True)]
             read_servers = None
-            if not target.readonly:
+            if not target.readonly and target.s3 is None:  # on s3 nothing waits for its writes: one process is enough
                 reads_port = self._start(reads, dataclasses.replace(target, readonly=True), writable=False)
                 read_servers = [Server(f"127.0.0.1:{reads_port}"), Server(self.address, backup=True)]
             self.nginx.steer(servers, read_servers)
