@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from conftest import bucket_contents, run_cli, source_files
+from conftest import bucket_contents, invoke_cli, source_files
 from faultproxy import FaultProxy
 
 from migrator.errors import InvalidInput
@@ -87,7 +87,7 @@ def test_a_large_layers_parts_go_in_parallel(tmp_path, make_plan, s3, bucket, pr
     proxy.gather_parts = 2  # each UploadPart waits (at most 5 s) until a second one has arrived
     tree, keys = tree_with_layers(tmp_path / "src", [24])
     plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
-    result = run_cli("sync", plan)
+    result = invoke_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     assert proxy.peak_parts >= 2, "the layer's parts were sent one after another"
     assert_blob_stored(s3, bucket, keys[0])
@@ -189,14 +189,14 @@ def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_pl
         return sum(1 for method, path, _ in proxy.seen if method == "PUT" and keys[0] in path and "partNumber=" in path)
 
     parts_before = parts_of_the_layer()
-    result = run_cli("sync", plan)
+    result = invoke_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     parts_sent = parts_of_the_layer() - parts_before
     assert parts_sent <= 6 - len(uploaded), "parts the killed run had uploaded were sent again"
     assert not open_uploads(s3, bucket)
     assert_blob_stored(s3, bucket, keys[0])
     assert bucket_contents(s3, bucket) == source_files(tree.root)
-    assert run_cli("verify", "--deep", plan).returncode == 0
+    assert invoke_cli("verify", "--deep", plan).returncode == 0
 
 
 def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, s3, bucket):
@@ -209,7 +209,7 @@ def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, 
     shutil.rmtree(tree.path(keys[0]).parent)
     registry_upload = "docker/registry/v2/repositories/group0/service0/_uploads/6d1e5a0c/data"
     s3.create_multipart_upload(Bucket=bucket, Key=registry_upload)
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     assert [upload["Key"] for upload in open_uploads(s3, bucket)] == [registry_upload]
 
 
@@ -217,7 +217,7 @@ def test_a_503_storm_on_parts_is_survived(tmp_path, make_plan, s3, bucket, proxy
     proxy.mode, proxy.rate, proxy.only = "slowdown", 0.3, "partNumber="
     tree, keys = tree_with_layers(tmp_path / "src", [22, 26])
     plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
-    result = run_cli("sync", plan)
+    result = invoke_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     assert proxy.injected["503"] > 0
     for key in keys:

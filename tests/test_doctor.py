@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import file_hash, listing, run_cli
+from conftest import file_hash, invoke_cli, listing
 
 from migrator.doctor import version_findings
 from migrator.plan import BucketSettings, SyncSettings
@@ -27,7 +27,7 @@ ADMIN = {"aws_access_key_id": "test-access-key", "aws_secret_access_key": "test-
 
 def doctor(plan: Path, tmp_path: Path, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / f"doctor-{uuid.uuid4().hex[:6]}.json"
-    done = run_cli("doctor", plan, "--json", out, env=env)
+    done = invoke_cli("doctor", plan, "--json", out, env=env)
     return done, json.loads(out.read_text()) if out.exists() else {}
 
 
@@ -256,13 +256,13 @@ def test_run_refuses_before_any_change_when_something_blocks(registry_plan, loca
         {"ID": "expire-all", "Status": "Enabled", "Filter": {"Prefix": "reg/"}, "Expiration": {"Days": 1}}]})
     before, config = listing(s3, bucket), file_hash(local_registry.config)
     pid = local_registry.pidfile.read_text()
-    done = run_cli("run", "--yes", registry_plan)
+    done = invoke_cli("run", "--yes", registry_plan)
     assert done.returncode == 2, done.stderr
     assert "lifecycle rule 'expire-all' expires keys" in done.stderr and "nothing was changed" in done.stderr
     assert listing(s3, bucket) == before
     assert file_hash(local_registry.config) == config and local_registry.pidfile.read_text() == pid  # no restart
 
-    report = run_cli("report", registry_plan, "--json", registry_plan.with_name("report.json"))
+    report = invoke_cli("report", registry_plan, "--json", registry_plan.with_name("report.json"))
     assert report.returncode == 0, report.stderr
     listed = json.loads(registry_plan.with_name("report.json").read_text())["doctor"]
     assert not listed["ok"] and [f["check"] for f in listed["findings"] if f["blocks"]] == ["lifecycle"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import bucket_contents, run_cli, source_files
+from conftest import bucket_contents, invoke_cli, source_files
 
 from migrator import layout, walker
 from migrator.changefeed import ChangeFeed, FeedUnavailable, mount_point, mounts_under
@@ -52,11 +52,11 @@ def test_linked_repository_and_blob_are_copied_and_verified(tmp_path, make_plan,
     expected = source_files(tree.root)
     assert any("group9/linked/_manifests/tags/v1/current/link" in rel for rel in expected)
     plan = make_plan(tree.root)
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     assert bucket_contents(s3, bucket) == expected
-    assert run_cli("verify", plan).returncode == 0
-    assert run_cli("verify", "--images", plan).returncode == 0
+    assert invoke_cli("verify", plan).returncode == 0
+    assert invoke_cli("verify", "--images", plan).returncode == 0
 
 
 def test_a_bucket_seeded_by_aws_s3_sync_keeps_linked_keys_through_a_full_walk_window(tmp_path, make_plan, s3, bucket):
@@ -65,7 +65,7 @@ def test_a_bucket_seeded_by_aws_s3_sync_keeps_linked_keys_through_a_full_walk_wi
     for rel, content in expected.items():  # what `aws s3 sync` (which follows links) left in the bucket
         s3.put_object(Bucket=bucket, Key=rel, Body=content)
     plan = make_plan(tree.root, sync={"workers": 4, "shard_workers": 4, "change_feed": False})
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     assert bucket_contents(s3, bucket) == expected
 
@@ -81,7 +81,7 @@ def test_a_link_turns_the_change_feed_off(tmp_path, make_plan):
 def test_a_link_loop_stops_the_run_naming_the_link(tree, make_plan, s3, bucket):
     loop = tree.path(REPOS + "group0/loop")
     loop.symlink_to(tree.path(REPOS + "group0"), target_is_directory=True)
-    result = run_cli("run", "--yes", make_plan(tree.root))
+    result = invoke_cli("run", "--yes", make_plan(tree.root))
     assert result.returncode == 1, result.stderr
     assert f"{loop} is a symbolic link" in result.stderr and "re-run" in result.stderr
 
@@ -99,7 +99,7 @@ def test_a_tag_named_uploads_is_copied_counted_and_verified(tree, make_plan, s3,
     tree.tag("team1/app", "_uploads", digest)
     tree.upload_in_progress("team1/app", "6d1e5a0c-0000-4000-8000-00000000000f", b"in progress")
     plan = make_plan(tree.root)
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     copied = bucket_contents(s3, bucket)
     assert REPOS + "team1/app/_manifests/tags/_uploads/current/link" in copied
@@ -153,9 +153,9 @@ def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_buc
     empty_link = tree.path(good)
     empty_link.write_bytes(b"")  # what the crash left
     plan = make_plan(tree.root, sync={"workers": 4, "shard_workers": 4, "change_feed": False})
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     age_everything(plan, tree)
-    assert run_cli("sync", plan).returncode == 0  # the pass that seals settled directories
+    assert invoke_cli("sync", plan).returncode == 0  # the pass that seals settled directories
     neighbour = next(rel for rel in files if "/_layers/" in rel and rel != good)
     assert sealed(plan, neighbour), "the test needs sealing to happen"
     real_final_sync = copy.final_sync_and_delete
@@ -180,9 +180,9 @@ def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tre
     files = source_files(tree.root)
     rel = next(r for r in files if "/_layers/" in r)
     plan = make_plan(tree.root, sync={"workers": 4, "shard_workers": 4, "change_feed": False})
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     age_everything(plan, tree)
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     assert sealed(plan, rel)
     real_verify = proofs.verify
 
@@ -200,10 +200,10 @@ def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tre
 
 def test_an_object_removed_from_the_bucket_behind_our_back_is_repaired(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     victim = next(rel for rel in source_files(tree.root) if rel.endswith("current/link"))
     s3.delete_object(Bucket=bucket, Key=victim)  # a lifecycle rule, or a hand
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     assert "repairing" in result.stderr
     assert bucket_contents(s3, bucket) == source_files(tree.root)
@@ -277,10 +277,10 @@ def test_sse_kms_etags_are_not_taken_for_md5s(tree, tmp_path, kms_moto_server, m
         report = runner.run(job)
     assert report["verification"]["missing"] == report["verification"]["mismatched"] == 0
     assert bucket_contents(s3, bucket) == source_files(tree.root)
-    assert run_cli("verify", plan).returncode == 0
-    assert run_cli("verify", "--images", plan).returncode == 0
+    assert invoke_cli("verify", plan).returncode == 0
+    assert invoke_cli("verify", "--images", plan).returncode == 0
     s3.put_object(Bucket=bucket, Key=tag, Body=files[tag][:7] + b"0" * 64)  # same size, other content
-    tampered = run_cli("verify", plan)
+    tampered = invoke_cli("verify", plan)
     assert tampered.returncode == 1 and f"mismatched: {tag}" in tampered.stdout
 
 
