@@ -44,7 +44,9 @@ def aws_env(monkeypatch):
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
-    server = MotoServer(logfile=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    """moto_server for the session, without its per-request scan of moto's own package (tests/quick_moto.py)."""
+    command = [sys.executable, str(Path(__file__).with_name("quick_moto.py"))]
+    server = MotoServer(logfile=tmp_path_factory.mktemp("moto") / "moto.log", command=command).start()
     yield server
     server.stop()
 
