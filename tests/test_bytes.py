@@ -83,6 +83,7 @@ def test_plan_refuses_parts_below_the_stores_minimum(tmp_path, make_plan):
         load_plan(make_plan(tree.root, sync={"multipart_chunksize_mb": 4}))
 
 
+@pytest.mark.slow
 def test_a_large_layers_parts_go_in_parallel(tmp_path, make_plan, s3, bucket, proxy):
     proxy.gather_parts = 2  # each UploadPart waits (at most 5 s) until a second one has arrived
     tree, keys = tree_with_layers(tmp_path / "src", [24])
@@ -176,6 +177,7 @@ def test_parts_leave_room_for_small_files():
     assert budget.parts == 4 and budget.held == 26 * MiB
 
 
+@pytest.mark.slow
 def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_plan, s3, bucket, proxy):
     tree, keys = tree_with_layers(tmp_path / "src", [30])  # 6 parts of 5 MiB
     plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
@@ -213,6 +215,7 @@ def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, 
     assert [upload["Key"] for upload in open_uploads(s3, bucket)] == [registry_upload]
 
 
+@pytest.mark.slow
 def test_a_503_storm_on_parts_is_survived(tmp_path, make_plan, s3, bucket, proxy):
     proxy.mode, proxy.rate, proxy.only = "slowdown", 0.3, "partNumber="
     tree, keys = tree_with_layers(tmp_path / "src", [22, 26])

@@ -50,6 +50,7 @@ def registry_plan(local_registry):
                                                "restart": local_registry.restart_command, "redirect": {"disable": True}})
 
 
+@pytest.mark.slow
 def test_healthy_setup_says_so_in_a_few_lines(registry_plan, s3, bucket, tmp_path):
     healthy_bucket(s3, bucket)
     before = listing(s3, bucket)
@@ -92,6 +93,7 @@ def iam_moto(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 def test_a_denied_multipart_action_is_named_and_blocks(iam_moto, tmp_path):
     server, keys = iam_moto
     admin = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1", **keys["admin"])
@@ -218,6 +220,7 @@ def fake_release(tmp_path: Path, answer: str) -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_a_registry_release_with_known_s3_defects_blocks(local_registry, s3, bucket, tmp_path):
     healthy_bucket(s3, bucket)
     binary = fake_release(tmp_path, "registry github.com/distribution/distribution/v3 v3.1.0")
@@ -243,6 +246,7 @@ def test_known_defects_by_release(answer, storage, blocking):
     assert len(version_findings(answer, storage, "http://s3.internal:9000")) == blocking
 
 
+@pytest.mark.slow
 def test_a_redirect_to_a_loopback_endpoint_is_advice(local_registry, s3, bucket, tmp_path):
     healthy_bucket(s3, bucket)
     plan = local_registry.write_plan()
@@ -251,6 +255,7 @@ def test_a_redirect_to_a_loopback_endpoint_is_advice(local_registry, s3, bucket,
     assert f"redirected (307) to {local_registry.s3_endpoint}, a loopback" in checks(result, blocks=False)["redirect"]
 
 
+@pytest.mark.slow
 def test_run_refuses_before_any_change_when_something_blocks(registry_plan, local_registry, s3, bucket):
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
         {"ID": "expire-all", "Status": "Enabled", "Filter": {"Prefix": "reg/"}, "Expiration": {"Days": 1}}]})

@@ -167,6 +167,7 @@ def test_same_address(url, address, same):
     assert same_address(url, address) is same
 
 
+@pytest.mark.slow
 def test_steer_and_restore_through_a_real_nginx(nginx, backends, tmp_path):
     registry, standby = backends
     original = nginx.site.read_bytes()
@@ -182,6 +183,7 @@ def test_steer_and_restore_through_a_real_nginx(nginx, backends, tmp_path):
     assert not (tmp_path / "state" / "nginx-original").exists()
 
 
+@pytest.mark.slow
 def test_a_backup_server_answers_while_the_primary_is_down(nginx, backends, tmp_path):
     registry, standby = backends
     steering = front(nginx, registry, tmp_path / "state")
@@ -192,6 +194,7 @@ def test_a_backup_server_answers_while_the_primary_is_down(nginx, backends, tmp_
     steering.restore()
 
 
+@pytest.mark.slow
 def test_requests_in_flight_finish_across_the_steering_and_it_waits_for_them(nginx, backends, tmp_path):
     registry, standby = backends
     steering = front(nginx, registry, tmp_path / "state")
@@ -207,6 +210,7 @@ def test_requests_in_flight_finish_across_the_steering_and_it_waits_for_them(ngi
     steering.restore()
 
 
+@pytest.mark.slow
 def test_a_file_written_again_while_steered_is_the_operators_and_kept(nginx, backends, tmp_path):
     """A file without migrator's marker while steered was written since by someone else (Omnibus' reconfigure renders
     it afresh, say after a changed setting): putting the front back keeps it rather than the older copy, reloads."""
@@ -223,6 +227,7 @@ def test_a_file_written_again_while_steered_is_the_operators_and_kept(nginx, bac
     assert not (tmp_path / "state" / "nginx-original").exists()
 
 
+@pytest.mark.slow
 def test_a_steering_nginx_refuses_puts_the_original_back(nginx, backends, tmp_path):
     registry, _ = backends
     original = nginx.site.read_bytes()
@@ -232,6 +237,7 @@ def test_a_steering_nginx_refuses_puts_the_original_back(nginx, backends, tmp_pa
     assert answer(nginx.url) == "registry"
 
 
+@pytest.mark.slow
 def test_a_crash_while_steered_is_restored_from_the_kept_original(nginx, backends, tmp_path):
     """A run killed while nginx is steered: the next run's (or rollback's) NginxFront finds the marker and the kept
     original, and puts the operator's bytes back; an operator edit made before the run is kept, not reverted."""

@@ -116,6 +116,7 @@ def test_first_pass_reuses_an_earlier_copy_and_catches_its_tampered_link(tree, m
     assert bucket_contents(s3, bucket) == files
 
 
+@pytest.mark.slow
 def test_delete_refused_when_the_source_walk_finds_nothing(tmp_path, tree, make_plan, s3, bucket):
     invoke_cli("sync", make_plan(tree.root))
     empty = RegistryTree(tmp_path / "empty")
@@ -126,6 +127,7 @@ def test_delete_refused_when_the_source_walk_finds_nothing(tmp_path, tree, make_
     assert listing(s3, bucket) == before
 
 
+@pytest.mark.slow
 def test_mass_delete_refused_then_allowed(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
     assert invoke_cli("sync", plan).returncode == 0
@@ -143,6 +145,7 @@ def test_mass_delete_refused_then_allowed(tree, make_plan, s3, bucket):
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_deletes_never_touch_uploads_or_keys_outside_docker(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root, prefix="reg")
     assert invoke_cli("sync", plan).returncode == 0
@@ -167,6 +170,7 @@ def test_delete_guard_refuses_keys_outside_docker(tree, make_plan):
             job.engine.transfer.delete(["docker/registry/v2/repositories/a/_uploads/x/data"])
 
 
+@pytest.mark.slow
 def test_killed_passes_resume_to_a_byte_identical_bucket(tmp_path, make_plan, s3, bucket):
     seed = int(os.environ.get("MIGRATOR_TEST_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
@@ -196,6 +200,7 @@ def test_canary_left_by_a_killed_preflight_is_swept(tree, make_plan, s3, bucket)
     assert not [k for k in listing(s3, bucket) if ".migrator-canary" in k]
 
 
+@pytest.mark.slow
 def test_window_changes_are_proven_by_the_buckets_own_answers(tree, make_plan, monkeypatch):
     """Uploads proven by their ETag and deletes by DeleteObjects' own list: no HEAD inside the window."""
     plan = make_plan(tree.root)

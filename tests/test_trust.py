@@ -47,6 +47,7 @@ def linked_tree(tmp_path: Path) -> RegistryTree:
     return tree
 
 
+@pytest.mark.slow
 def test_linked_repository_and_blob_are_copied_and_verified(tmp_path, make_plan, s3, bucket):
     tree = linked_tree(tmp_path)
     expected = source_files(tree.root)
@@ -59,6 +60,7 @@ def test_linked_repository_and_blob_are_copied_and_verified(tmp_path, make_plan,
     assert invoke_cli("verify", "--images", plan).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_bucket_seeded_by_aws_s3_sync_keeps_linked_keys_through_a_full_walk_window(tmp_path, make_plan, s3, bucket):
     tree = linked_tree(tmp_path)
     expected = source_files(tree.root)
@@ -70,6 +72,7 @@ def test_a_bucket_seeded_by_aws_s3_sync_keeps_linked_keys_through_a_full_walk_wi
     assert bucket_contents(s3, bucket) == expected
 
 
+@pytest.mark.slow
 def test_a_link_turns_the_change_feed_off(tmp_path, make_plan):
     tree = linked_tree(tmp_path)
     with migration(load_plan(make_plan(tree.root))) as job:
@@ -78,6 +81,7 @@ def test_a_link_turns_the_change_feed_off(tmp_path, make_plan):
     assert "symbolic link" in report["final_pass"]["why"]
 
 
+@pytest.mark.slow
 def test_a_link_loop_stops_the_run_naming_the_link(tree, make_plan, s3, bucket):
     loop = tree.path(REPOS + "group0/loop")
     loop.symlink_to(tree.path(REPOS + "group0"), target_is_directory=True)
@@ -94,6 +98,7 @@ def test_uploads_rule_is_exact():
     assert not layout.is_uploads("docker/registry/v2/blobs/sha256/ab/_uploads/data")
 
 
+@pytest.mark.slow
 def test_a_tag_named_uploads_is_copied_counted_and_verified(tree, make_plan, s3, bucket):
     digest = tree.image("team1/app", "v1", [b"one layer"])
     tree.tag("team1/app", "_uploads", digest)
@@ -144,6 +149,7 @@ def sealed(plan_path: Path, rel: str) -> bool:
     return row is not None and row[0] is not None
 
 
+@pytest.mark.slow
 def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_bucket(tree, make_plan, s3, bucket,
                                                                                    monkeypatch):
     """A crash left a layer link empty; the re-push rewrites it in place (the directory's stat does not change)
@@ -175,6 +181,7 @@ def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_buc
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tree, make_plan, s3, bucket, monkeypatch):
     """A sealed link rewritten after the last pass began: excused as in flight online, re-checked in the window."""
     files = source_files(tree.root)
@@ -198,6 +205,7 @@ def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tre
     assert s3.get_object(Bucket=bucket, Key=rel)["Body"].read() == b"sha256:" + b"f" * 64
 
 
+@pytest.mark.slow
 def test_an_object_removed_from_the_bucket_behind_our_back_is_repaired(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
     assert invoke_cli("sync", plan).returncode == 0
@@ -209,6 +217,7 @@ def test_an_object_removed_from_the_bucket_behind_our_back_is_repaired(tree, mak
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_an_image_object_the_verification_cannot_see_is_a_loud_bug(tree, make_plan, monkeypatch):
     """The image graph does not share the walker's blind spots: blind the walker (the copy and the key-by-key proof
     both use it) to ``_layers``, and the graph, reading the registry's own metadata, still needs those links."""
@@ -250,6 +259,7 @@ def test_bytes_held_by_uploads_stay_under_the_memory_budget(tmp_path, make_plan,
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_sse_kms_etags_are_not_taken_for_md5s(tree, tmp_path, kms_moto_server, monkeypatch):
     """Default bucket encryption aws:kms: ETags are no MD5s, so content is proven by reading it."""
     s3 = boto3.client("s3", endpoint_url=kms_moto_server.endpoint, region_name="us-east-1")
@@ -284,6 +294,7 @@ def test_sse_kms_etags_are_not_taken_for_md5s(tree, tmp_path, kms_moto_server, m
     assert tampered.returncode == 1 and f"mismatched: {tag}" in tampered.stdout
 
 
+@pytest.mark.slow
 def test_a_tag_move_the_final_pass_missed_is_caught_by_the_image_graph(tree, make_plan, s3, bucket, monkeypatch):
     """The window's count comes from the final pass's own findings; the graph reads every tag of the frozen source."""
     from migrator.changefeed import PassTracker
