@@ -144,6 +144,7 @@ class InFlight:
         transfer.put = counted_put
 
 
+@pytest.mark.slow
 def test_memory_bound_holds_with_several_large_files_in_flight(tmp_path, make_plan, s3, bucket):
     tree, keys = tree_with_layers(tmp_path / "src", [9, 10, 11, 12, 13, 14])  # more parts than fit the budget
     plan = make_plan(tree.root, sync=SMALL_PARTS | {"workers": 8, "shard_workers": 8, "max_memory_mb": 16})
@@ -201,6 +202,7 @@ def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_pl
     assert invoke_cli("verify", "--deep", plan).returncode == 0
 
 
+@pytest.mark.slow
 def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, s3, bucket):
     """A killed run's upload for a blob since gone from the source is aborted by the next pass; an upload of the
     registry's own (``_uploads``) stays."""

@@ -23,7 +23,7 @@ def test_auto_checksums_are_botocores_default_on_aws_only(endpoint, mode):
     assert checksum_mode(BucketSettings(name="b", endpoint=endpoint, checksums="when_supported")) == "when_supported"
 
 
-@pytest.mark.parametrize("setting", ["auto", "when_supported"])
+@pytest.mark.parametrize("setting", ["auto", pytest.param("when_supported", marks=pytest.mark.slow)])
 def test_what_a_sync_sends_with_each_checksum_setting(moto_server, tree, make_plan, tmp_path, setting):
     (tree.root / "docker/registry/v2/blobs/sha256/ff").mkdir(parents=True, exist_ok=True)
     big = tree.root / "docker/registry/v2/blobs/sha256/ff/big/data"
