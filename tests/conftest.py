@@ -19,6 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from migrator.cli import main
 from migrator.testing.local import REGISTRY_BINARY, LocalRegistry, MotoServer
 from migrator.testing.rgw import RadosGateway, RadosGatewayUnavailable
 from migrator.testing.synthetic import RegistryTree, populate
@@ -174,14 +175,14 @@ def invoke_cli(*args, env: dict | None = None, quiet: bool = True) -> subprocess
     """The same command line as ``run_cli``, run in this process through click's ``CliRunner``: exit code, stdout and
     stderr as ``run_cli`` returns them, without a new interpreter. For what a subprocess adds nothing to (not for
     failpoints, signals or a terminal). The logging the command sets up is taken down again afterwards."""
-    from migrator.cli import main
-
     root = logging.getLogger()
     kept_handlers, kept_level = list(root.handlers), root.level
     kept_levels = {name: logging.getLogger(name).level for name in ("botocore", "boto3", "s3transfer", "urllib3")}
     command = ["--quiet", *map(str, args)] if quiet else list(map(str, args))
     try:
-        result = CliRunner().invoke(main, command, env=env, catch_exceptions=False)
+        # env replaces the environment, as for a subprocess: what it leaves out is unset for the command
+        replaced = None if env is None else {name: None for name in os.environ if name not in env} | env
+        result = CliRunner().invoke(main, command, env=replaced, catch_exceptions=False)
     finally:
         for handler in list(root.handlers):
             if handler not in kept_handlers:
