@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -12,12 +13,26 @@ import uuid
 from pathlib import Path
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from migrator.cli import main
 from migrator.testing.local import REGISTRY_BINARY, LocalRegistry, MotoServer
 from migrator.testing.rgw import RadosGateway, RadosGatewayUnavailable
 from migrator.testing.synthetic import RegistryTree, populate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_botocore_loader():
+    """One botocore data loader for the whole session: every client (the tests' and migrator's) reads the S3 model
+    and the endpoint rules once instead of parsing their JSON again for each client built."""
+    loader = botocore.loaders.create_loader()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader", lambda search_paths_str=None: loader)
+        yield loader
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +45,9 @@ def aws_env(monkeypatch):
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
-    server = MotoServer(logfile=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    """moto_server for the session, without its per-request scan of moto's own package (tests/quick_moto.py)."""
+    command = [sys.executable, str(Path(__file__).with_name("quick_moto.py"))]
+    server = MotoServer(logfile=tmp_path_factory.mktemp("moto") / "moto.log", command=command).start()
     yield server
     server.stop()
 
@@ -152,6 +169,32 @@ def run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.
     """The real console entry point in a subprocess (exit codes, stdout and stderr as an operator sees them)."""
     return subprocess.run([sys.executable, "-m", "migrator", "--quiet", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+
+def invoke_cli(*args, env: dict | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
+    """The same command line as ``run_cli``, run in this process through click's ``CliRunner``: exit code, stdout and
+    stderr as ``run_cli`` returns them, without a new interpreter. For what a subprocess adds nothing to (not for
+    failpoints, signals or a terminal). The logging the command sets up is taken down again afterwards."""
+    root = logging.getLogger()
+    kept_handlers, kept_level = list(root.handlers), root.level
+    kept_levels = {name: logging.getLogger(name).level for name in ("botocore", "boto3", "s3transfer", "urllib3")}
+    command = ["--quiet", *map(str, args)] if quiet else list(map(str, args))
+    try:
+        # env replaces the environment, as for a subprocess: what it leaves out is unset for the command
+        replaced = None if env is None else {name: None for name in os.environ if name not in env} | env
+        result = CliRunner().invoke(main, command, env=replaced, catch_exceptions=False)
+    finally:
+        for handler in list(root.handlers):
+            if handler not in kept_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in kept_handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(kept_level)
+        for name, level in kept_levels.items():
+            logging.getLogger(name).setLevel(level)
+    return subprocess.CompletedProcess(["migrator", *command], result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import bucket_contents, run_cli, source_files
+from conftest import bucket_contents, invoke_cli, source_files
 from faultproxy import FaultProxy
 
 from migrator import parts
@@ -85,11 +85,12 @@ def test_plan_refuses_parts_below_the_stores_minimum(tmp_path, make_plan):
         load_plan(make_plan(tree.root, sync={"multipart_chunksize_mb": 4}))
 
 
+@pytest.mark.slow
 def test_a_large_layers_parts_go_in_parallel(tmp_path, make_plan, s3, bucket, proxy):
     proxy.gather_parts = 2  # each UploadPart waits (at most 5 s) until a second one has arrived
     tree, keys = tree_with_layers(tmp_path / "src", [24])
     plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
-    result = run_cli("sync", plan)
+    result = invoke_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     assert proxy.peak_parts >= 2, "the layer's parts were sent one after another"
     assert_blob_stored(s3, bucket, keys[0])
@@ -145,6 +146,7 @@ class InFlight:
         transfer.put = counted_put
 
 
+@pytest.mark.slow
 def test_memory_bound_holds_with_several_large_files_in_flight(tmp_path, make_plan, s3, bucket):
     tree, keys = tree_with_layers(tmp_path / "src", [9, 10, 11, 12, 13, 14])  # more parts than fit the budget
     plan = make_plan(tree.root, sync=SMALL_PARTS | {"workers": 8, "shard_workers": 8, "max_memory_mb": 16})
@@ -178,6 +180,7 @@ def test_parts_leave_room_for_small_files():
     assert budget.parts == 4 and budget.held == 26 * MiB
 
 
+@pytest.mark.slow
 def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_plan, s3, bucket, proxy):
     tree, keys = tree_with_layers(tmp_path / "src", [30])  # 6 parts of 5 MiB
     plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
@@ -191,16 +194,17 @@ def test_killed_large_upload_resumes_and_leaves_no_open_upload(tmp_path, make_pl
         return sum(1 for method, path, _ in proxy.seen if method == "PUT" and keys[0] in path and "partNumber=" in path)
 
     parts_before = parts_of_the_layer()
-    result = run_cli("sync", plan)
+    result = invoke_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     parts_sent = parts_of_the_layer() - parts_before
     assert parts_sent <= 6 - len(uploaded), "parts the killed run had uploaded were sent again"
     assert not open_uploads(s3, bucket)
     assert_blob_stored(s3, bucket, keys[0])
     assert bucket_contents(s3, bucket) == source_files(tree.root)
-    assert run_cli("verify", "--deep", plan).returncode == 0
+    assert invoke_cli("verify", "--deep", plan).returncode == 0
 
 
+@pytest.mark.slow
 def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, s3, bucket):
     """A killed run's upload for a blob since gone from the source is aborted by the next pass; an upload of the
     registry's own (``_uploads``) stays."""
@@ -211,15 +215,16 @@ def test_uploads_left_open_for_keys_not_copied_are_aborted(tmp_path, make_plan, 
     shutil.rmtree(tree.path(keys[0]).parent)
     registry_upload = "docker/registry/v2/repositories/group0/service0/_uploads/6d1e5a0c/data"
     s3.create_multipart_upload(Bucket=bucket, Key=registry_upload)
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     assert [upload["Key"] for upload in open_uploads(s3, bucket)] == [registry_upload]
 
 
+@pytest.mark.slow
 def test_a_503_storm_on_parts_is_survived(tmp_path, make_plan, s3, bucket, proxy):
     proxy.mode, proxy.rate, proxy.only = "slowdown", 0.3, "partNumber="
     tree, keys = tree_with_layers(tmp_path / "src", [22, 26])
     plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
-    result = run_cli("sync", plan)
+    result = invoke_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     assert proxy.injected["503"] > 0
     for key in keys:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
+from conftest import invoke_cli
 
 
 def migrator(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "migrator", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+    """The command line as typed, flags where the test puts them (no --quiet added), in this process."""
+    return invoke_cli(*args, quiet=False)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import run_cli
+from conftest import invoke_cli
 from faultproxy import FaultProxy
 
 from migrator.plan import BucketSettings
@@ -23,7 +23,7 @@ def test_auto_checksums_are_botocores_default_on_aws_only(endpoint, mode):
     assert checksum_mode(BucketSettings(name="b", endpoint=endpoint, checksums="when_supported")) == "when_supported"
 
 
-@pytest.mark.parametrize("setting", ["auto", "when_supported"])
+@pytest.mark.parametrize("setting", ["auto", pytest.param("when_supported", marks=pytest.mark.slow)])
 def test_what_a_sync_sends_with_each_checksum_setting(moto_server, tree, make_plan, tmp_path, setting):
     (tree.root / "docker/registry/v2/blobs/sha256/ff").mkdir(parents=True, exist_ok=True)
     big = tree.root / "docker/registry/v2/blobs/sha256/ff/big/data"
@@ -34,7 +34,7 @@ def test_what_a_sync_sends_with_each_checksum_setting(moto_server, tree, make_pl
         plan = make_plan(tree.root, sync={"workers": 4, "multipart_threshold_mb": 5, "multipart_chunksize_mb": 5})
         text = plan.read_text().replace(moto_server.endpoint, proxy.endpoint)
         plan.write_text(text.replace("region: us-east-1", f"region: us-east-1\n  checksums: {setting}"))
-        result = run_cli("sync", plan)
+        result = invoke_cli("sync", plan)
         assert result.returncode == 0, result.stderr
     finally:
         proxy.stop()
@@ -56,7 +56,7 @@ def test_an_unsupported_storage_class_fails_in_preflight(tree, make_plan, s3, bu
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tree.root}\n")
     plan = make_plan(tree.root, registry={"config": str(config), "restart": "true", "url": "http://127.0.0.1:9",
                                           "storage": {"storageclass": "FANCY_TIER"}})
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 2, result.stderr
     assert "storageclass" in result.stderr and "x-amz-storage-class" in result.stderr
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

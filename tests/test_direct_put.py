@@ -36,6 +36,7 @@ def test_a_direct_put_stores_what_put_object_stores(moto_server, s3, bucket, sto
         assert sent.get(field) == reference.get(field), field
 
 
+@pytest.mark.slow  # a fault storm: 30 % of the requests through a proxy fail
 @pytest.mark.parametrize("put", ["direct", "obstore"])
 def test_every_failed_direct_put_goes_through_put_object(moto_server, s3, bucket, tree, put):
     proxy = FaultProxy(moto_server.endpoint, mode="faults", rate=0.3, seed=4).start()

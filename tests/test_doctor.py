@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import file_hash, listing, run_cli
+from conftest import file_hash, invoke_cli, listing
 
 from migrator.doctor import version_findings
 from migrator.plan import BucketSettings, SyncSettings
@@ -27,7 +27,7 @@ ADMIN = {"aws_access_key_id": "test-access-key", "aws_secret_access_key": "test-
 
 def doctor(plan: Path, tmp_path: Path, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / f"doctor-{uuid.uuid4().hex[:6]}.json"
-    done = run_cli("doctor", plan, "--json", out, env=env)
+    done = invoke_cli("doctor", plan, "--json", out, env=env)
     return done, json.loads(out.read_text()) if out.exists() else {}
 
 
@@ -50,6 +50,7 @@ def registry_plan(local_registry):
                                                "restart": local_registry.restart_command, "redirect": {"disable": True}})
 
 
+@pytest.mark.slow
 def test_healthy_setup_says_so_in_a_few_lines(registry_plan, s3, bucket, tmp_path):
     healthy_bucket(s3, bucket)
     before = listing(s3, bucket)
@@ -92,6 +93,7 @@ def iam_moto(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 def test_a_denied_multipart_action_is_named_and_blocks(iam_moto, tmp_path):
     server, keys = iam_moto
     admin = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1", **keys["admin"])
@@ -218,6 +220,7 @@ def fake_release(tmp_path: Path, answer: str) -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_a_registry_release_with_known_s3_defects_blocks(local_registry, s3, bucket, tmp_path):
     healthy_bucket(s3, bucket)
     binary = fake_release(tmp_path, "registry github.com/distribution/distribution/v3 v3.1.0")
@@ -243,6 +246,7 @@ def test_known_defects_by_release(answer, storage, blocking):
     assert len(version_findings(answer, storage, "http://s3.internal:9000")) == blocking
 
 
+@pytest.mark.slow
 def test_a_redirect_to_a_loopback_endpoint_is_advice(local_registry, s3, bucket, tmp_path):
     healthy_bucket(s3, bucket)
     plan = local_registry.write_plan()
@@ -251,18 +255,19 @@ def test_a_redirect_to_a_loopback_endpoint_is_advice(local_registry, s3, bucket,
     assert f"redirected (307) to {local_registry.s3_endpoint}, a loopback" in checks(result, blocks=False)["redirect"]
 
 
+@pytest.mark.slow
 def test_run_refuses_before_any_change_when_something_blocks(registry_plan, local_registry, s3, bucket):
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
         {"ID": "expire-all", "Status": "Enabled", "Filter": {"Prefix": "reg/"}, "Expiration": {"Days": 1}}]})
     before, config = listing(s3, bucket), file_hash(local_registry.config)
     pid = local_registry.pidfile.read_text()
-    done = run_cli("run", "--yes", registry_plan)
+    done = invoke_cli("run", "--yes", registry_plan)
     assert done.returncode == 2, done.stderr
     assert "lifecycle rule 'expire-all' expires keys" in done.stderr and "nothing was changed" in done.stderr
     assert listing(s3, bucket) == before
     assert file_hash(local_registry.config) == config and local_registry.pidfile.read_text() == pid  # no restart
 
-    report = run_cli("report", registry_plan, "--json", registry_plan.with_name("report.json"))
+    report = invoke_cli("report", registry_plan, "--json", registry_plan.with_name("report.json"))
     assert report.returncode == 0, report.stderr
     listed = json.loads(registry_plan.with_name("report.json").read_text())["doctor"]
     assert not listed["ok"] and [f["check"] for f in listed["findings"] if f["blocks"]] == ["lifecycle"]

@@ -172,6 +172,7 @@ def test_same_address(url, address, same):
     assert same_address(url, address) is same
 
 
+@pytest.mark.slow
 def test_steer_and_restore_through_a_real_nginx(nginx, backends, tmp_path):
     registry, standby = backends
     original = nginx.site.read_bytes()
@@ -187,6 +188,7 @@ def test_steer_and_restore_through_a_real_nginx(nginx, backends, tmp_path):
     assert not (tmp_path / "state" / "nginx-original").exists()
 
 
+@pytest.mark.slow
 def test_a_backup_server_answers_while_the_primary_is_down(nginx, backends, tmp_path):
     registry, standby = backends
     steering = front(nginx, registry, tmp_path / "state")
@@ -197,6 +199,7 @@ def test_a_backup_server_answers_while_the_primary_is_down(nginx, backends, tmp_
     steering.restore()
 
 
+@pytest.mark.slow
 def test_requests_in_flight_finish_across_the_steering_and_it_waits_for_them(nginx, backends, tmp_path):
     registry, standby = backends
     steering = front(nginx, registry, tmp_path / "state")
@@ -212,6 +215,7 @@ def test_requests_in_flight_finish_across_the_steering_and_it_waits_for_them(ngi
     steering.restore()
 
 
+@pytest.mark.slow
 def test_reads_and_writes_go_to_servers_of_their_own_and_a_uri_keeps_one_upstream(nginx, backends, tmp_path):
     registry, standby = backends
     reads = Backend("reads").start()
@@ -229,6 +233,7 @@ def test_reads_and_writes_go_to_servers_of_their_own_and_a_uri_keeps_one_upstrea
     assert "map $request_method" not in steered and "proxy_pass          http://migrator_registry/;" in steered
 
 
+@pytest.mark.slow
 def test_a_restore_without_drain_leaves_the_pulls_under_way_to_finish_on_their_server(nginx, backends, tmp_path):
     """The window's step 3: clients back on the registry at once; a pull under way on the reads standby is not
     waited for, and still gets every byte."""
@@ -250,6 +255,7 @@ def test_a_restore_without_drain_leaves_the_pulls_under_way_to_finish_on_their_s
         reads.stop()
 
 
+@pytest.mark.slow
 def test_a_proxy_pass_through_an_upstream_of_the_registry_is_steered_and_put_back(backends, tmp_path):
     """A trial's file had 'upstream registry_backend { server <registry>; }' and was refused; an upstream that also
     names another server is not the registry alone and still is."""
@@ -272,6 +278,7 @@ def test_a_proxy_pass_through_an_upstream_of_the_registry_is_steered_and_put_bac
         steered_text(shared, registry.address, [Server("127.0.0.1:6000")], "registry.conf")
 
 
+@pytest.mark.slow
 def test_a_file_written_again_while_steered_is_the_operators_and_kept(nginx, backends, tmp_path):
     """A file without migrator's marker while steered was written since by someone else (Omnibus' reconfigure renders
     it afresh, say after a changed setting): putting the front back keeps it rather than the older copy, reloads."""
@@ -288,6 +295,7 @@ def test_a_file_written_again_while_steered_is_the_operators_and_kept(nginx, bac
     assert not (tmp_path / "state" / "nginx-original").exists()
 
 
+@pytest.mark.slow
 def test_a_steering_nginx_refuses_puts_the_original_back(nginx, backends, tmp_path):
     registry, _ = backends
     original = nginx.site.read_bytes()
@@ -297,6 +305,7 @@ def test_a_steering_nginx_refuses_puts_the_original_back(nginx, backends, tmp_pa
     assert answer(nginx.url) == "registry"
 
 
+@pytest.mark.slow
 def test_a_crash_while_steered_is_restored_from_the_kept_original(nginx, backends, tmp_path):
     """A run killed while nginx is steered: the next run's (or rollback's) NginxFront finds the marker and the kept
     original, and puts the operator's bytes back; an operator edit made before the run is kept, not reverted."""

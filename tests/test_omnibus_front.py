@@ -51,6 +51,7 @@ def reconfigure_renders_it_so(omnibus: FakeOmnibus) -> bool:
     return omnibus.actions()[-1][1] == "reconfigure rendered gitlab-registry.conf: unchanged"
 
 
+@pytest.mark.slow
 def test_registry_front_on_omnibus_defaults_to_hup_and_refuses_the_reconfigure_path(local_registry, tmp_path):
     omnibus = FakeOmnibus(local_registry, tmp_path)
     front = load_plan(omnibus.write_plan(front={})).registry.front

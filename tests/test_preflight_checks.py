@@ -7,7 +7,7 @@ import os
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import invoke_cli
 
 
 def write_plan(tmp_path, source, **bucket) -> str:
@@ -20,7 +20,7 @@ def test_source_set_to_docker_itself_names_the_directory_to_use(tmp_path):
     root = tmp_path / "registry-root"
     (root / "docker/registry/v2").mkdir(parents=True)
     for wrong in (root / "docker", root / "docker/registry"):
-        result = run_cli("report", write_plan(tmp_path, wrong))
+        result = invoke_cli("report", write_plan(tmp_path, wrong))
         assert result.returncode == 2, result.stderr
         assert f"set 'source' to {root}" in result.stderr, result.stderr
 
@@ -28,7 +28,7 @@ def test_source_set_to_docker_itself_names_the_directory_to_use(tmp_path):
 def test_source_above_the_rootdirectory_names_the_directory_to_use(tmp_path):
     root = tmp_path / "srv/registry"
     (root / "docker/registry/v2").mkdir(parents=True)
-    result = run_cli("report", write_plan(tmp_path, tmp_path / "srv"))
+    result = invoke_cli("report", write_plan(tmp_path, tmp_path / "srv"))
     assert result.returncode == 2 and f"set 'source' to {root}" in result.stderr, result.stderr
 
 
@@ -36,7 +36,7 @@ def test_credentials_in_the_plan_say_where_they_belong_not_unknown_key(tmp_path)
     root = tmp_path / "root"
     (root / "docker/registry/v2").mkdir(parents=True)
     for key in ("secret_key", "access_key", "SecretAccessKey", "aws_session_token", "password"):
-        result = run_cli("report", write_plan(tmp_path, root, **{key: "SUPERSECRETVALUE"}))
+        result = invoke_cli("report", write_plan(tmp_path, root, **{key: "SUPERSECRETVALUE"}))
         assert result.returncode == 2, result.stderr
         assert "unknown key" not in result.stderr and "secrets do not belong in a plan" in result.stderr
         assert "AWS_ACCESS_KEY_ID" in result.stderr and "profile" in result.stderr
@@ -47,7 +47,7 @@ def test_a_registry_config_for_another_root_names_both_keys_and_both_paths(tree,
     config = tmp_path / "config.yml"
     config.write_text("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/elsewhere\nhttp:\n  addr: :5000\n")
     plan = make_plan(tree.root, registry={"config": str(config), "restart": "true", "url": "http://127.0.0.1:9"})
-    result = run_cli("report", plan)
+    result = invoke_cli("report", plan)
     assert result.returncode == 2, result.stderr
     for named in ("registry.config", str(config), "rootdirectory /srv/elsewhere", "source", str(tree.root)):
         assert named in result.stderr, (named, result.stderr)
@@ -77,7 +77,7 @@ def test_the_restart_command_is_checked_before_any_copy(tree, make_plan, tmp_pat
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tree.root}\n")
     plan = make_plan(tree.root, registry={"config": str(config), "restart": restart, "url": "http://127.0.0.1:9"})
-    result = run_cli("run", "--yes", plan, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = invoke_cli("run", "--yes", plan, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
     assert result.returncode == 2, result.stderr
     for word in named + ["registry.restart"]:
         assert word in result.stderr, (word, result.stderr)

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import bucket_contents, listing, run_cli, source_files
+from conftest import bucket_contents, invoke_cli, listing, source_files
 
 from migrator.errors import Refused
 from migrator.migration import copy, runner
@@ -39,7 +39,7 @@ def age_journal(plan_path):
 
 def test_initial_sync_copies_everything_but_uploads(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root, prefix="/registry/")
-    result = run_cli("sync", plan)
+    result = invoke_cli("sync", plan)
     assert result.returncode == 0, result.stderr
     copied = bucket_contents(s3, bucket, "registry/")
     assert copied == source_files(tree.root)
@@ -116,42 +116,45 @@ def test_first_pass_reuses_an_earlier_copy_and_catches_its_tampered_link(tree, m
     assert bucket_contents(s3, bucket) == files
 
 
+@pytest.mark.slow
 def test_delete_refused_when_the_source_walk_finds_nothing(tmp_path, tree, make_plan, s3, bucket):
-    run_cli("sync", make_plan(tree.root))
+    invoke_cli("sync", make_plan(tree.root))
     empty = RegistryTree(tmp_path / "empty")
     before = listing(s3, bucket)
-    result = run_cli("run", "--yes", make_plan(empty.root, name="empty.yml"))
+    result = invoke_cli("run", "--yes", make_plan(empty.root, name="empty.yml"))
     assert result.returncode == 3, result.stderr
     assert "found no files" in result.stderr
     assert listing(s3, bucket) == before
 
 
+@pytest.mark.slow
 def test_mass_delete_refused_then_allowed(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     links = [p for p in source_files(tree.root) if p.endswith("/link")]
     for rel in links[: len(links) // 3]:
         os.remove(tree.path(rel))
     before = listing(s3, bucket)
-    refused = run_cli("run", "--yes", plan)
+    refused = invoke_cli("run", "--yes", plan)
     assert refused.returncode == 3 and "max_delete_fraction" in refused.stderr
     assert listing(s3, bucket) == before
-    report = run_cli("report", plan)
+    report = invoke_cli("report", plan)
     assert report.returncode == 0 and "would refuse" in report.stdout
-    allowed = run_cli("run", "--yes", "--allow-mass-delete", plan)
+    allowed = invoke_cli("run", "--yes", "--allow-mass-delete", plan)
     assert allowed.returncode == 0, allowed.stderr
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_deletes_never_touch_uploads_or_keys_outside_docker(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root, prefix="reg")
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     outside = ["reg/notes.txt", "reg/other/file", "other-prefix/docker/registry/v2/x",
                "reg/docker/registry/v2/repositories/app0/service0/_uploads/abc/data"]
     for key in outside:
         s3.put_object(Bucket=bucket, Key=key, Body=b"keep me")
     os.remove(tree.path(next(p for p in source_files(tree.root) if p.endswith("current/link"))))
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     remaining = listing(s3, bucket)
     assert all(key in remaining for key in outside)
@@ -167,6 +170,7 @@ def test_delete_guard_refuses_keys_outside_docker(tree, make_plan):
             job.engine.transfer.delete(["docker/registry/v2/repositories/a/_uploads/x/data"])
 
 
+@pytest.mark.slow
 def test_killed_passes_resume_to_a_byte_identical_bucket(tmp_path, make_plan, s3, bucket):
     seed = int(os.environ.get("MIGRATOR_TEST_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
@@ -184,18 +188,19 @@ def test_killed_passes_resume_to_a_byte_identical_bucket(tmp_path, make_plan, s3
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait()
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     assert kills >= 1, f"seed {seed}: no pass was killed mid-way"
-    assert run_cli("verify", plan).returncode == 0, f"seed {seed}"
+    assert invoke_cli("verify", plan).returncode == 0, f"seed {seed}"
     assert bucket_contents(s3, bucket) == source_files(tree.root), f"seed {seed}"
 
 
 def test_canary_left_by_a_killed_preflight_is_swept(tree, make_plan, s3, bucket):
     s3.put_object(Bucket=bucket, Key="reg/.migrator-canary/0000-left-by-a-kill", Body=b"migrator canary")
-    assert run_cli("sync", make_plan(tree.root, prefix="reg")).returncode == 0
+    assert invoke_cli("sync", make_plan(tree.root, prefix="reg")).returncode == 0
     assert not [k for k in listing(s3, bucket) if ".migrator-canary" in k]
 
 
+@pytest.mark.slow
 def test_window_changes_are_proven_by_the_buckets_own_answers(tree, make_plan, monkeypatch):
     """Uploads proven by their ETag and deletes by DeleteObjects' own list: no HEAD inside the window."""
     plan = make_plan(tree.root)

@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import bucket_contents, run_cli, source_files
+from conftest import bucket_contents, invoke_cli, source_files
 
 from migrator import layout, walker
 from migrator.changefeed import ChangeFeed, FeedUnavailable, mount_point, mounts_under
@@ -47,29 +47,32 @@ def linked_tree(tmp_path: Path) -> RegistryTree:
     return tree
 
 
+@pytest.mark.slow
 def test_linked_repository_and_blob_are_copied_and_verified(tmp_path, make_plan, s3, bucket):
     tree = linked_tree(tmp_path)
     expected = source_files(tree.root)
     assert any("group9/linked/_manifests/tags/v1/current/link" in rel for rel in expected)
     plan = make_plan(tree.root)
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     assert bucket_contents(s3, bucket) == expected
-    assert run_cli("verify", plan).returncode == 0
-    assert run_cli("verify", "--images", plan).returncode == 0
+    assert invoke_cli("verify", plan).returncode == 0
+    assert invoke_cli("verify", "--images", plan).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_bucket_seeded_by_aws_s3_sync_keeps_linked_keys_through_a_full_walk_window(tmp_path, make_plan, s3, bucket):
     tree = linked_tree(tmp_path)
     expected = source_files(tree.root)
     for rel, content in expected.items():  # what `aws s3 sync` (which follows links) left in the bucket
         s3.put_object(Bucket=bucket, Key=rel, Body=content)
     plan = make_plan(tree.root, sync={"workers": 4, "shard_workers": 4, "change_feed": False})
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     assert bucket_contents(s3, bucket) == expected
 
 
+@pytest.mark.slow
 def test_a_link_turns_the_change_feed_off(tmp_path, make_plan):
     tree = linked_tree(tmp_path)
     with migration(load_plan(make_plan(tree.root))) as job:
@@ -78,10 +81,11 @@ def test_a_link_turns_the_change_feed_off(tmp_path, make_plan):
     assert "symbolic link" in report["final_pass"]["why"]
 
 
+@pytest.mark.slow
 def test_a_link_loop_stops_the_run_naming_the_link(tree, make_plan, s3, bucket):
     loop = tree.path(REPOS + "group0/loop")
     loop.symlink_to(tree.path(REPOS + "group0"), target_is_directory=True)
-    result = run_cli("run", "--yes", make_plan(tree.root))
+    result = invoke_cli("run", "--yes", make_plan(tree.root))
     assert result.returncode == 1, result.stderr
     assert f"{loop} is a symbolic link" in result.stderr and "re-run" in result.stderr
 
@@ -94,12 +98,13 @@ def test_uploads_rule_is_exact():
     assert not layout.is_uploads("docker/registry/v2/blobs/sha256/ab/_uploads/data")
 
 
+@pytest.mark.slow
 def test_a_tag_named_uploads_is_copied_counted_and_verified(tree, make_plan, s3, bucket):
     digest = tree.image("team1/app", "v1", [b"one layer"])
     tree.tag("team1/app", "_uploads", digest)
     tree.upload_in_progress("team1/app", "6d1e5a0c-0000-4000-8000-00000000000f", b"in progress")
     plan = make_plan(tree.root)
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     copied = bucket_contents(s3, bucket)
     assert REPOS + "team1/app/_manifests/tags/_uploads/current/link" in copied
@@ -144,6 +149,7 @@ def sealed(plan_path: Path, rel: str) -> bool:
     return row is not None and row[0] is not None
 
 
+@pytest.mark.slow
 def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_bucket(tree, make_plan, s3, bucket,
                                                                                    monkeypatch):
     """A crash left a layer link empty; the re-push rewrites it in place (the directory's stat does not change)
@@ -153,9 +159,9 @@ def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_buc
     empty_link = tree.path(good)
     empty_link.write_bytes(b"")  # what the crash left
     plan = make_plan(tree.root, sync={"workers": 4, "shard_workers": 4, "change_feed": False})
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     age_everything(plan, tree)
-    assert run_cli("sync", plan).returncode == 0  # the pass that seals settled directories
+    assert invoke_cli("sync", plan).returncode == 0  # the pass that seals settled directories
     neighbour = next(rel for rel in files if "/_layers/" in rel and rel != good)
     assert sealed(plan, neighbour), "the test needs sealing to happen"
     real_final_sync = copy.final_sync_and_delete
@@ -175,14 +181,15 @@ def test_a_link_rewritten_in_place_in_a_settled_digest_directory_reaches_the_buc
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tree, make_plan, s3, bucket, monkeypatch):
     """A sealed link rewritten after the last pass began: excused as in flight online, re-checked in the window."""
     files = source_files(tree.root)
     rel = next(r for r in files if "/_layers/" in r)
     plan = make_plan(tree.root, sync={"workers": 4, "shard_workers": 4, "change_feed": False})
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     age_everything(plan, tree)
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     assert sealed(plan, rel)
     real_verify = proofs.verify
 
@@ -198,17 +205,19 @@ def test_what_online_verification_excuses_is_rechecked_in_a_full_walk_window(tre
     assert s3.get_object(Bucket=bucket, Key=rel)["Body"].read() == b"sha256:" + b"f" * 64
 
 
+@pytest.mark.slow
 def test_an_object_removed_from_the_bucket_behind_our_back_is_repaired(tree, make_plan, s3, bucket):
     plan = make_plan(tree.root)
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     victim = next(rel for rel in source_files(tree.root) if rel.endswith("current/link"))
     s3.delete_object(Bucket=bucket, Key=victim)  # a lifecycle rule, or a hand
-    result = run_cli("run", "--yes", plan)
+    result = invoke_cli("run", "--yes", plan)
     assert result.returncode == 0, result.stderr
     assert "repairing" in result.stderr
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_an_image_object_the_verification_cannot_see_is_a_loud_bug(tree, make_plan, monkeypatch):
     """The image graph does not share the walker's blind spots: blind the walker (the copy and the key-by-key proof
     both use it) to ``_layers``, and the graph, reading the registry's own metadata, still needs those links."""
@@ -250,6 +259,7 @@ def test_bytes_held_by_uploads_stay_under_the_memory_budget(tmp_path, make_plan,
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.slow
 def test_sse_kms_etags_are_not_taken_for_md5s(tree, tmp_path, kms_moto_server, monkeypatch):
     """Default bucket encryption aws:kms: ETags are no MD5s, so content is proven by reading it."""
     s3 = boto3.client("s3", endpoint_url=kms_moto_server.endpoint, region_name="us-east-1")
@@ -277,13 +287,14 @@ def test_sse_kms_etags_are_not_taken_for_md5s(tree, tmp_path, kms_moto_server, m
         report = runner.run(job)
     assert report["verification"]["missing"] == report["verification"]["mismatched"] == 0
     assert bucket_contents(s3, bucket) == source_files(tree.root)
-    assert run_cli("verify", plan).returncode == 0
-    assert run_cli("verify", "--images", plan).returncode == 0
+    assert invoke_cli("verify", plan).returncode == 0
+    assert invoke_cli("verify", "--images", plan).returncode == 0
     s3.put_object(Bucket=bucket, Key=tag, Body=files[tag][:7] + b"0" * 64)  # same size, other content
-    tampered = run_cli("verify", plan)
+    tampered = invoke_cli("verify", plan)
     assert tampered.returncode == 1 and f"mismatched: {tag}" in tampered.stdout
 
 
+@pytest.mark.slow
 def test_a_tag_move_the_final_pass_missed_is_caught_by_the_image_graph(tree, make_plan, s3, bucket, monkeypatch):
     """The window's count comes from the final pass's own findings; the graph reads every tag of the frozen source."""
     from migrator.changefeed import PassTracker

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import listing, run_cli, source_files
+from conftest import invoke_cli, listing, source_files
 
 
 @pytest.fixture
 def synced(tree, make_plan):
     plan = make_plan(tree.root, prefix="reg")
-    assert run_cli("sync", plan).returncode == 0
+    assert invoke_cli("sync", plan).returncode == 0
     return plan
 
 
 def verify_json(plan, tmp_path, *flags):
     out = tmp_path / "verify.json"
-    result = run_cli("verify", plan, "--json", out, *flags)
+    result = invoke_cli("verify", plan, "--json", out, *flags)
     return result, json.loads(out.read_text())
 
 

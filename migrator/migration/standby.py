@@ -94,9 +94,10 @@ class Front:
 
     def to_standby(self, target: TargetState) -> None:
         """Start the standby serving ``target`` (read-write when it is; on the filesystem a second one, read-only,
-        then serves the reads: the final delta waits for the writes one alone) and send every request to it; the registry stays in each upstream as a backup, so nginx asks it
-        should a standby die with migrator. The standbys from before are stopped once nginx is drained of them. A
-        standby already serving ``target`` is kept."""
+        then serves the reads: the final delta waits for the writes one alone) and send every request to it; the
+        registry stays in each upstream as a backup, so nginx asks it should a standby die with migrator. The
+        standbys from before are stopped once nginx is drained of them. A standby already serving ``target`` is
+        kept."""
         if self._serving == target and self.nginx.is_steered():
             return
         writes, reads = contextlib.ExitStack(), contextlib.ExitStack()
