@@ -166,7 +166,7 @@ def _progress(ctx: click.Context) -> ProgressBlock:
 def _live(ctx: click.Context, plan: Plan) -> Iterator[ProgressBlock]:
     """Progress for a run that changes things: the terminal's block, and live.json for 'status --watch'."""
     live = LiveStatus(plan.state_dir, has_registry=plan.registry is not None,
-                      front=plan.registry is not None and plan.registry.front is not None)
+                      front=plan.front is not None)
     block = ProgressBlock(live, enabled=not ctx.obj.quiet)
     logging.getLogger().addHandler(live.handler)
     try:
@@ -469,7 +469,7 @@ def status_snapshot(plan: Plan) -> dict:
         "restore_problem": state.restore_problem,
         "outcome": _outcome(state, live),
         "registry": registry_state(state, plan.registry is not None,
-                                   front=plan.registry is not None and plan.registry.front is not None),
+                                   front=plan.front is not None),
         "front_steered": front_steered(plan),
     }
     if not snapshot["running"]:  # a finished or stopped run's warnings are its own; its stop is the news
@@ -491,10 +491,10 @@ def status_snapshot(plan: Plan) -> dict:
 
 def front_steered(plan: Plan) -> Optional[bool]:
     """Whether registry.front's nginx file carries migrator's steering now (None without a front, or unreadable)."""
-    if plan.registry is None or plan.registry.front is None:
+    if plan.front is None:
         return None
     try:
-        return MARKER.encode() in plan.registry.front.nginx.read_bytes()
+        return MARKER.encode() in plan.front.nginx.read_bytes()
     except OSError:
         return None
 

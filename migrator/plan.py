@@ -93,6 +93,11 @@ class Plan:
     sync: SyncSettings
 
     @property
+    def front(self) -> Optional[FrontSettings]:
+        """``registry.front``, or None (also without a ``registry:`` section)."""
+        return self.registry.front if self.registry is not None else None
+
+    @property
     def key_prefix(self) -> str:
         """What every key the registry uses starts with: the rootdirectory, normalised."""
         return normalise_prefix(self.bucket.prefix)

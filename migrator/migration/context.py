@@ -95,8 +95,8 @@ def open_context(plan: Plan, progress: Optional[Progress] = None, options: Optio
             registry = (open_registry(plan.registry, plan.bucket, plan.key_prefix, plan.state_dir / "config-backup")
                         if plan.registry else None)
             ctx = Context(plan, options or Options(), progress, store, state, bucket, journal, engine, registry)
-            if plan.registry is not None and plan.registry.front is not None and registry is not None:
-                ctx.front = Front(plan.registry.front, registry, plan.registry.url, plan.state_dir)
+            if plan.front is not None and plan.registry is not None and registry is not None:
+                ctx.front = Front(plan.front, registry, plan.registry.url, plan.state_dir)
             try:
                 yield ctx
             finally:

@@ -11,6 +11,7 @@ import shutil
 from migrator.layout import REPOSITORIES
 from migrator.managed import Restart
 from migrator.migration.context import Context
+from migrator.migration.standby import standby_takes_pushes
 from migrator.registry_config import TargetState
 
 log = logging.getLogger("migrator")
@@ -25,9 +26,9 @@ def target_s3(ctx: Context, readonly: bool) -> TargetState:
 
 def standby_target(ctx: Context, on_s3: bool) -> TargetState:
     """What the front's standby serves while the registry restarts: the registry's storage (the filesystem, or the
-    bucket), read-write when a standby may take pushes (``Front.standby_takes_writes``), else read-only."""
+    bucket), read-write when a standby may take pushes (``standby_takes_pushes``), else read-only."""
     assert ctx.front is not None
-    readonly = not ctx.front.standby_takes_writes()
+    readonly = not standby_takes_pushes(ctx.managed)
     return target_s3(ctx, readonly) if on_s3 else ctx.managed.target(on_s3=False, readonly=readonly)
 
 

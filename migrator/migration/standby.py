@@ -7,10 +7,9 @@ restarts read-only, on s3 while it restarts onto s3, so pushes are refused only 
 delta is copied and proven. Without a secret it is read-only, and pushes are refused from the first steering.
 
 A standby that takes pushes on the filesystem is two processes: one for writes, one for reads (nginx picks by the
-method). When
-clients go back to the read-only registry before the final delta, only the writes standby must be done: it is
-stopped gracefully (no new connection, its requests answered), while pulls under way go on on the reads standby,
-stopped once the next steering has drained nginx's old workers."""
+method). When clients go back to the read-only registry before the final delta, only the writes standby must be
+done: it is stopped gracefully (no new connection, its requests answered), while pulls under way go on on the reads
+standby, stopped once the next steering has drained nginx's old workers."""
 
 from __future__ import annotations
 
@@ -88,9 +87,6 @@ class Front:
     def client(self) -> RegistryClient:
         """The registry as clients reach it: through nginx."""
         return RegistryClient(self.nginx.url(), ca_bundle=self.registry.bucket.trusted_ca)
-
-    def standby_takes_writes(self) -> bool:
-        return standby_takes_pushes(self.registry)
 
     def to_standby(self, target: TargetState) -> None:
         """Start the standby serving ``target`` (read-write when it is; on the filesystem a second one, read-only,
