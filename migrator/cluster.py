@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 SPLIT_ABOVE = 4096  # entries above which a shard's work is split into tasks by the next character of its keys
 TASKS_PER_THREAD = 2  # tasks in flight per worker thread
 SAMPLE_FILES = 32
+CONNECT_SECONDS = 10  # to reach sync.dask.scheduler: a scheduler that runs answers in milliseconds
 RECENT_LINKS = 16  # tag links written last: what a lagging view of the source gets wrong
 SETTLE_NS = 60 * 10**9  # links written in the last minute are left out: an NFS client's attribute cache may lag so
 DASK_CONFIG = {  # for this process, and the local cluster's workers (the operator's: README, "Many processes")
@@ -348,7 +349,7 @@ class DaskEngine:
         dask.config.set(DASK_CONFIG)
         if self.scheduler:
             try:
-                self.client = Client(self.scheduler, timeout=30)
+                self.client = Client(self.scheduler, timeout=CONNECT_SECONDS)
             except OSError as exc:
                 raise InvalidInput(f"cannot reach the Dask scheduler at {self.scheduler} ({exc}); check "
                                    "sync.dask.scheduler and that 'dask scheduler' runs there") from None

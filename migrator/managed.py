@@ -330,7 +330,7 @@ class ManagedRegistry:
         prefix = str(http.get("prefix") or "").strip("/")  # http.prefix is kept: the shadow serves under it too
         client = RegistryClient(f"http://127.0.0.1:{port}/{prefix}", ca_bundle=self.bucket.trusted_ca)
         try:
-            if not client.wait_healthy(30):
+            if not client.wait_healthy(30, gone=lambda: process.poll() is not None):
                 tail = redact(log_path.read_text(errors="replace"))[-600:]
                 raise InvalidInput(f"the registry binary {self.binary()} did not serve the s3 configuration "
                                    f"(log {log_path}): {tail}")

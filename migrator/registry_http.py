@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Callable, Optional
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = ", ".join([
@@ -113,12 +113,15 @@ class RegistryClient:
         except (urllib.error.URLError, OSError):
             return None
 
-    def wait_healthy(self, timeout: float) -> bool:
-        """Wait until GET /v2/ answers 200 or 401 (auth on: the registry itself is up)."""
+    def wait_healthy(self, timeout: float, gone: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until GET /v2/ answers 200 or 401 (auth on: the registry itself is up); False at ``timeout``, or at
+        once when ``gone()`` says the process that would answer has exited."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.health() in (200, 401):
                 return True
+            if gone():
+                return False
             time.sleep(0.25)
         return False
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import threading
 import urllib.parse
@@ -305,15 +304,18 @@ def _add_content_md5(params: dict, **_: object) -> None:
 
 
 def _cache_endpoints(client: Any) -> None:
-    """botocore resolves the endpoint ruleset per request with the object key among its inputs, so its cache
-    never hits; no S3 rule reads the key. Dropping it (only while that holds) saves ~15 % CPU a request."""
+    """botocore resolves the endpoint ruleset per request with the object key, a listing's prefix and a copy's
+    source among its inputs, so its cache never hits; no S3 rule reads them. Dropping the inputs no rule reads saves
+    ~15 % CPU a request."""
     resolver = getattr(client, "_ruleset_resolver", None)
     definitions = getattr(resolver, "_param_definitions", None)
     rules = getattr(getattr(resolver, "_provider", None), "ruleset", None)
-    if not isinstance(definitions, dict) or "Key" not in definitions or rules is None:
+    if not isinstance(definitions, dict) or rules is None:
         return
-    if '"Key"' not in json.dumps(_ruleset_refs(rules)):
-        definitions.pop("Key")
+    read = set(_ruleset_refs(rules))
+    for name in ("Key", "Prefix", "CopySource"):
+        if name in definitions and name not in read:
+            definitions.pop(name)
 
 
 def _ruleset_refs(node: object) -> list:

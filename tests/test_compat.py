@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 from conftest import invoke_cli
 from faultproxy import FaultProxy
 
-from migrator.plan import BucketSettings
-from migrator.s3 import checksum_mode, explain
+from migrator.plan import BucketSettings, SyncSettings
+from migrator.s3 import checksum_mode, explain, open_bucket
 
 CHECKSUM_HEADERS = ("x-amz-checksum-crc32", "x-amz-checksum-sha256", "x-amz-sdk-checksum-algorithm", "x-amz-trailer")
 
@@ -21,6 +22,23 @@ CHECKSUM_HEADERS = ("x-amz-checksum-crc32", "x-amz-checksum-sha256", "x-amz-sdk-
 def test_auto_checksums_are_botocores_default_on_aws_only(endpoint, mode):
     assert checksum_mode(BucketSettings(name="b", endpoint=endpoint)) == mode
     assert checksum_mode(BucketSettings(name="b", endpoint=endpoint, checksums="when_supported")) == "when_supported"
+
+
+def test_the_endpoint_rules_run_once_for_every_key_and_prefix():
+    client = open_bucket(BucketSettings(name="b", endpoint="http://127.0.0.1:9"), SyncSettings(), "reg/").client
+    resolve = client._ruleset_resolver._provider.resolve_endpoint
+    with Stubber(client) as stub:
+        for number in range(20):
+            stub.add_response("head_object", {}, {"Bucket": "b", "Key": f"reg/key-{number}"})
+            stub.add_response("list_objects_v2", {}, {"Bucket": "b", "Prefix": f"reg/prefix-{number}/"})
+            stub.add_response("copy_object", {}, {"Bucket": "b", "Key": f"reg/copy-{number}",
+                                                  "CopySource": f"b/reg/key-{number}"})
+        misses = resolve.cache_info().misses
+        for number in range(20):
+            client.head_object(Bucket="b", Key=f"reg/key-{number}")
+            client.list_objects_v2(Bucket="b", Prefix=f"reg/prefix-{number}/")
+            client.copy_object(Bucket="b", Key=f"reg/copy-{number}", CopySource=f"b/reg/key-{number}")
+    assert resolve.cache_info().misses - misses <= 3  # once per operation's own static inputs, not per key
 
 
 @pytest.mark.parametrize("setting", ["auto", pytest.param("when_supported", marks=pytest.mark.slow)])
