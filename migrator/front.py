@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import crossplane
 
@@ -38,6 +38,7 @@ READS_UPSTREAM = "migrator_registry_reads"
 POOL = "$migrator_registry_pool"  # the upstream a request goes to, by its method
 MARKER = "# migrator: steered for a migration; 'migrator run' or 'migrator rollback' puts the original back"
 WORKER_TITLE = b"nginx: worker process"
+CLOSING_TITLE = b"nginx: worker process is shutting down"  # set as an old worker stops accepting connections
 RELOAD_TIMEOUT_SECONDS = 30.0
 DRAIN_POLL_SECONDS = 0.1
 
@@ -249,7 +250,9 @@ class NginxFront:
         self.registry_address = registry_address
         self.backup = backup_dir / "nginx-original"
         self.run = run  # runs a shell command: None on success, else what went wrong
-        self.reloaded_at: Optional[float] = None  # when the last reload's new workers were first seen (time.time())
+        # when the last reload's new workers took every new connection: they were seen and every old worker of
+        # their master had stopped accepting (time.time()); before that an old worker may still take a request
+        self.reloaded_at: Optional[float] = None
 
     def check(self) -> None:
         """Before anything changes: the file is readable and proxies to the registry (InvalidInput otherwise)."""
@@ -351,12 +354,12 @@ class NginxFront:
         started = time.monotonic()
         while True:
             now = nginx_workers()
-            reloaded = {master for pid, master in now.items() if pid not in before}
-            old = [pid for pid, master in now.items() if pid in before and master in reloaded]
+            reloaded = {worker.master for pid, worker in now.items() if pid not in before}
+            old = [worker for pid, worker in now.items() if pid in before and worker.master in reloaded]
             waited = time.monotonic() - started
-            if reloaded and self.reloaded_at is None:  # new requests go to the new file's servers from here
-                self.reloaded_at = time.time()
-            if reloaded and (not old or not drain):
+            if reloaded and self.reloaded_at is None and all(worker.closing for worker in old):
+                self.reloaded_at = time.time()  # new requests go to the new file's servers from here
+            if self.reloaded_at is not None and (not old or not drain):
                 return None
             if not reloaded and waited > RELOAD_TIMEOUT_SECONDS:
                 return (f"no nginx master started new workers within {RELOAD_TIMEOUT_SECONDS:.0f}s of "
@@ -368,18 +371,28 @@ class NginxFront:
             time.sleep(DRAIN_POLL_SECONDS)
 
 
-def nginx_workers() -> dict[int, int]:
-    """nginx worker processes on this host (their process title says so), each with its master's pid."""
+class Worker(NamedTuple):
+    """An nginx worker process: its master's pid, and whether it has stopped accepting connections (a reload or a
+    graceful stop told it to finish its requests and exit)."""
+
+    master: int
+    closing: bool
+
+
+def nginx_workers() -> dict[int, Worker]:
+    """nginx worker processes on this host (their process title says so), by pid."""
     workers = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                if not handle.read().startswith(WORKER_TITLE):
-                    continue
+                title = handle.read()
+            if not title.startswith(WORKER_TITLE):
+                continue
             with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                workers[int(entry.name)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
+                master = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            workers[int(entry.name)] = Worker(master, title.startswith(CLOSING_TITLE))
         except (OSError, IndexError, ValueError):
             continue
     return workers

@@ -64,10 +64,17 @@ class FaultProxy:
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _cut_short(self, body: bytes) -> bool:
+                """The client went away before its body was sent (killed mid-part): S3 would never store it."""
+                return "Content-Length" in self.headers and len(body) < int(self.headers["Content-Length"])
+
             def _handle(self):
                 with proxy.lock:
                     proxy.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
                 body = self._body()
+                if self._cut_short(body):
+                    self.close_connection = True
+                    return
                 if "partNumber=" in self.path and self.command == "PUT":
                     with proxy.part_in_flight():
                         self._answer(body, proxy.pick(self.path))
