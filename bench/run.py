@@ -69,6 +69,18 @@ class RequestLog:
             total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / os.sysconf("SC_CLK_TCK")
 
+    def server_rss_mb(self) -> tuple[float, float] | None:
+        """The server's processes' resident memory now and their peak so far (VmRSS, VmHWM), in MB."""
+        if not self.pids:
+            return None
+        now = peak = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/status") as handle:
+                fields = dict(line.split(":", 1) for line in handle)
+            now += int(fields["VmRSS"].split()[0])
+            peak += int(fields["VmHWM"].split()[0])
+        return now / 1024, peak / 1024
+
     def since_last(self) -> int | None:
         if self.path is None:
             return None
@@ -101,9 +113,10 @@ def measure_rusage(command: list[str], log: RequestLog, env: dict | None = None)
 
 
 def write_plan(path: Path, source: Path, bucket: str, endpoint: str, state: Path, change_feed: bool = True,
-               sync: dict | None = None) -> Path:
+               sync: dict | None = None, bucket_keys: dict | None = None) -> Path:
     path.write_text(yaml.safe_dump({
-        "source": str(source), "bucket": {"name": bucket, "prefix": "", "region": "us-east-1", "endpoint": endpoint},
+        "source": str(source), "bucket": {"name": bucket, "prefix": "", "region": "us-east-1", "endpoint": endpoint,
+                                          **(bucket_keys or {})},
         "state": str(state), "sync": {"max_delete_fraction": 0.5, "change_feed": change_feed, **(sync or {})},
     }, sort_keys=False))
     return path
@@ -144,12 +157,13 @@ def tool_versions() -> dict:
 
 
 @contextmanager
-def s3_server(name: str, work: Path) -> Iterator[tuple[str, RequestLog]]:
-    """The endpoint and request log of ``name``: rgw, moto (started here, stopped after) or an endpoint URL."""
+def s3_server(name: str, work: Path) -> Iterator[tuple[str, RequestLog, Callable[[], None]]]:
+    """The endpoint and request log of ``name``: rgw, moto (started here, stopped after) or an endpoint URL; and what
+    frees the memory of the objects deleted so far (RGW's garbage collection; moto frees a key when it is deleted)."""
     if name == "moto":
         moto = MotoServer(logfile=work / "moto.log").start()
         try:
-            yield moto.endpoint, RequestLog(work / "moto.log", (moto.process.pid,))
+            yield moto.endpoint, RequestLog(work / "moto.log", (moto.process.pid,)), lambda: None
         finally:
             moto.stop()
     elif name == "rgw":
@@ -157,12 +171,12 @@ def s3_server(name: str, work: Path) -> Iterator[tuple[str, RequestLog]]:
         gateway = RadosGateway(work / "rgw-server", access_key=os.environ["AWS_ACCESS_KEY_ID"],
                                secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], memstore_bytes=16 << 30).start()
         try:
-            yield gateway.endpoint, RequestLog(gateway.access_log, gateway.pids)
+            yield gateway.endpoint, RequestLog(gateway.access_log, gateway.pids), gateway.collect_garbage
         finally:
             gateway.stop()
             shutil.rmtree(work / "rgw-server", ignore_errors=True)  # memstore: nothing worth keeping
     else:
-        yield name, RequestLog(None)
+        yield name, RequestLog(None), lambda: None
 
 
 def main() -> int:
@@ -184,7 +198,7 @@ def main() -> int:
     for index, server in enumerate(servers):
         work = root / re.sub(r"[^a-z0-9]+", "-", server.lower())
         work.mkdir(parents=True, exist_ok=True)
-        with s3_server(server, work) as (endpoint, log):
+        with s3_server(server, work) as (endpoint, log, reclaim):
             print(f"S3 server: {server} at {endpoint}", flush=True)
             s3 = boto3.client("s3", endpoint_url=endpoint)
             figures = results["servers"][server] = {}
@@ -198,7 +212,7 @@ def main() -> int:
                         else ("migrator sync",)
                     figures["initial"] = initial_sync(source, endpoint, s3, log, work, tree["files"], tools)
             if "bytes" in parts:
-                figures["bytes"] = bytes_heavy(endpoint, s3, log, work)
+                figures["bytes"] = bytes_heavy(endpoint, s3, log, work, reclaim)
             if "engines" in parts:
                 figures["engines"] = engines(source, endpoint, s3, log, work, tree["files"])
             if "registry" in parts:
@@ -231,30 +245,42 @@ def verified(source: Path, bucket: str, endpoint: str, work: Path) -> str:
 
 
 def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, files: int,
-                 tools: tuple | None = None, label: str = "", nbytes: int = 0) -> list:
+                 tools: tuple | None = None, label: str = "", nbytes: int = 0,
+                 reclaim: Callable[[], None] = lambda: None) -> list:
     """Each tool's first copy of the tree into a bucket of its own (``label``-<tool>-initial). With ``label`` the
-    buckets are emptied after each tool (an in-memory RGW holds every byte) and rows carry MiB/s of ``nbytes``."""
+    buckets are emptied after each tool and ``reclaim`` frees what they held (an in-memory RGW holds every byte, until
+    its garbage collection); rows then carry MiB/s of ``nbytes`` and the server's memory afterwards."""
     rows = []
-    plan = write_plan(work / "migrator.yml", source, f"{label}migrator-initial", endpoint, work / "migrator.state")
-    shutil.rmtree(work / "migrator.state", ignore_errors=True)
-    commands = {
-        "migrator sync": [sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)],
-        "aws s3 sync": ["aws", "s3", "sync", f"{source}/docker", f"s3://{label}aws-initial/docker", "--exclude",
-                        "*/_uploads/*", "--only-show-errors", "--endpoint-url", endpoint],
-        "rclone sync": ["rclone", "sync", f"{source}/docker", f":s3:{label}rclone-initial/docker", "--exclude",
-                        "**/_uploads/**",
-                        "--s3-provider", "Other", "--s3-endpoint", endpoint, "--s3-env-auth", "--s3-region", "us-east-1",
-                        "--transfers", "32", "--checkers", "32", "--s3-no-check-bucket"],
-        "s5cmd sync": ["s5cmd", "--endpoint-url", endpoint, "sync", "--exclude", "*/_uploads/*", f"{source}/docker/",
-                       f"s3://{label}s5cmd-initial/docker/"],
+
+    def migrator(bucket: str, name: str, **bucket_keys: str) -> list[str]:
+        """``migrator sync`` with the plan work/<name>.yml (the window's runs reuse migrator.yml)."""
+        state = work / f"{name}.state"
+        shutil.rmtree(state, ignore_errors=True)
+        plan = write_plan(work / f"{name}.yml", source, bucket, endpoint, state, bucket_keys=bucket_keys)
+        return [sys.executable, "-m", "migrator", "--quiet", "sync", str(plan)]
+
+    commands = {  # tool: (its bucket, its command)
+        "migrator sync": (f"{label}migrator-initial", migrator(f"{label}migrator-initial", "migrator")),
+        "aws s3 sync": (f"{label}aws-initial", [
+            "aws", "s3", "sync", f"{source}/docker", f"s3://{label}aws-initial/docker", "--exclude", "*/_uploads/*",
+            "--only-show-errors", "--endpoint-url", endpoint]),
+        "rclone sync": (f"{label}rclone-initial", [
+            "rclone", "sync", f"{source}/docker", f":s3:{label}rclone-initial/docker", "--exclude", "**/_uploads/**",
+            "--s3-provider", "Other", "--s3-endpoint", endpoint, "--s3-env-auth", "--s3-region", "us-east-1",
+            "--transfers", "32", "--checkers", "32", "--s3-no-check-bucket"]),
+        "s5cmd sync": (f"{label}s5cmd-initial", [
+            "s5cmd", "--endpoint-url", endpoint, "sync", "--exclude", "*/_uploads/*", f"{source}/docker/",
+            f"s3://{label}s5cmd-initial/docker/"]),
     }
-    for name, command in commands.items():
+    if label:  # the bytes part: what signing each part's SHA-256 over http costs (bucket.payload_signing)
+        commands[UNSIGNED] = (f"{label}unsigned-initial", migrator(f"{label}unsigned-initial", "migrator-unsigned",
+                                                                     payload_signing="never"))
+    for name, (bucket, command) in commands.items():
         if tools is not None and name not in tools:
             continue
         if shutil.which(command[0]) is None:
             rows.append({"tool": name, "skipped": "not installed"})
             continue
-        bucket = f"{label}{name.split()[0]}-initial"
         s3.create_bucket(Bucket=bucket)
         print(f"initial sync: {name} ...", flush=True)
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # Go SDKs refuse it with custom transports
@@ -266,10 +292,17 @@ def initial_sync(source: Path, endpoint: str, s3, log: RequestLog, work: Path, f
             row["mib_s"] = nbytes / 2**20 / row["wall"]
         if label:
             empty_bucket(s3, bucket)
+            reclaim()
+            row["server_rss_mb"], row["server_peak_rss_mb"] = log.server_rss_mb() or (None, None)
         rows.append(row)
         print(f"  {row['wall']:.1f}s wall, {row['cpu']:.1f}s CPU, {row['rss_mb']:.0f} MB, {row['requests']} requests, "
-              f"bucket {row['bucket']}", flush=True)
+              f"bucket {row['bucket']}" + (f"; server RSS {row['server_rss_mb']:.0f} MB after emptying its bucket, "
+                                           f"peak {row['server_peak_rss_mb']:.0f} MB" if row.get("server_rss_mb") else ""),
+              flush=True)
     return rows
+
+
+UNSIGNED = "migrator sync, bucket.payload_signing: never"
 
 
 def empty_bucket(s3, bucket: str) -> None:
@@ -279,9 +312,9 @@ def empty_bucket(s3, bucket: str) -> None:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
-def bytes_heavy(endpoint: str, s3, log: RequestLog, work: Path) -> dict:
+def bytes_heavy(endpoint: str, s3, log: RequestLog, work: Path, reclaim: Callable[[], None]) -> dict:
     """A bytes-heavy registry (large layers among small files), then one large layer alone: each tool's initial
-    sync, wall, MiB/s, CPU, RSS and the server's CPU."""
+    sync, wall, MiB/s, CPU, RSS and the server's CPU and memory (``reclaim`` frees each tool's bytes after it)."""
     layers = [int(size) for size in os.environ.get("BENCH_BYTES_LAYERS", "512,1024,1536,2048").split(",") if size]
     single = int(os.environ.get("BENCH_SINGLE_MIB", 2048))
     figures = {}
@@ -289,13 +322,13 @@ def bytes_heavy(endpoint: str, s3, log: RequestLog, work: Path) -> dict:
     tree = figures["tree"] = add_layers(work / "bytes-tree", layers, seed=3)
     print(f"bytes-heavy tree: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB", flush=True)
     figures["initial"] = initial_sync(Path(tree["root"]), endpoint, s3, log, work, tree["files"], label="bytes-",
-                                      nbytes=tree["bytes"])
+                                      nbytes=tree["bytes"], reclaim=reclaim)
     shutil.rmtree(work / "bytes-tree", ignore_errors=True)
     if single:
         shutil.rmtree(work / "single-tree", ignore_errors=True)
         tree = figures["single_tree"] = add_layers(work / "single-tree", [single], seed=4)
         figures["single"] = initial_sync(Path(tree["root"]), endpoint, s3, log, work, tree["files"], label="single-",
-                                         nbytes=tree["bytes"])
+                                         nbytes=tree["bytes"], reclaim=reclaim)
         shutil.rmtree(work / "single-tree", ignore_errors=True)
     return figures
 
@@ -516,7 +549,11 @@ def render(results: dict) -> str:
     add(f"Command: `{'BENCH_ONLY=' + only + ' ' if only else ''}make bench` "
         f"(BENCH_S3={','.join(servers)}, BENCH_OBJECTS={os.environ.get('BENCH_OBJECTS', 40000)}, "
         f"BENCH_MB={os.environ.get('BENCH_MB', 700)}, "
-        f"BENCH_SCALE_OBJECTS={os.environ.get('BENCH_SCALE_OBJECTS', 1000000)}). "
+        f"BENCH_SCALE_OBJECTS={os.environ.get('BENCH_SCALE_OBJECTS', 1000000)}, "
+        f"BENCH_BYTES_LAYERS={os.environ.get('BENCH_BYTES_LAYERS', '512,1024,1536,2048')}, "
+        f"BENCH_BYTES_OBJECTS={os.environ.get('BENCH_BYTES_OBJECTS', 2000)}, "
+        f"BENCH_SINGLE_MIB={os.environ.get('BENCH_SINGLE_MIB', 2048)}, "
+        f"BENCH_DIR={os.environ.get('BENCH_DIR', '/tmp/migrator-bench')}). "
         f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu']}), Python {results['machine']['python']}. "
         f"Tools: {', '.join(f'{name} {version}' for name, version in results['tools'].items() if version)}.\n")
     if len(servers) > 1 and all("initial" in figures for figures in servers.values()):
@@ -600,10 +637,20 @@ def render_bytes(figures: dict, add: Callable[[str], None]) -> None:
     add(f"\n### Bytes-heavy initial sync: {tree['files']} files, {tree['bytes'] / 2**20:.0f} MiB, layers of "
         f"{', '.join(map(str, tree['layers_mib']))} MiB\n")
     render_tools(figures["initial"], add, "MiB/s", lambda row: f"{row['mib_s']:.0f}")
+    render_server_memory(figures["initial"], add)
     if "single" in figures:
         add(f"\n### One layer of {figures['single_tree']['layers_mib'][0]} MiB alone (and its image's few small "
             "files)\n")
         render_tools(figures["single"], add, "MiB/s", lambda row: f"{row['mib_s']:.0f}")
+        render_server_memory(figures["single"], add)
+
+
+def render_server_memory(rows: list, add: Callable[[str], None]) -> None:
+    """The S3 server's resident memory after each tool's bucket was emptied (and its bytes reclaimed), and its peak."""
+    measured = [row for row in rows if row.get("server_rss_mb") is not None]
+    if measured:
+        add("\nS3 server's RSS after each tool's bucket was emptied (peak so far): " + ", ".join(
+            f"{row['tool']} {row['server_rss_mb']:.0f} MB ({row['server_peak_rss_mb']:.0f})" for row in measured) + ".")
 
 
 def render_engines(rows: list, add: Callable[[str], None]) -> None:
@@ -704,8 +751,17 @@ def render_goals(results: dict, add: Callable[[str], None]) -> None:
         growth = results["growth"]
         add(f"| 10× objects, same churn: window grows < 2× | {growth['ratio']:.2f}× | "
             f"{'yes' if growth['ratio'] < 2 else 'no'} |")
+    if "bytes" in results:
+        for part, what in (("initial", "bytes-heavy initial sync"), ("single", "one large layer alone")):
+            rows = [r for r in results["bytes"].get(part, ()) if "skipped" not in r]
+            peers = [r for r in rows if not r["tool"].startswith("migrator")]
+            mine = next((r for r in rows if r["tool"] == "migrator sync"), None)
+            if peers and mine:
+                best = min(peers, key=lambda r: r["wall"])
+                add(f"| {what}: wall ≤ best peer's ({best['tool']}) | {mine['wall']:.1f}s vs {best['wall']:.1f}s | "
+                    f"{'yes' if mine['wall'] <= best['wall'] else 'no'} |")
     if "initial" in results:
-        peers = [r for r in results["initial"] if "skipped" not in r and r["tool"] != "migrator sync"]
+        peers = [r for r in results["initial"] if "skipped" not in r and not r["tool"].startswith("migrator")]
         mine = next(r for r in results["initial"] if r["tool"] == "migrator sync")
         best = min(peers, key=lambda r: r["wall"]) if peers else None
         aws = next((r for r in peers if r["tool"] == "aws s3 sync"), None)

@@ -34,6 +34,7 @@ class BucketSettings:
     profile: Optional[str] = None
     driver: str = "s3"  # the registry's driver name: s3, or s3_v2 (GitLab's fork)
     checksums: str = "auto"  # botocore's checksum setting; auto: when_required for endpoints other than AWS
+    payload_signing: str = "auto"  # request bodies' SHA-256 in their signature: always, never; auto: over http only
     ca_bundle: Optional[Path] = None  # PEM certificates to trust for an https endpoint (a private CA, self-signed)
 
     @property
@@ -120,6 +121,7 @@ _BUCKET = {
     "profile": ((str, type(None)), False),
     "driver": (str, False),
     "checksums": (str, False),
+    "payload_signing": (str, False),
     "ca_bundle": ((str, type(None)), False),
 }
 _REGISTRY = {
@@ -309,6 +311,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
     if bucket_values.get("checksums", "auto") not in ("auto", "when_required", "when_supported"):
         raise InvalidInput(f"{plan_path}: bucket.checksums must be auto, when_required or when_supported, "
                            f"not {bucket_values['checksums']!r}")
+    if bucket_values.get("payload_signing", "auto") not in ("auto", "always", "never"):
+        raise InvalidInput(f"{plan_path}: bucket.payload_signing must be auto, always or never, "
+                           f"not {bucket_values['payload_signing']!r}")
     if bucket_values.get("ca_bundle"):
         bucket_values["ca_bundle"] = _resolve(base, bucket_values["ca_bundle"])
         if not bucket_values["ca_bundle"].is_file():

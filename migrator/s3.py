@@ -253,12 +253,13 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     options: dict[str, Any] = {  # retry_mode and checksums: validated by the plan against botocore's values
         "max_pool_connections": sync.workers + sync.shard_workers + 4,
         "retries": {"mode": sync.retry_mode, "max_attempts": max_attempts or sync.max_attempts},
-        "s3": {"addressing_style": "path"} if settings.endpoint else None,
+        "s3": {"addressing_style": "path"} if settings.endpoint else {},
         "connect_timeout": 10,
         "read_timeout": 60,
         "request_checksum_calculation": checksums,
         "response_checksum_validation": checksums,
     }
+    options["s3"]["payload_signing_enabled"] = signs_payload(settings)
     config = Config(**options)
     try:
         session = boto3.session.Session(profile_name=settings.profile)
@@ -294,6 +295,16 @@ def checksum_mode(settings: BucketSettings) -> str:
     host = urllib.parse.urlparse(settings.endpoint).hostname if settings.endpoint else None
     aws = host is None or host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
     return "when_supported" if aws else "when_required"
+
+
+def signs_payload(settings: BucketSettings) -> bool:
+    """``bucket.payload_signing``: whether botocore hashes each request body (SHA-256) into its signature. ``auto``:
+    over plain http only, where that hash is all that proves the store got the bytes sent unaltered; over https TLS
+    already proves it, and the hash costs the client and the store one more pass over every byte (against RGW on 2
+    cores, ~0.5 s a GiB of wall; docs/benchmarks.md)."""
+    if settings.payload_signing != "auto":
+        return settings.payload_signing == "always"
+    return urllib.parse.urlparse(settings.endpoint or "https://s3.amazonaws.com").scheme != "https"
 
 
 def _add_content_md5(params: dict, **_: object) -> None:

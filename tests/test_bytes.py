@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import yaml
 from conftest import bucket_contents, invoke_cli, source_files
 from faultproxy import FaultProxy
 
@@ -20,7 +21,8 @@ from migrator.errors import InvalidInput, SourceChanged
 from migrator.layout import BLOBS
 from migrator.migration.context import open_context
 from migrator.parts import MAX_PARTS, ByteBudget, FileSlice, part_size_for
-from migrator.plan import load_plan
+from migrator.plan import BucketSettings, load_plan
+from migrator.s3 import signs_payload
 from migrator.testing.synthetic import RegistryTree, populate
 
 MiB = 1024 * 1024
@@ -77,6 +79,38 @@ def test_part_size_fits_the_store():
     assert part_size_for(100 * 1024 * MiB, 10 * MiB) == 11 * MiB
     with pytest.raises(ValueError):
         part_size_for(49 * 1024 * 1024 * MiB, 16 * MiB)
+
+
+def test_payload_signing_follows_the_transport():
+    """``auto``: a body's SHA-256 is signed over plain http, where nothing else proves the store got the bytes sent;
+    not over https (TLS does), AWS's default endpoint included."""
+    assert signs_payload(BucketSettings("bucket", endpoint="http://127.0.0.1:7480"))
+    assert not signs_payload(BucketSettings("bucket", endpoint="https://rgw.example:7443"))
+    assert not signs_payload(BucketSettings("bucket"))
+    assert signs_payload(BucketSettings("bucket", endpoint="https://rgw.example", payload_signing="always"))
+    assert not signs_payload(BucketSettings("bucket", endpoint="http://127.0.0.1:7480", payload_signing="never"))
+
+
+@pytest.mark.parametrize("signing", ["auto", "never"])
+def test_parts_are_sent_signed_or_unsigned_as_the_plan_says(tmp_path, make_plan, s3, bucket, proxy, signing):
+    """Over http, ``auto`` sends each part with its SHA-256 in the signature; ``never`` sends UNSIGNED-PAYLOAD. The
+    layer is stored whole either way."""
+    tree, keys = tree_with_layers(tmp_path / "src", [12])  # 3 parts of 5 MiB and less
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
+    values = yaml.safe_load(plan.read_text())
+    values["bucket"]["payload_signing"] = signing
+    plan.write_text(yaml.safe_dump(values))
+    with open_context(load_plan(plan)) as job:
+        job.engine.run_pass()
+    hashes = [headers["x-amz-content-sha256"] for method, path, headers in proxy.seen
+              if method == "PUT" and keys[0] in path and "partNumber=" in path]
+    assert len(hashes) == 3
+    if signing == "never":
+        assert set(hashes) == {"UNSIGNED-PAYLOAD"}
+    else:
+        assert all(len(value) == 64 and value != "UNSIGNED-PAYLOAD" for value in hashes)
+    assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
 def test_plan_refuses_parts_below_the_stores_minimum(tmp_path, make_plan):
