@@ -9,6 +9,7 @@ names the server which answered each request (set up as an operator would, throu
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -40,9 +41,15 @@ def omnibus_behind_nginx(registry: LocalRegistry, tmp_path: Path) -> FakeOmnibus
 
 
 def answered_by(omnibus: FakeOmnibus, tmp_path: Path) -> str:
-    """Which server nginx sent a fresh GET /v2/ to (from the operator's upstream log)."""
+    """Which server nginx sent a fresh GET /v2/ to (from the operator's upstream log; nginx writes a request's line
+    after its answer, so the line is waited for)."""
+    log = tmp_path / "upstream.log"
+    before = len(log.read_text().splitlines())
     urllib.request.urlopen(omnibus.nginx_url + "/v2/", timeout=10).read()
-    return (tmp_path / "upstream.log").read_text().splitlines()[-1].split(" ", 3)[3]
+    deadline = time.monotonic() + 10
+    while len(lines := log.read_text().splitlines()) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return lines[before].split(" ", 3)[3]
 
 
 def reconfigure_renders_it_so(omnibus: FakeOmnibus) -> bool:
