@@ -719,6 +719,17 @@ def render_growth(growth: dict, add: Callable[[str], None]) -> None:
         "`find` shows what that alone costs on this machine). Each window follows the last online pass and a churn.\n")
 
 
+def add_wall_goal(rows, what: str, add: Callable[[str], None]) -> None:
+    """The goal row 'migrator sync's wall ≤ the best peer's' for one table of tools (migrator's variants are no peers)."""
+    measured = [r for r in rows if "skipped" not in r]
+    peers = [r for r in measured if not r["tool"].startswith("migrator")]
+    mine = next((r for r in measured if r["tool"] == "migrator sync"), None)
+    if peers and mine:
+        best = min(peers, key=lambda r: r["wall"])
+        add(f"| {what}: wall ≤ best peer's ({best['tool']}) | {mine['wall']:.1f}s vs {best['wall']:.1f}s | "
+            f"{'yes' if mine['wall'] <= best['wall'] else 'no'} |")
+
+
 def render_goals(results: dict, add: Callable[[str], None]) -> None:
     add("\n### Goals\n")
     add("| goal | measured | met |")
@@ -753,21 +764,11 @@ def render_goals(results: dict, add: Callable[[str], None]) -> None:
             f"{'yes' if growth['ratio'] < 2 else 'no'} |")
     if "bytes" in results:
         for part, what in (("initial", "bytes-heavy initial sync"), ("single", "one large layer alone")):
-            rows = [r for r in results["bytes"].get(part, ()) if "skipped" not in r]
-            peers = [r for r in rows if not r["tool"].startswith("migrator")]
-            mine = next((r for r in rows if r["tool"] == "migrator sync"), None)
-            if peers and mine:
-                best = min(peers, key=lambda r: r["wall"])
-                add(f"| {what}: wall ≤ best peer's ({best['tool']}) | {mine['wall']:.1f}s vs {best['wall']:.1f}s | "
-                    f"{'yes' if mine['wall'] <= best['wall'] else 'no'} |")
+            add_wall_goal(results["bytes"].get(part, ()), what, add)
     if "initial" in results:
-        peers = [r for r in results["initial"] if "skipped" not in r and not r["tool"].startswith("migrator")]
+        add_wall_goal(results["initial"], "initial sync", add)
         mine = next(r for r in results["initial"] if r["tool"] == "migrator sync")
-        best = min(peers, key=lambda r: r["wall"]) if peers else None
-        aws = next((r for r in peers if r["tool"] == "aws s3 sync"), None)
-        if best:
-            add(f"| initial sync wall ≤ best peer's ({best['tool']}) | {mine['wall']:.1f}s vs {best['wall']:.1f}s | "
-                f"{'yes' if mine['wall'] <= best['wall'] else 'no'} |")
+        aws = next((r for r in results["initial"] if r["tool"] == "aws s3 sync" and "skipped" not in r), None)
         if aws:
             half = mine["cpu_ms_per_object"] <= aws["cpu_ms_per_object"] / 2
             add(f"| client CPU per object ≤ ½ of aws s3 sync's | {mine['cpu_ms_per_object']:.2f} vs "

@@ -324,9 +324,8 @@ def _cache_endpoints(client: Any) -> None:
     if not isinstance(definitions, dict) or rules is None:
         return
     read = set(_ruleset_refs(rules))
-    for name in ("Key", "Prefix", "CopySource"):
-        if name in definitions and name not in read:
-            definitions.pop(name)
+    for name in [name for name in definitions if name not in read]:
+        definitions.pop(name)
 
 
 def _ruleset_refs(node: object) -> list:
