@@ -77,6 +77,7 @@ class Job:
     key_prefix: str
     extra_args: tuple
     etags_are_md5: bool = True  # preflight's finding (bucket encryption): listed ETags seed md5s only if true
+    part_checksum: Optional[str] = None  # the checksum multipart uploads are created with (open_bucket's or the canary's)
     split_above: int = SPLIT_ABOVE
     sample: tuple = ()  # (rel, size, mtime_ns) of blobs across the tree: a worker must see the same
     recent: tuple = ()  # (rel, size, mtime_ns, digest) of the tag links written last (each pass's): the same too
@@ -163,7 +164,7 @@ def _prepared(job: Job) -> tuple:
         if problem:
             raise InvalidInput(refusal({_this_worker(): problem}, job.source))
         bucket = open_bucket(job.bucket, job.sync, job.key_prefix)
-        bucket.etags_are_md5 = job.etags_are_md5
+        bucket.etags_are_md5, bucket.part_checksum = job.etags_are_md5, job.part_checksum
         state = _WORKER_STATE[job.cache_key] = (bucket, Transfer(bucket, Path(job.source), job.sync,
                                                                   dict(job.extra_args)))
     return state
@@ -371,7 +372,8 @@ class DaskEngine:
     def _prepare(self, engine: SyncEngine) -> None:
         """Started, with the pass's settings, and every worker has proved it sees the same source and reaches the
         bucket (exit 2 naming any that does not, before a task runs; later joiners prove it in their first task)."""
-        self.job = replace(self.job, etags_are_md5=engine.bucket.etags_are_md5)
+        self.job = replace(self.job, etags_are_md5=engine.bucket.etags_are_md5,
+                           part_checksum=engine.bucket.part_checksum)
         self.start()
         problems = self._check_workers()
         if problems:  # a tag that moved between the sample and the check is no lag: asked again on a new sample

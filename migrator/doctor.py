@@ -206,9 +206,10 @@ CONSEQUENCES = {  # IAM action → what the registry cannot do without it
 
 def denied_actions(bucket: Bucket, prefix: str) -> list[str]:
     """With the plan's credentials, the S3 calls the registry makes on a push, each under ``prefix`` (a path below the
-    bucket prefix): the IAM actions that answered AccessDenied. The multipart and single-object writes are made on
-    the bucket's client as the registry's driver makes them: ``Bucket`` has no such calls of its own, and its quiet
-    DeleteObjects would report a denied key in its answer instead of raising."""
+    bucket prefix): the IAM actions that answered AccessDenied. The multipart upload is the copy's (``Bucket``'s
+    calls, with its part checksum: AWS refuses a part whose checksum the upload was not created with); the
+    single-object writes are made on the bucket's client as the registry's driver makes them (``Bucket``'s quiet
+    DeleteObjects would report a denied key in its answer instead of raising)."""
     denied: list[str] = []
     rel = prefix + "probe"
     client, name, key = bucket.client, bucket.settings.name, bucket.key(rel)
@@ -221,17 +222,13 @@ def denied_actions(bucket: Bucket, prefix: str) -> list[str]:
                 denied.append(action)
             return None
 
-    created = attempt("s3:PutObject", lambda: client.create_multipart_upload(Bucket=name, Key=key))
-    if created:
-        upload = created["UploadId"]
-        part = attempt("s3:PutObject", lambda: client.upload_part(Bucket=name, Key=key, UploadId=upload,
-                                                                    PartNumber=1, Body=b"doctor"))
+    upload = attempt("s3:PutObject", lambda: bucket.create_upload(rel, {}))
+    if upload:
+        part = attempt("s3:PutObject", lambda: bucket.upload_part(rel, upload, 1, b"doctor"))
         attempt("s3:ListBucketMultipartUploads", lambda: client.list_multipart_uploads(Bucket=name, Prefix=key))
         attempt("s3:ListMultipartUploadParts", lambda: client.list_parts(Bucket=name, Key=key, UploadId=upload))
         if part:
-            attempt("s3:PutObject", lambda: client.complete_multipart_upload(
-                Bucket=name, Key=key, UploadId=upload,
-                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}))
+            attempt("s3:PutObject", lambda: bucket.complete_upload(rel, upload, {1: part}))
         attempt("s3:AbortMultipartUpload", lambda: client.abort_multipart_upload(Bucket=name, Key=key,
                                                                                   UploadId=upload))
     attempt("s3:PutObject", lambda: client.put_object(Bucket=name, Key=key, Body=b"doctor"))

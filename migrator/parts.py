@@ -21,7 +21,7 @@ from migrator.errors import SourceChanged
 from migrator.failpoints import failpoint
 
 if TYPE_CHECKING:  # s3 imports plan, which imports this module's limits
-    from migrator.s3 import Bucket
+    from migrator.s3 import Bucket, CompletedPart
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,12 @@ class PartUploader:
         and raises SourceChanged instead of completing an object made of two versions of the file."""
         part_size = part_size_for(size, self.preferred_part)
         upload_id, kept = self._open(rel, size, part_size, resumable)
-        etags = dict(kept)
-        pending: list[tuple[int, int, Future[str]]] = []
+        done = dict(kept)
+        pending: list[tuple[int, int, Future[CompletedPart]]] = []
         try:
             for number, offset in enumerate(range(0, size, part_size), start=1):
                 length = min(part_size, size - offset)
-                if number in etags:
+                if number in done:
                     continue
                 self.budget.acquire(length, part=True)
                 if any(future.done() and future.exception() for _, _, future in pending):
@@ -176,7 +176,7 @@ class PartUploader:
                 pending.append((number, length, self.pool.submit(self._part, rel, upload_id, number, length,
                                                                  bodies(offset, length), crash_point)))
             for number, _, future in pending:
-                etags[number] = future.result()
+                done[number] = future.result()
         except BaseException as failure:
             for _, length, future in pending:
                 if future.cancel():
@@ -187,7 +187,7 @@ class PartUploader:
             self._abort_if_changed(rel, upload_id, changed, failure)
             raise
         self._abort_if_changed(rel, upload_id, changed, None)
-        return self.bucket.complete_upload(rel, upload_id, etags)
+        return self.bucket.complete_upload(rel, upload_id, done)
 
     def _abort_if_changed(self, rel: str, upload_id: str, changed: Optional[ChangeCheck],
                           failure: Optional[BaseException]) -> None:
@@ -199,25 +199,28 @@ class PartUploader:
         raise SourceChanged(self.bucket.key(rel), change) from failure
 
     def _part(self, rel: str, upload_id: str, number: int, length: int, body: PartBody,
-              crash_point: Optional[str]) -> str:
+              crash_point: Optional[str]) -> CompletedPart:
         try:
-            etag = self.bucket.upload_part(rel, upload_id, number, body)
+            part = self.bucket.upload_part(rel, upload_id, number, body)
             if crash_point:
                 failpoint(crash_point)
-            return etag
+            return part
         finally:
             self.budget.release(length, part=True)
 
-    def _open(self, rel: str, size: int, part_size: int, resumable: bool) -> tuple[str, dict[int, str]]:
+    def _open(self, rel: str, size: int, part_size: int, resumable: bool) -> tuple[str, dict[int, CompletedPart]]:
         """The upload to send parts to and the parts it already holds: the newest left open for the key when
-        ``resumable`` (the others aborted), else a new one."""
+        ``resumable`` and created with the bucket's part checksum (the others aborted), else a new one."""
         left = sorted(self.bucket.open_uploads(rel, exact=True), key=lambda upload: upload.initiated)
-        resumed = left.pop() if resumable and left else None
+        matching = [upload for upload in left if upload.checksum == self.bucket.part_checksum]  # else AWS refuses its parts
+        resumed = matching[-1] if resumable and matching else None
+        if resumed is not None:
+            left.remove(resumed)
         for upload in left:
             self.bucket.abort_upload(upload.rel, upload.upload_id)
         if resumed is None:
             return self.bucket.create_upload(rel, self.extra_args), {}
-        kept = {number: etag for number, stored, etag in self.bucket.uploaded_parts(resumed)
+        kept = {number: part for number, stored, part in self.bucket.uploaded_parts(resumed)
                 if stored == min(part_size, size - (number - 1) * part_size)}
         self.parts_kept += len(kept)
         log.info("%s: resuming the multipart upload a previous run left open, %d parts already uploaded", rel, len(kept))

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DELETE_BATCH = 1000  # DeleteObjects' most keys a request
+PART_CHECKSUM = "CRC32"  # what aws s3 (s3transfer) asks multipart uploads for when the client computes checksums
+CompletedPart = dict[str, str]  # a part as CompleteMultipartUpload names it: its ETag, and its checksum if it has one
 
 
 class RequestCounter:
@@ -82,6 +84,7 @@ class Bucket:
     counter: RequestCounter
     credentials: object = None  # the session's (refreshable) credentials, for requests signed outside the client
     etags_are_md5: bool = True  # listed single-part ETags are content MD5s (no SSE-KMS by default); see check_etags
+    part_checksum: Optional[str] = None  # the checksum multipart uploads are created with; see open_bucket
 
     def key(self, rel: str) -> str:
         return self.key_prefix + rel
@@ -173,20 +176,22 @@ class Bucket:
             self.abort_upload(upload.rel, upload.upload_id)
 
     def create_upload(self, rel: str, extra_args: dict) -> str:
-        """CreateMultipartUpload; returns its UploadId."""
+        """CreateMultipartUpload, with ``part_checksum`` as its ChecksumAlgorithm; returns its UploadId."""
         return str(self.client.create_multipart_upload(Bucket=self.settings.name, Key=self.key(rel),
-                                                       **extra_args)["UploadId"])
+                                                       **self._checksum_args(), **extra_args)["UploadId"])
 
-    def upload_part(self, rel: str, upload_id: str, number: int, body: PartBody) -> str:
-        """UploadPart; returns the part's ETag."""
-        return str(self.client.upload_part(Bucket=self.settings.name, Key=self.key(rel), UploadId=upload_id,
-                                           PartNumber=number, Body=body)["ETag"])
+    def upload_part(self, rel: str, upload_id: str, number: int, body: PartBody) -> CompletedPart:
+        """UploadPart, with its ``part_checksum`` computed by botocore (which the store checks the body against);
+        returns the part as CompleteMultipartUpload names it."""
+        answer = self.client.upload_part(Bucket=self.settings.name, Key=self.key(rel), UploadId=upload_id,
+                                         PartNumber=number, Body=body, **self._checksum_args())
+        return self._completed(answer)
 
-    def complete_upload(self, rel: str, upload_id: str, etags: dict[int, str]) -> str:
-        """CompleteMultipartUpload of the parts ``etags`` names (number: ETag); returns the object's ETag."""
+    def complete_upload(self, rel: str, upload_id: str, parts: dict[int, CompletedPart]) -> str:
+        """CompleteMultipartUpload of ``parts`` (number: the part's ETag and checksum); returns the object's ETag."""
         answer = self.client.complete_multipart_upload(
             Bucket=self.settings.name, Key=self.key(rel), UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": number, "ETag": etags[number]} for number in sorted(etags)]})
+            MultipartUpload={"Parts": [{"PartNumber": number, **parts[number]} for number in sorted(parts)]})
         return str(answer.get("ETag", ""))
 
     def open_uploads(self, prefix: str, exact: bool = False) -> Iterator[OpenUpload]:
@@ -196,14 +201,28 @@ class Bucket:
             for upload in page.get("Uploads", ()):
                 rel = self.rel(upload["Key"])
                 if not exact or rel == prefix:
-                    yield OpenUpload(rel, upload["UploadId"], upload["Initiated"].timestamp())
+                    yield OpenUpload(rel, upload["UploadId"], upload["Initiated"].timestamp(),
+                                     upload.get("ChecksumAlgorithm"))
 
-    def uploaded_parts(self, upload: OpenUpload) -> Iterator[tuple[int, int, str]]:
-        """The parts an open upload holds (ListParts): (number, size, ETag)."""
+    def uploaded_parts(self, upload: OpenUpload) -> Iterator[tuple[int, int, CompletedPart]]:
+        """The parts an open upload holds (ListParts): (number, size, the part as CompleteMultipartUpload names it)."""
         for page in self.client.get_paginator("list_parts").paginate(Bucket=self.settings.name,
                                                                     Key=self.key(upload.rel), UploadId=upload.upload_id):
             for part in page.get("Parts", ()):
-                yield part["PartNumber"], part["Size"], part["ETag"]
+                yield part["PartNumber"], part["Size"], self._completed(part)
+
+    def _checksum_args(self) -> dict[str, str]:
+        return {"ChecksumAlgorithm": self.part_checksum} if self.part_checksum else {}
+
+    def _completed(self, part: dict) -> CompletedPart:
+        """The ETag and ``part_checksum`` value of an UploadPart answer or a ListParts entry."""
+        member = f"Checksum{self.part_checksum}"
+        return {"ETag": part["ETag"], **({member: part[member]} if self.part_checksum and part.get(member) else {})}
+
+    def stored_checksum(self, rel: str) -> Optional[str]:
+        """The ``part_checksum`` value the store keeps for an object (HeadObject with ChecksumMode), or None."""
+        answer = self.client.head_object(Bucket=self.settings.name, Key=self.key(rel), ChecksumMode="ENABLED")
+        return answer.get(f"Checksum{self.part_checksum}")
 
     def abort_upload(self, rel: str, upload_id: str) -> None:
         """AbortMultipartUpload; one already gone (completed or aborted meanwhile) is no error."""
@@ -283,7 +302,10 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
         credentials = session.get_credentials()
     except botocore.exceptions.BotoCoreError:
         credentials = None  # the client's own calls report the problem
-    return Bucket(settings, key_prefix, client, counter, credentials)
+    # a client that computes checksums adds one to every part, and AWS refuses a part whose checksum its upload was
+    # not created with: as s3transfer, uploads are then created with CRC32 (other stores: the preflight's canary)
+    return Bucket(settings, key_prefix, client, counter, credentials,
+                  part_checksum=PART_CHECKSUM if checksums == "when_supported" else None)
 
 
 def checksum_mode(settings: BucketSettings) -> str:
@@ -393,11 +415,12 @@ COMPATIBILITY = {  # errors from S3-compatible stores that name a header we sent
 @dataclass(frozen=True)
 class OpenUpload:
     """A multipart upload not completed nor aborted, as ListMultipartUploads names it (initiated: seconds since the
-    epoch)."""
+    epoch; checksum: its ChecksumAlgorithm, when the store names one)."""
 
     rel: str
     upload_id: str
     initiated: float
+    checksum: Optional[str] = None
 
 
 @dataclass(frozen=True)

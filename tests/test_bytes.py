@@ -113,6 +113,31 @@ def test_parts_are_sent_signed_or_unsigned_as_the_plan_says(tmp_path, make_plan,
     assert bucket_contents(s3, bucket) == source_files(tree.root)
 
 
+@pytest.mark.parametrize("checksums", ["auto", "when_supported"])
+def test_multipart_uploads_keep_to_awss_checksum_rules(tmp_path, make_plan, s3, bucket, moto_server, checksums):
+    """A client that computes checksums (``when_supported``: auto's choice on AWS) adds a CRC32 to every part, and AWS
+    refuses a part whose upload was created without that checksum, and a completion that leaves a part's out: uploads
+    are created with CRC32 and completed with each part's, as aws s3 does. ``auto`` on another store finds with the
+    canary that it keeps CRC32 checksums (moto does) and sends the same. The proxy holds moto to AWS's rules."""
+    strict = FaultProxy(moto_server.endpoint, aws_checksums=True).start()
+    try:
+        tree, keys = tree_with_layers(tmp_path / "src", [12])  # 3 parts of 5 MiB and less
+        plan = through(strict, make_plan(tree.root, sync=SMALL_PARTS))
+        values = yaml.safe_load(plan.read_text())
+        values["bucket"]["checksums"] = checksums
+        plan.write_text(yaml.safe_dump(values))
+        result = invoke_cli("sync", plan)
+    finally:
+        strict.stop()
+    assert result.returncode == 0, result.stderr
+    assert not strict.refused
+    sent = [headers for method, path, headers in strict.seen if method == "PUT" and keys[0] in path and "partNumber=" in path]
+    assert len(sent) == 3 and all("x-amz-checksum-crc32" in headers for headers in sent)
+    assert s3.head_object(Bucket=bucket, Key=keys[0], ChecksumMode="ENABLED").get("ChecksumCRC32")
+    assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)
+
+
 def test_plan_refuses_parts_below_the_stores_minimum(tmp_path, make_plan):
     tree = RegistryTree(tmp_path / "src")
     with pytest.raises(InvalidInput, match="multipart_chunksize_mb"):

@@ -20,7 +20,7 @@ from migrator.march import md5_of
 from migrator.migration.context import Context
 from migrator.migration.standby import Front, standby_takes_pushes
 from migrator.registry_config import S3_DRIVERS, filesystem_root, storage_driver
-from migrator.s3 import BUCKET_ERRORS, explain, open_bucket
+from migrator.s3 import BUCKET_ERRORS, PART_CHECKSUM, explain, open_bucket
 
 log = logging.getLogger("migrator")
 
@@ -73,7 +73,7 @@ def check_bucket(ctx: Context, canary: bool) -> None:
         try:
             if ctx.engine.transfer.put(rel, body).strip('"') != md5_of(body):
                 ctx.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
-            ctx.engine.transfer.put_multipart(rels[1], body)
+            send_multipart_canary(ctx, rels[1], body)
             for stored in rels:
                 if probe.get_bytes(stored) != body:
                     raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object "
@@ -85,6 +85,31 @@ def check_bucket(ctx: Context, canary: bool) -> None:
         probe.delete_keys(probe.first_keys(CANARIES))  # from a run killed mid-preflight
     except BUCKET_ERRORS as exc:
         raise InvalidInput(explain(exc, name)) from None
+
+
+def send_multipart_canary(ctx: Context, rel: str, body: bytes) -> None:
+    """The canary through the copy's multipart path. With ``bucket.checksums: auto`` on a store other than AWS it is
+    sent with CRC32 part checksums, which the copy keeps if the store stores them, as aws s3 sends them: the store
+    checks each part against its checksum (and moto, like AWS, otherwise computes a whole-object CRC64NVME as it
+    completes the upload). A store that ignores them (Ceph RGW before Squid) or refuses them (the same over https)
+    gets the copy's parts without; one that refused them gets the canary again, without."""
+    bucket = ctx.bucket
+    if ctx.plan.bucket.checksums != "auto" or bucket.part_checksum is not None:
+        ctx.engine.transfer.put_multipart(rel, body)
+        return
+    bucket.part_checksum = PART_CHECKSUM
+    try:
+        ctx.engine.transfer.put_multipart(rel, body)
+    except BUCKET_ERRORS as exc:
+        log.info("bucket %r refused a multipart upload with CRC32 checksums (%s): uploads are sent without",
+                 ctx.plan.bucket.name, exc)
+        bucket.part_checksum = None
+        ctx.engine.transfer.put_multipart(rel, body)
+        return
+    if not bucket.stored_checksum(rel):
+        bucket.part_checksum = None
+    log.info("bucket %r %s CRC32 checksums: multipart uploads are sent %s", ctx.plan.bucket.name,
+             "keeps" if bucket.part_checksum else "does not keep", "with them" if bucket.part_checksum else "without")
 
 
 def check_registry(ctx: Context) -> None:
