@@ -126,8 +126,8 @@ class Transfer:
         """Abort the multipart uploads left open under the prefix's ``docker/`` (the registry's own ``_uploads`` aside)
         and by the preflight's canary: called when a pass has finished every upload, so any still open was left by a
         killed run and not resumed. Returns how many."""
-        left = [upload for prefix in ("docker/", CANARY_PREFIX) for upload in self.bucket.open_uploads(prefix)
-                if not is_uploads(upload.rel)]
+        left = [upload for upload in self.bucket.open_uploads("")  # one listing for both
+                if upload.rel.startswith(("docker/", CANARY_PREFIX)) and not is_uploads(upload.rel)]
         for upload in left:
             self.bucket.abort_upload(upload.rel, upload.upload_id)
         return len(left)
