@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 import urllib.parse
 from collections import Counter
@@ -281,12 +282,12 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     options["s3"]["payload_signing_enabled"] = signs_payload(settings)
     config = Config(**options)
     try:
-        session = boto3.session.Session(profile_name=settings.profile)
+        with _SESSIONS_LOCK:  # a boto3 session makes clients one at a time
+            session = _session(settings.profile)
+            client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config,
+                                    verify=str(settings.trusted_ca) if settings.trusted_ca else None)
     except botocore.exceptions.ProfileNotFound:
         raise InvalidInput(f"AWS profile {settings.profile!r} not found; fix bucket.profile or your ~/.aws/config") from None
-    try:
-        client = session.client("s3", region_name=settings.region, endpoint_url=settings.endpoint, config=config,
-                                verify=str(settings.trusted_ca) if settings.trusted_ca else None)
     except botocore.exceptions.BotoCoreError as exc:
         raise InvalidInput(explain(exc, settings.name)) from None
     except ValueError as exc:
@@ -306,6 +307,19 @@ def open_bucket(settings: BucketSettings, sync: SyncSettings, key_prefix: str, m
     # not created with: as s3transfer, uploads are then created with CRC32 (other stores: the preflight's canary)
     return Bucket(settings, key_prefix, client, counter, credentials,
                   part_checksum=PART_CHECKSUM if checksums == "when_supported" else None)
+
+
+_SESSIONS: dict[tuple, boto3.session.Session] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(profile: Optional[str]) -> boto3.session.Session:
+    """One boto3 session per profile and AWS_* environment: its second client takes ~17 ms to make instead of ~100 ms
+    (the service model and the endpoint rules are loaded once). Credentials the environment changed get a new one."""
+    key = (profile, tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith("AWS_"))))
+    if key not in _SESSIONS:
+        _SESSIONS[key] = boto3.session.Session(profile_name=profile)
+    return _SESSIONS[key]
 
 
 def checksum_mode(settings: BucketSettings) -> str:
