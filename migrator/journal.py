@@ -223,8 +223,9 @@ class Journal:
     def is_seeded(self, shard: Shard) -> bool:
         return self._conn.execute("SELECT 1 FROM seeded_shards WHERE name = ?", (shard.name,)).fetchone() is not None
 
-    def mark_seeded(self, shard: Shard) -> None:
-        self._write("INSERT OR IGNORE INTO seeded_shards (name) VALUES (?)", [(shard.name,)])
+    def mark_seeded(self, *seeded: Shard) -> None:
+        """The shards whose objects the journal now holds, in one transaction (one fsync)."""
+        self._write("INSERT OR IGNORE INTO seeded_shards (name) VALUES (?)", [(shard.name,) for shard in seeded])
 
     def count(self) -> int:
         """Objects the bucket holds as far as we know (unconfirmed placeholders excluded)."""

@@ -305,8 +305,7 @@ class SyncEngine:
         cluster)."""
         unseeded = [shard for shard in shards() if not self.journal.is_seeded(shard)]
         if unseeded and self._bucket_is_empty():  # a first copy into an empty prefix: no shard has anything to list
-            for shard in unseeded:
-                self.journal.mark_seeded(shard)
+            self.journal.mark_seeded(*unseeded)
         total = PassResult()
         with ThreadPoolExecutor(self.shard_workers, thread_name_prefix="shard") as pool:
             for future in [pool.submit(self.seed, shard) for shard in unseeded]:
