@@ -21,6 +21,7 @@ import re
 import subprocess
 import urllib.parse
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -103,8 +104,10 @@ def diagnose(plan: Plan, bucket: Bucket, registry: Optional[ManagedRegistry], pu
                ("versioning", lambda: check_versioning(plan, bucket))]
     if scans:
         checks += [("blob-size", lambda: check_blob_sizes(plan)), ("keys", lambda: check_keys(plan, bucket))]
-    for name, check in checks:
-        found, proven = check()
+    with ThreadPoolExecutor(len(checks), thread_name_prefix="doctor") as pool:  # independent: their requests overlap
+        results = [pool.submit(check) for _, check in checks]
+    for (name, _), result in zip(checks, results):  # in the checks' order; a check's exception raised here
+        found, proven = result.result()
         diagnosis.findings += found
         diagnosis.proven += [f"[{name}] {line}" for line in proven]
     return diagnosis

@@ -70,6 +70,7 @@ def check_bucket(ctx: Context, canary: bool) -> None:
             return
         body = b"migrator canary " + ctx.bucket.key(rel).encode()
         rels = [rel, rel + "-multipart"]  # the copy's two upload paths, with its headers and checksum setting
+        leftovers: list[str] = []  # from a run killed mid-preflight
         try:
             if ctx.engine.transfer.put(rel, body).strip('"') != md5_of(body):
                 ctx.bucket.etags_are_md5 = False  # this store's ETags are no MD5s: content is read to prove it
@@ -78,11 +79,12 @@ def check_bucket(ctx: Context, canary: bool) -> None:
                 if probe.get_bytes(stored) != body:
                     raise InvalidInput(f"bucket {name!r} returned other bytes for the canary object "
                                        f"{probe.key(stored)}; check bucket.endpoint")
-            if len(probe.first_keys(rel)) != len(rels):
+            listed = probe.first_keys(CANARIES)
+            if not set(rels) <= set(listed):
                 raise InvalidInput(f"bucket {name!r} does not list the canary objects it just stored")
+            leftovers = [stored for stored in listed if stored not in rels]
         finally:  # DeleteObjects, as the delete step sends it
-            probe.delete_keys(rels)
-        probe.delete_keys(probe.first_keys(CANARIES))  # from a run killed mid-preflight
+            probe.delete_keys(rels + leftovers)
     except BUCKET_ERRORS as exc:
         raise InvalidInput(explain(exc, name)) from None
 
