@@ -96,22 +96,24 @@ def send_multipart_canary(ctx: Context, rel: str, body: bytes) -> None:
     completes the upload). A store that ignores them (Ceph RGW before Squid) or refuses them (the same over https)
     gets the copy's parts without; one that refused them gets the canary again, without."""
     bucket = ctx.bucket
-    if ctx.plan.bucket.checksums != "auto" or bucket.part_checksum is not None:
-        ctx.engine.transfer.put_multipart(rel, body)
-        return
-    bucket.part_checksum = PART_CHECKSUM
+    probing = ctx.plan.bucket.checksums == "auto" and bucket.part_checksum is None
+    if probing:
+        bucket.part_checksum = PART_CHECKSUM
     try:
         ctx.engine.transfer.put_multipart(rel, body)
     except BUCKET_ERRORS as exc:
+        if not probing:
+            raise
         log.info("bucket %r refused a multipart upload with CRC32 checksums (%s): uploads are sent without",
                  ctx.plan.bucket.name, exc)
         bucket.part_checksum = None
         ctx.engine.transfer.put_multipart(rel, body)
         return
-    if not bucket.stored_checksum(rel):
-        bucket.part_checksum = None
-    log.info("bucket %r %s CRC32 checksums: multipart uploads are sent %s", ctx.plan.bucket.name,
-             "keeps" if bucket.part_checksum else "does not keep", "with them" if bucket.part_checksum else "without")
+    if probing:
+        if not bucket.stored_checksum(rel):
+            bucket.part_checksum = None
+        log.info("bucket %r %s CRC32 checksums: multipart uploads are sent %s", ctx.plan.bucket.name,
+                 "keeps" if bucket.part_checksum else "does not keep", "with them" if bucket.part_checksum else "without")
 
 
 def check_registry(ctx: Context) -> None:
