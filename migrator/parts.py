@@ -210,10 +210,13 @@ class PartUploader:
 
     def _open(self, rel: str, size: int, part_size: int, resumable: bool) -> tuple[str, dict[int, CompletedPart]]:
         """The upload to send parts to and the parts it already holds: the newest left open for the key when
-        ``resumable`` and created with the bucket's part checksum (the others aborted), else a new one."""
+        ``resumable`` and created with the bucket's part checksum (the others aborted), else a new one. Content that
+        is not resumable sends no listing: what a killed run left open for it is aborted at the pass's end."""
+        if not resumable:
+            return self.bucket.create_upload(rel, self.extra_args), {}
         left = sorted(self.bucket.open_uploads(rel, exact=True), key=lambda upload: upload.initiated)
         matching = [upload for upload in left if upload.checksum == self.bucket.part_checksum]  # else AWS refuses its parts
-        resumed = matching[-1] if resumable and matching else None
+        resumed = matching[-1] if matching else None
         if resumed is not None:
             left.remove(resumed)
         for upload in left:
