@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import signal
 import sys
 import textwrap
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,15 +115,36 @@ def _load(ctx: click.Context, plan_path: str) -> Plan:
     return plan
 
 
+@contextmanager
+def _on_sigint(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for SIGINT meanwhile (in the main thread only: elsewhere Python cannot set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def with_plan(text: str, plan_path: str) -> str:
     """``text`` with the commands it advises ('migrator rollback PLAN') naming the operator's plan."""
     return text.replace(" PLAN'", f" {plan_path}'")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: say at once why the command does not stop at once (the uploads in flight answer first)."""
+    log.warning("stopping (Ctrl-C): the requests in flight answer first, so that the journal records what the bucket "
+                "holds (a large layer's last parts can take a while)")
+    raise KeyboardInterrupt
+
+
 def _guarded(work: Callable[[], int], plan_path: str) -> None:
     """Run a command body; operator errors become their message (naming the plan) and exit code."""
     try:
-        code = work()
+        with _on_sigint(_interrupted):
+            code = work()
     except MigratorError as exc:
         log.error("error: %s", with_plan(str(exc), plan_path))
         sys.exit(exc.exit_code)

@@ -140,13 +140,19 @@ PartBodies = Callable[[int, int], PartBody]  # (offset, length) -> the body of t
 ChangeCheck = Callable[[], Optional[str]]  # how the source changed since the upload began, or None
 
 
+def _untold(nbytes: int) -> None:
+    """Nobody is told these bytes."""
+
+
 class PartUploader:
     """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes counted in the
     shared budget from its start until UploadPart answers (a ``FileSlice`` body holds only botocore's read buffer,
     but the budget still bounds the parts in flight)."""
 
-    def __init__(self, bucket: Bucket, extra_args: dict[str, str], preferred_part: int, budget: ByteBudget, workers: int):
+    def __init__(self, bucket: Bucket, extra_args: dict[str, str], preferred_part: int, budget: ByteBudget, workers: int,
+                 stored: Callable[[int], None] = lambda nbytes: None):
         self.bucket = bucket
+        self.stored = stored  # told each part's bytes once the bucket holds them (negative: an upload failed)
         self.extra_args = extra_args
         self.preferred_part = preferred_part
         self.budget = budget
@@ -154,14 +160,18 @@ class PartUploader:
         self.parts_kept = 0  # parts found uploaded by an earlier run and not sent again
 
     def upload(self, rel: str, size: int, bodies: PartBodies, resumable: bool,
-               crash_point: Optional[str] = "multipart", changed: Optional[ChangeCheck] = None) -> str:
+               crash_point: Optional[str] = "multipart", changed: Optional[ChangeCheck] = None, counted: bool = True) -> str:
         """Send ``size`` bytes as ``rel`` in parts; returns the object's ETag. ``resumable`` (content that cannot
         change under the key, a blob's data): an upload left open for the key is continued, keeping its parts of the
         right size. A failure leaves the upload open for the next run to resume; the pass's end aborts any not
         resumed. ``changed`` is asked once every part has answered (or one failed): a change found aborts the upload
-        and raises SourceChanged instead of completing an object made of two versions of the file."""
+        and raises SourceChanged instead of completing an object made of two versions of the file. ``counted``: its
+        parts' bytes are told to ``stored`` (not the preflight's canary's)."""
+        told = self.stored if counted else _untold
         part_size = part_size_for(size, self.preferred_part)
         upload_id, kept = self._open(rel, size, part_size, resumable)
+        kept_bytes = sum(min(part_size, size - (number - 1) * part_size) for number in kept)
+        told(kept_bytes)
         done = dict(kept)
         pending: list[tuple[int, int, Future[CompletedPart]]] = []
         try:
@@ -174,7 +184,7 @@ class PartUploader:
                     self.budget.release(length, part=True)
                     break
                 pending.append((number, length, self.pool.submit(self._part, rel, upload_id, number, length,
-                                                                 bodies(offset, length), crash_point)))
+                                                                 bodies(offset, length), crash_point, told)))
             for number, _, future in pending:
                 done[number] = future.result()
         except BaseException as failure:
@@ -184,10 +194,16 @@ class PartUploader:
             # the parts still running have answered before the caller closes the file they read (its descriptor,
             # reused by another file, would feed them other bytes) and before an abort (they would outlive it)
             wait([future for _, _, future in pending])
+            told(-kept_bytes - sum(length for _, length, future in pending
+                                          if not future.cancelled() and future.exception() is None))
             self._abort_if_changed(rel, upload_id, changed, failure)
             raise
-        self._abort_if_changed(rel, upload_id, changed, None)
-        return self.bucket.complete_upload(rel, upload_id, done)
+        try:
+            self._abort_if_changed(rel, upload_id, changed, None)
+            return self.bucket.complete_upload(rel, upload_id, done)
+        except BaseException:
+            told(-size)  # every part was stored, but not the object
+            raise
 
     def _abort_if_changed(self, rel: str, upload_id: str, changed: Optional[ChangeCheck],
                           failure: Optional[BaseException]) -> None:
@@ -199,11 +215,12 @@ class PartUploader:
         raise SourceChanged(self.bucket.key(rel), change) from failure
 
     def _part(self, rel: str, upload_id: str, number: int, length: int, body: PartBody,
-              crash_point: Optional[str]) -> CompletedPart:
+              crash_point: Optional[str], told: Callable[[int], None]) -> CompletedPart:
         try:
             part = self.bucket.upload_part(rel, upload_id, number, body)
             if crash_point:
                 failpoint(crash_point)
+            told(length)
             return part
         finally:
             self.budget.release(length, part=True)

@@ -7,7 +7,7 @@ import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Optional, Sequence
 
 from migrator.direct_put import FallbackPut, direct_put
 from migrator.errors import DeleteFailed, Refused
@@ -56,15 +56,18 @@ def s3_extra_args(storage: dict[str, Any]) -> dict[str, str]:
 class Transfer:
     """Copies source files to the bucket and deletes keys, on ``workers`` threads."""
 
-    def __init__(self, bucket: Bucket, source: Path, settings: SyncSettings, extra_args: dict[str, str]):
+    def __init__(self, bucket: Bucket, source: Path, settings: SyncSettings, extra_args: dict[str, str],
+                 stored: Callable[[int, int], None] = lambda objects, nbytes: None):
         self.bucket = bucket
+        self.stored = stored  # told (objects, bytes) as the bucket stores them: a large file's bytes part by part
         self.source = source
         self.threshold = settings.multipart_threshold_mb * MB
         self.extra_args = extra_args
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
         # small files are read whole to be sent in one request, large ones part by part: one budget for both
         self.memory = ByteBudget(settings.max_memory_mb * MB)
-        self.parts = PartUploader(bucket, extra_args, settings.multipart_chunksize_mb * MB, self.memory, settings.workers)
+        self.parts = PartUploader(bucket, extra_args, settings.multipart_chunksize_mb * MB, self.memory, settings.workers,
+                                  stored=lambda nbytes: stored(0, nbytes))
         # adaptive retries rate-limit on the client: every request must go through it
         self.direct: Optional[FallbackPut]
         if settings.retry_mode == "adaptive":
@@ -91,6 +94,7 @@ class Transfer:
                 with open(path, "rb") as handle:
                     data = handle.read()
                 etag = self.put(src.rel, data)
+                self.stored(1, len(data))
                 failpoint("uploaded")
                 size, md5 = len(data), None if blob else md5_of(data)
                 if prove:
@@ -105,6 +109,7 @@ class Transfer:
                 # checked for changes; any other file is, so a file rewritten meanwhile is not stored torn
                 self.parts.upload(src.rel, size, lambda offset, length: FileSlice(fd, offset, length), resumable=blob,
                                   changed=None if blob else lambda: _change_since(fd, before))
+                self.stored(1, 0)  # its bytes were counted as its parts were stored
         return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns), proof
 
     def put(self, rel: str, data: bytes) -> str:
@@ -120,7 +125,7 @@ class Transfer:
     def put_multipart(self, rel: str, data: bytes) -> None:
         """``data`` through the copy's multipart path and headers, whatever its size (the preflight canary)."""
         self.parts.upload(rel, len(data), lambda offset, length: data[offset : offset + length], resumable=False,
-                          crash_point=None)
+                          crash_point=None, counted=False)
 
     def abort_left_uploads(self) -> int:
         """Abort the multipart uploads left open under the prefix's ``docker/`` (the registry's own ``_uploads`` aside)

@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from migrator.migration.context import open_context
 from migrator.parts import MAX_PARTS, ByteBudget, FileSlice, part_size_for
 from migrator.plan import BucketSettings, load_plan
 from migrator.s3 import signs_payload
+from migrator.sync import Progress
 from migrator.testing.synthetic import RegistryTree, populate
 
 MiB = 1024 * 1024
@@ -154,6 +156,52 @@ def test_a_large_layers_parts_go_in_parallel(tmp_path, make_plan, s3, bucket, pr
     assert proxy.peak_parts >= 2, "the layer's parts were sent one after another"
     assert_blob_stored(s3, bucket, keys[0])
     assert bucket_contents(s3, bucket) == source_files(tree.root)
+
+
+class StoredBytes(Progress):
+    """What the progress is told the bucket stored, and whether the layer's object existed (asked with another
+    client) each time a part's bytes were told."""
+
+    def __init__(self, s3, bucket: str, key: str) -> None:
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.lock = threading.Lock()
+        self.objects = self.bytes = self.part_bytes = 0
+        self.parts_told_before_the_object = 0
+
+    def uploaded(self, count: int, nbytes: int) -> None:
+        with self.lock:
+            self.objects += count
+            self.bytes += nbytes
+            if count == 0:
+                self.part_bytes += nbytes
+        if count == 0 and nbytes > 0 and not self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key)["KeyCount"]:
+            with self.lock:
+                self.parts_told_before_the_object += 1
+
+
+def test_a_large_layers_bytes_show_as_its_parts_are_stored(tmp_path, make_plan, s3, bucket):
+    """An operator watching a 20 GB layer sees its bytes grow part by part, not 0 % until it completes."""
+    tree, keys = tree_with_layers(tmp_path / "src", [24])  # 5 parts of 5 MiB
+    plan = make_plan(tree.root, sync=SMALL_PARTS)
+    seen = StoredBytes(s3, bucket, keys[0])
+    with open_context(load_plan(plan), seen) as job:
+        job.engine.run_pass()
+    files = source_files(tree.root)
+    assert seen.objects == len(files)
+    assert seen.bytes == sum(len(content) for content in files.values())
+    assert seen.parts_told_before_the_object >= 4, "the layer's bytes were told only once its object was complete"
+
+
+def test_a_failed_large_upload_takes_its_bytes_back(tmp_path, make_plan, s3, bucket, proxy):
+    proxy.mode, proxy.rate, proxy.only = "slowdown", 0.5, "partNumber="
+    tree, keys = tree_with_layers(tmp_path / "src", [40])  # 8 parts, each refused half the time, never retried
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS | {"max_attempts": 1}))
+    seen = StoredBytes(s3, bucket, keys[0])
+    with open_context(load_plan(plan), seen) as job, pytest.raises(Exception, match="SlowDown|503"):
+        job.engine.run_pass()
+    assert proxy.injected["503"] > 0
+    assert seen.parts_told_before_the_object > 0  # some parts were stored and told before one failed
+    assert seen.part_bytes == 0, f"{seen.part_bytes} bytes of a failed upload still shown as uploaded"
 
 
 class InFlight:
@@ -407,3 +455,31 @@ def test_a_failed_upload_returns_only_once_its_other_parts_have_answered():
     bucket.order.append("upload raised")
     uploader.close()
     assert bucket.order == ["part 2 answered", "upload raised"]
+
+
+def test_ctrl_c_during_a_large_upload_says_at_once_why_it_does_not_stop_at_once(tmp_path, make_plan, s3, bucket,
+                                                                                proxy):
+    """The parts in flight answer before the command exits; the operator is told so when they press Ctrl-C, not
+    after the wait. A re-run then finishes the copy with no upload left open."""
+    proxy.mode, proxy.rate, proxy.only, proxy.stall_seconds = "stall", 1.0, "partNumber=", 3.0
+    tree, keys = tree_with_layers(tmp_path / "src", [12])
+    plan = through(proxy, make_plan(tree.root, sync=SMALL_PARTS))
+    run = subprocess.Popen([sys.executable, "-m", "migrator", "sync", str(plan)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "TERM": "dumb"})
+    try:
+        deadline = time.monotonic() + 60
+        while not any("partNumber=" in path for _, path, _ in proxy.seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        assert run.stderr is not None
+        told = next(line for line in run.stderr if "stopping (Ctrl-C)" in line or "interrupted" in line)
+        still_running = run.poll() is None
+        assert run.wait(60) == 130
+    finally:
+        run.kill()
+    assert "stopping (Ctrl-C)" in told and still_running, "the operator was told only once the command had stopped"
+    proxy.mode = "ok"
+    assert invoke_cli("sync", plan).returncode == 0
+    assert not open_uploads(s3, bucket)
+    assert_blob_stored(s3, bucket, keys[0])
+    assert bucket_contents(s3, bucket) == source_files(tree.root)

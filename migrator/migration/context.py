@@ -66,7 +66,7 @@ class Context:
 def open_engine(plan: Plan, bucket: Bucket, journal: Journal, progress: Progress, dry_run: bool) -> SyncEngine:
     """The copy engine ``sync.engine`` names, over the bucket with the headers the registry's s3 driver would send."""
     storage = plan.registry.storage if plan.registry else {}
-    transfer = Transfer(bucket, plan.source, plan.sync, s3_extra_args(storage))
+    transfer = Transfer(bucket, plan.source, plan.sync, s3_extra_args(storage), stored=progress.uploaded)
     if plan.sync.engine != "dask":
         return SyncEngine(plan.source, bucket, journal, transfer, plan.sync.shard_workers, progress, dry_run=dry_run)
     job = Job(str(plan.source), plan.bucket, plan.sync, plan.key_prefix, tuple(transfer.extra_args.items()),
