@@ -144,15 +144,18 @@ def _untold(nbytes: int) -> None:
     """Nobody is told these bytes."""
 
 
+def part_length(number: int, part_size: int, size: int) -> int:
+    """The length of part ``number`` (from 1) of a ``size``-byte object cut in ``part_size`` parts."""
+    return min(part_size, size - (number - 1) * part_size)
+
+
 class PartUploader:
     """Multipart uploads whose parts run on one pool shared by every large file, each part's bytes counted in the
     shared budget from its start until UploadPart answers (a ``FileSlice`` body holds only botocore's read buffer,
     but the budget still bounds the parts in flight)."""
 
-    def __init__(self, bucket: Bucket, extra_args: dict[str, str], preferred_part: int, budget: ByteBudget, workers: int,
-                 stored: Callable[[int], None] = lambda nbytes: None):
+    def __init__(self, bucket: Bucket, extra_args: dict[str, str], preferred_part: int, budget: ByteBudget, workers: int):
         self.bucket = bucket
-        self.stored = stored  # told each part's bytes once the bucket holds them (negative: an upload failed)
         self.extra_args = extra_args
         self.preferred_part = preferred_part
         self.budget = budget
@@ -160,17 +163,17 @@ class PartUploader:
         self.parts_kept = 0  # parts found uploaded by an earlier run and not sent again
 
     def upload(self, rel: str, size: int, bodies: PartBodies, resumable: bool,
-               crash_point: Optional[str] = "multipart", changed: Optional[ChangeCheck] = None, counted: bool = True) -> str:
+               crash_point: Optional[str] = "multipart", changed: Optional[ChangeCheck] = None,
+               told: Callable[[int], None] = _untold) -> str:
         """Send ``size`` bytes as ``rel`` in parts; returns the object's ETag. ``resumable`` (content that cannot
         change under the key, a blob's data): an upload left open for the key is continued, keeping its parts of the
         right size. A failure leaves the upload open for the next run to resume; the pass's end aborts any not
         resumed. ``changed`` is asked once every part has answered (or one failed): a change found aborts the upload
-        and raises SourceChanged instead of completing an object made of two versions of the file. ``counted``: its
-        parts' bytes are told to ``stored`` (not the preflight's canary's)."""
-        told = self.stored if counted else _untold
+        and raises SourceChanged instead of completing an object made of two versions of the file. ``told`` learns
+        each part's bytes once the bucket holds them, and takes them back (negative) when the upload fails."""
         part_size = part_size_for(size, self.preferred_part)
         upload_id, kept = self._open(rel, size, part_size, resumable)
-        kept_bytes = sum(min(part_size, size - (number - 1) * part_size) for number in kept)
+        kept_bytes = sum(part_length(number, part_size, size) for number in kept)
         told(kept_bytes)
         done = dict(kept)
         pending: list[tuple[int, int, Future[CompletedPart]]] = []
@@ -241,7 +244,7 @@ class PartUploader:
         if resumed is None:
             return self.bucket.create_upload(rel, self.extra_args), {}
         kept = {number: part for number, stored, part in self.bucket.uploaded_parts(resumed)
-                if stored == min(part_size, size - (number - 1) * part_size)}
+                if stored == part_length(number, part_size, size)}
         self.parts_kept += len(kept)
         log.info("%s: resuming the multipart upload a previous run left open, %d parts already uploaded", rel, len(kept))
         return resumed.upload_id, kept

@@ -66,8 +66,7 @@ class Transfer:
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="upload")
         # small files are read whole to be sent in one request, large ones part by part: one budget for both
         self.memory = ByteBudget(settings.max_memory_mb * MB)
-        self.parts = PartUploader(bucket, extra_args, settings.multipart_chunksize_mb * MB, self.memory, settings.workers,
-                                  stored=lambda nbytes: stored(0, nbytes))
+        self.parts = PartUploader(bucket, extra_args, settings.multipart_chunksize_mb * MB, self.memory, settings.workers)
         # adaptive retries rate-limit on the client: every request must go through it
         self.direct: Optional[FallbackPut]
         if settings.retry_mode == "adaptive":
@@ -108,7 +107,8 @@ class Transfer:
                 # a blob's content cannot change under its key: its parts are kept for a resume, and it is not
                 # checked for changes; any other file is, so a file rewritten meanwhile is not stored torn
                 self.parts.upload(src.rel, size, lambda offset, length: FileSlice(fd, offset, length), resumable=blob,
-                                  changed=None if blob else lambda: _change_since(fd, before))
+                                  changed=None if blob else lambda: _change_since(fd, before),
+                                  told=lambda nbytes: self.stored(0, nbytes))
                 self.stored(1, 0)  # its bytes were counted as its parts were stored
         return JournalRow(src.rel, size, md5, src.mtime_ns, src.ctime_ns, src.ino, src.seen_ns), proof
 
@@ -125,7 +125,7 @@ class Transfer:
     def put_multipart(self, rel: str, data: bytes) -> None:
         """``data`` through the copy's multipart path and headers, whatever its size (the preflight canary)."""
         self.parts.upload(rel, len(data), lambda offset, length: data[offset : offset + length], resumable=False,
-                          crash_point=None, counted=False)
+                          crash_point=None)
 
     def abort_left_uploads(self) -> int:
         """Abort the multipart uploads left open under the prefix's ``docker/`` (the registry's own ``_uploads`` aside)
